@@ -1,0 +1,67 @@
+// linear: y = x @ W^T + b (timm/PyTorch weight layout W [out, in]).
+//   dx = dy @ W          (only if x needs grad; reads W)
+//   dW = dy^T @ x        (only if W is trainable; reads x)  <- the GEMM a frozen weight skips
+//   db = sum_rows(dy)    (only if b is trainable)
+#include "autograd/gradcheck.h"
+#include "autograd/op_registry.h"
+#include "autograd/ops.h"
+#include "core/backend.h"
+
+namespace dg {
+
+static const OpDef kLinear("linear");
+
+Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
+  DG_CHECK(W.dim() == 2 && x.dim() >= 1 && x.size(-1) == W.size(1), "linear: input ", x.desc(), " and weight ",
+           W.desc(), ": expected x [..., ", W.dim() == 2 ? W.size(1) : -1, "]");
+  DG_CHECK(!b.defined() || (b.dim() == 1 && b.size(0) == W.size(0)), "linear: bias ", b.desc(), " for weight ",
+           W.desc());
+  DG_CHECK(x.dtype() == W.dtype() && x.device() == W.device(), "linear: input ", x.desc(), " and weight ",
+           W.desc(), " differ in dtype or device");
+  const int64_t in = W.size(1), out_f = W.size(0);
+  Tensor xc = x.contiguous();
+  const int64_t rows = xc.numel() / in;
+  Shape os = x.shape();
+  os.back() = out_f;
+  Tensor y = Tensor::empty(os, x.dtype(), x.device());
+  Backend& be = backend_of(x);
+  Backend::Gemm g;
+  g.tb = true;
+  g.M = rows;
+  g.N = out_f;
+  g.K = in;
+  g.lda = in;
+  g.ldb = in;
+  g.ldc = out_f;
+  if (b.defined()) {  // C = broadcast bias, then GEMM accumulates onto it
+    be.copy(view::expand(b, {rows, out_f}), view::reshape(y, {rows, out_f}));
+    g.beta = 1;
+  }
+  be.gemm(g, xc, W.contiguous(), y);
+  if (Record* r = tape().record(kLinear, {x, W, b}, y)) {
+    if (r->needs_grad(1)) r->save("x", x);
+    if (r->needs_grad(0)) r->save("W", W);
+    r->backward = [in, out_f](Record& r, const Tensor& gy) {
+      std::vector<Tensor> g(3);
+      const int64_t rows = gy.numel() / out_f;
+      Tensor gy2 = view::reshape(gy, {rows, out_f});
+      if (r.needs_grad(0)) g[0] = view::reshape(matmul(gy2, r.saved_tensor("W")), r.in_shapes[0]);
+      if (r.needs_grad(1)) g[1] = matmul(gy2, view::reshape(r.saved_tensor("x"), {rows, in}), true, false);
+      if (r.needs_grad(2)) g[2] = sum(gy2, {0});
+      return g;
+    };
+  }
+  return y;
+}
+
+DG_GRADCHECK(linear) {
+  auto f = [](const std::vector<Tensor>& x) { return linear(x[0], x[1], x[2]); };
+  return {
+      {"all trainable", [] { return std::vector<Tensor>{randn64({2, 3, 4}, 1), randn64({5, 4}, 2), randn64({5}, 3)}; }, f},
+      {"frozen weight, trainable bias",
+       [] { return std::vector<Tensor>{randn64({3, 4}, 4), randn64({5, 4}, 5, false), randn64({5}, 6)}; }, f},
+      {"no bias", [] { return std::vector<Tensor>{randn64({3, 4}, 7), randn64({2, 4}, 8), Tensor()}; }, f},
+  };
+}
+
+}  // namespace dg

@@ -1,0 +1,152 @@
+#include "autograd/tape.h"
+
+#include <iomanip>
+#include <sstream>
+#include <unordered_map>
+
+#include "autograd/op_registry.h"
+#include "core/backend.h"
+
+namespace dg {
+
+static thread_local bool g_grad_enabled = true;
+bool grad_enabled() { return g_grad_enabled; }
+NoGradGuard::NoGradGuard() : prev_(g_grad_enabled) { g_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { g_grad_enabled = prev_; }
+
+Tape& tape() {
+  static thread_local Tape t;
+  return t;
+}
+
+void Record::save(std::string what, const Tensor& t) { saved.push_back({std::move(what), t, t.version()}); }
+
+const Tensor& Record::saved_tensor(const std::string& what) const {
+  for (const SavedTensor& s : saved) {
+    if (s.what != what) continue;
+    DG_CHECK(s.t.version() == s.version, "backward of '", op->name, "': saved tensor '", what, "' (",
+             s.t.desc(), ") was modified in place after the forward pass (version ", s.version, " -> ",
+             s.t.version(), "); clone it before writing, or write after backward");
+    return s.t;
+  }
+  throw Error(str("backward of '", op->name, "': nothing saved under '", what, "' (an op bug)"));
+}
+
+size_t Record::saved_bytes() const {
+  size_t n = 0;
+  for (const SavedTensor& s : saved) n += s.t.nbytes();
+  return n;
+}
+
+size_t Tape::saved_bytes() const {
+  size_t n = 0;
+  for (const Record& r : records_) n += r.saved_bytes();
+  return n;
+}
+
+Record* Tape::record(const OpDef& op, const std::vector<Tensor>& inputs, Tensor& out, std::string attrs) {
+  if (!g_grad_enabled) return nullptr;
+  bool any = false;
+  for (const Tensor& t : inputs) any = any || (t.defined() && t.requires_grad());
+  if (!any) return nullptr;
+  Record r;
+  r.op = &op;
+  r.attrs = std::move(attrs);
+  for (const Tensor& t : inputs) {
+    const bool needs = t.defined() && t.requires_grad();
+    r.in_ids.push_back(t.defined() ? t.impl()->id : 0);
+    r.in_shapes.push_back(t.defined() ? t.shape() : Shape{});
+    r.needs.push_back(needs);
+    r.leaves.push_back(needs && t.impl()->is_leaf ? std::weak_ptr<TensorImpl>(t.impl_ptr())
+                                                  : std::weak_ptr<TensorImpl>());
+  }
+  out.impl()->requires_grad = true;
+  out.impl()->is_leaf = false;
+  r.out_id = out.impl()->id;
+  r.out_shape = out.shape();
+  records_.push_back(std::move(r));
+  return &records_.back();
+}
+
+// a + b into a new tensor (gradient accumulation never writes into a shared buffer)
+static Tensor add_new(const Tensor& a, const Tensor& b) {
+  Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
+  backend_of(a).binary(BinaryOp::Add, a, b, out);
+  return out;
+}
+
+void Tape::backward(const Tensor& loss, const Tensor& grad_out) {
+  DG_CHECK(loss.requires_grad(), "backward: ", loss.desc(),
+           " does not depend on any trainable tensor (nothing was recorded for it)");
+  std::unordered_map<uint64_t, Tensor> grads;
+  if (grad_out.defined()) {
+    DG_CHECK(grad_out.shape() == loss.shape(), "backward: grad_out ", grad_out.desc(), " for ", loss.desc());
+    grads[loss.impl()->id] = grad_out;
+  } else {
+    DG_CHECK(loss.numel() == 1, "backward: ", loss.desc(), " is not a scalar; pass grad_out");
+    grads[loss.impl()->id] = Tensor::ones(loss.shape(), loss.dtype(), loss.device());
+  }
+  NoGradGuard no_grad;  // backward computations are never recorded
+  for (auto it = records_.rbegin(); it != records_.rend(); ++it) {
+    Record& r = *it;
+    auto g = grads.find(r.out_id);
+    if (g == grads.end()) {  // this output did not reach the loss
+      r.saved.clear();
+      continue;
+    }
+    Tensor gout = std::move(g->second);
+    grads.erase(g);
+    if (!gout.is_contiguous()) gout = gout.contiguous();  // backward kernels read dense buffers
+    std::vector<Tensor> gin = r.backward(r, gout);
+    DG_CHECK(gin.size() == r.in_ids.size(), "backward of '", r.op->name, "' returned ", gin.size(),
+             " gradients for ", r.in_ids.size(), " inputs");
+    for (size_t i = 0; i < gin.size(); ++i) {
+      if (!r.needs[i] || !gin[i].defined()) continue;
+      DG_CHECK(gin[i].shape() == r.in_shapes[i], "backward of '", r.op->name, "': gradient of input ", i,
+               " has shape ", shape_str(gin[i].shape()), ", expected ", shape_str(r.in_shapes[i]));
+      if (auto leaf = r.leaves[i].lock()) {
+        Tensor p(leaf);
+        if (!leaf->grad) {
+          Tensor gi = gin[i];
+          // take the buffer when nothing else can see it, else copy
+          bool own = gi.is_contiguous() && gi.impl()->storage.use_count() == 1 && gi.dtype() == p.dtype() &&
+                     gi.device() == p.device();
+          leaf->grad = own ? gi.detach().impl_ptr() : gi.to(p.dtype()).clone().impl_ptr();
+        } else {
+          Tensor acc(leaf->grad);
+          backend_of(acc).binary(BinaryOp::Add, acc, gin[i], acc);
+        }
+      } else {
+        auto& slot = grads[r.in_ids[i]];
+        slot = slot.defined() ? add_new(slot, gin[i]) : gin[i];
+      }
+    }
+    r.saved.clear();
+    r.backward = nullptr;
+  }
+  records_.clear();
+}
+
+std::string Tape::dump() const {
+  std::ostringstream os;
+  size_t total = 0;
+  os << "tape: " << records_.size() << " records\n";
+  for (size_t k = 0; k < records_.size(); ++k) {
+    const Record& r = records_[k];
+    os << "#" << std::left << std::setw(4) << k << std::setw(16) << r.op->name;
+    if (!r.attrs.empty()) os << "(" << r.attrs << ") ";
+    os << "in:";
+    for (size_t i = 0; i < r.in_ids.size(); ++i)
+      os << (i ? ", " : " ") << shape_str(r.in_shapes[i]) << (r.needs[i] ? " grad" : " -");
+    os << "  out: " << shape_str(r.out_shape) << "  saved:";
+    if (r.saved.empty()) os << " nothing";
+    for (const SavedTensor& s : r.saved)
+      os << " " << s.what << "=" << dtype_name(s.t.dtype()) << shape_str(s.t.shape());
+    os << " (" << r.saved_bytes() << " B)\n";
+    total += r.saved_bytes();
+  }
+  os << "saved total: " << total << " B\n";
+  return os.str();
+}
+
+}  // namespace dg

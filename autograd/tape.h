@@ -1,0 +1,82 @@
+// Tape-based reverse mode, in one screen of ideas:
+//  * A tensor "needs grad" if it is a trainable leaf or the output of a recorded op.
+//  * An op is recorded only when one of its inputs needs grad. Its Record lists the
+//    inputs (by id), which of them need a gradient, and what the backward reads,
+//    saved explicitly by name so the tape can show it and check it.
+//  * backward(loss) walks the records newest-first, routes each output gradient into
+//    its inputs' gradients, accumulates into trainable leaves' .grad, frees what was
+//    saved and clears the tape.
+//  * Frozen weights never need grad, so ops whose inputs are all frozen leave no record:
+//    the backward pass stops by itself below the lowest trainable tensor.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace dg {
+
+struct OpDef;  // autograd/op_registry.h
+
+struct SavedTensor {
+  std::string what;  // e.g. "x" or "mean"
+  Tensor t;
+  uint64_t version;  // storage version at save time: a later in-place write is an error
+};
+
+struct Record {
+  const OpDef* op;
+  std::string attrs;                     // op parameters for the dump, e.g. "dim=-1"
+  std::vector<uint64_t> in_ids;          // tensor ids of the inputs
+  std::vector<Shape> in_shapes;
+  std::vector<bool> needs;               // needs[i]: input i wants a gradient
+  std::vector<std::weak_ptr<TensorImpl>> leaves;  // trainable-leaf inputs (for .grad), else empty
+  uint64_t out_id = 0;
+  Shape out_shape;
+  std::vector<SavedTensor> saved;
+  // Given dL/d(out), return dL/d(input i) for each i with needs[i] (others: undefined).
+  // Convention: the closure reads tensors only through saved(), never captures them.
+  std::function<std::vector<Tensor>(Record& r, const Tensor& grad_out)> backward;
+
+  bool needs_grad(size_t i) const { return needs[i]; }
+  void save(std::string what, const Tensor& t);
+  const Tensor& saved_tensor(const std::string& what) const;  // checks the version
+  size_t saved_bytes() const;
+};
+
+class Tape {
+ public:
+  // Record `out = op(inputs)` if any input needs grad (and grad mode is on);
+  // marks `out` as needing grad and returns the record to fill in, else nullptr.
+  Record* record(const OpDef& op, const std::vector<Tensor>& inputs, Tensor& out, std::string attrs = {});
+  void backward(const Tensor& loss, const Tensor& grad_out = Tensor());
+  void clear() { records_.clear(); }
+  const std::vector<Record>& records() const { return records_; }
+  size_t saved_bytes() const;
+  std::string dump() const;  // one line per record: op, shapes, grads wanted, saved tensors
+
+ private:
+  std::vector<Record> records_;
+};
+
+Tape& tape();  // the current thread's tape
+
+// Gradients off in a scope (evaluation, optimizer updates).
+bool grad_enabled();
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+// Shorthand: tape().backward(loss).
+inline void backward(const Tensor& loss) { tape().backward(loss); }
+
+}  // namespace dg

@@ -1,0 +1,54 @@
+// The CPU backend: Eigen GEMMs, OpenMP loops over the 2 cores. Each method's
+// contract is in core/backend.h; the definitions are split by theme:
+// cpu_elementwise.cpp, cpu_gemm.cpp, cpu_nn.cpp, cpu_misc.cpp.
+#pragma once
+#include "core/backend.h"
+
+namespace dg::cpu {
+
+struct CpuBackend final : Backend {
+  const char* name() const override { return "cpu"; }
+  void* alloc(size_t nbytes) override;
+  void free(void* p, size_t nbytes) override;
+  void copy(const Tensor& src, const Tensor& dst) override;
+  void fill(const Tensor& dst, double v) override;
+  void unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) override;
+  void unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& gy, const Tensor& gx,
+                      double alpha) override;
+  void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void reduce(ReduceOp op, const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Tensor& out) override;
+  void argmax(const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Tensor& out) override;
+  void gemm(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& C) override;
+  void softmax(const Tensor& x, int64_t rows, int64_t n, bool log, const Tensor& out) override;
+  void softmax_backward(const Tensor& y, const Tensor& gy, int64_t rows, int64_t n, bool log,
+                        const Tensor& gx) override;
+  void layernorm(const Tensor& x, const Tensor& w, const Tensor& b, int64_t rows, int64_t n, double eps,
+                 const Tensor& y, const Tensor& mean, const Tensor& rstd) override;
+  void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
+                          const Tensor& gy, int64_t rows, int64_t n, const Tensor& gx, const Tensor& gw,
+                          const Tensor& gb) override;
+  void cross_entropy(const Tensor& logits, const Tensor& labels, double smoothing, const Tensor& loss,
+                     const Tensor& lse) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Tensor& lse,
+                              const Tensor& gloss, double smoothing, const Tensor& glogits) override;
+  void random_uniform(const Tensor& out, uint64_t seed, uint64_t offset, double lo, double hi) override;
+  void random_normal(const Tensor& out, uint64_t seed, uint64_t offset, double mean, double std) override;
+  void im2col(const Tensor& x, int64_t p, const Tensor& cols) override;
+  void col2im(const Tensor& cols, int64_t p, const Tensor& x) override;
+  void index_select(const Tensor& x, const Tensor& idx, const Tensor& out) override;
+  void index_add(const Tensor& gout, const Tensor& idx, const Tensor& gx) override;
+  void adamw(const AdamW& h, const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+             const Tensor& mask) override;
+  double sum_squares(const Tensor& x) override;
+};
+
+// Call f with a null pointer of the tensor's float type: dispatch<float> or <double>.
+template <class F>
+void float_dispatch(DType t, const char* op, F&& f) {
+  if (t == DType::F32) return f(static_cast<float*>(nullptr));
+  if (t == DType::F64) return f(static_cast<double*>(nullptr));
+  throw Error(str(op, ": expected f32 or f64, got ", dtype_name(t)));
+}
+
+}  // namespace dg::cpu

@@ -1,0 +1,53 @@
+// CPU GEMM through Eigen (row-major maps over the caller's buffers, no copies).
+// Small batched products (attention heads) run one matrix per thread; large ones
+// let Eigen split a single product across the cores.
+#include <Eigen/Core>
+
+#include "core/cpu/cpu_backend.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace dg::cpu {
+
+template <class T>
+using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using Map = Eigen::Map<RowMat<T>, 0, Eigen::OuterStride<>>;
+template <class T>
+using CMap = Eigen::Map<const RowMat<T>, 0, Eigen::OuterStride<>>;
+
+template <class T>
+static void gemm_one(const Backend::Gemm& g, const T* a, const T* b, T* c) {
+  // Stored shapes: A is [M,K] or [K,M] (ta); B is [K,N] or [N,K] (tb).
+  CMap<T> A(a, g.ta ? g.K : g.M, g.ta ? g.M : g.K, Eigen::OuterStride<>(g.lda));
+  CMap<T> B(b, g.tb ? g.N : g.K, g.tb ? g.K : g.N, Eigen::OuterStride<>(g.ldb));
+  Map<T> C(c, g.M, g.N, Eigen::OuterStride<>(g.ldc));
+  const T alpha = T(g.alpha);
+  if (g.beta == 0) C.setZero();
+  else if (g.beta != 1) C *= T(g.beta);
+  if (!g.ta && !g.tb) C.noalias() += alpha * A * B;
+  else if (g.ta && !g.tb) C.noalias() += alpha * A.transpose() * B;
+  else if (!g.ta && g.tb) C.noalias() += alpha * A * B.transpose();
+  else C.noalias() += alpha * A.transpose() * B.transpose();
+}
+
+void CpuBackend::gemm(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& C) {
+  DG_CHECK(A.dtype() == B.dtype() && A.dtype() == C.dtype(), "gemm: dtypes ", A.desc(), ", ", B.desc(), ", ",
+           C.desc());
+  float_dispatch(C.dtype(), "gemm", [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    const T* a = static_cast<const T*>(A.raw());
+    const T* b = static_cast<const T*>(B.raw());
+    T* c = static_cast<T*>(C.raw());
+    const double flops = 2.0 * double(g.M) * double(g.N) * double(g.K);
+    // Many small matrices: parallelise over the batch (Eigen runs serially inside).
+    const bool per_batch = g.batch > 1 && flops < 4e6;
+#pragma omp parallel for if (per_batch) schedule(static)
+    for (int64_t i = 0; i < g.batch; ++i)
+      gemm_one<T>(g, a + i * g.stride_a, b + i * g.stride_b, c + i * g.stride_c);
+  });
+}
+
+}  // namespace dg::cpu

@@ -1,0 +1,185 @@
+// CPU: softmax, LayerNorm and fused cross-entropy, forward and backward.
+// Row statistics accumulate in double-free fashion in T; f64 runs use double throughout.
+#include <cmath>
+#include <limits>
+
+#include "core/cpu/cpu_backend.h"
+
+namespace dg::cpu {
+
+#define DG_FLOAT_T(t, op)  \
+  float_dispatch(t, op, [&](auto* tag) { \
+    using T = std::remove_pointer_t<decltype(tag)>;
+
+void CpuBackend::softmax(const Tensor& x, int64_t rows, int64_t n, bool log, const Tensor& out) {
+  DG_FLOAT_T(x.dtype(), "softmax")
+    const T* xp = x.data<T>();
+    T* y = out.data<T>();
+#pragma omp parallel for if (rows * n > 32768)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = xp + r * n;
+      T* yr = y + r * n;
+      T mx = -std::numeric_limits<T>::infinity();
+      for (int64_t i = 0; i < n; ++i) mx = xr[i] > mx ? xr[i] : mx;
+      T sum = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        T e = std::exp(xr[i] - mx);
+        sum += e;
+        if (!log) yr[i] = e;
+      }
+      if (log) {
+        T lse = mx + std::log(sum);
+        for (int64_t i = 0; i < n; ++i) yr[i] = xr[i] - lse;
+      } else {
+        T inv = T(1) / sum;
+        for (int64_t i = 0; i < n; ++i) yr[i] *= inv;
+      }
+    }
+  });
+}
+
+void CpuBackend::softmax_backward(const Tensor& y, const Tensor& gy, int64_t rows, int64_t n, bool log,
+                                  const Tensor& gx) {
+  DG_FLOAT_T(y.dtype(), "softmax_backward")
+    const T *yp = y.data<T>(), *g = gy.data<T>();
+    T* o = gx.data<T>();
+#pragma omp parallel for if (rows * n > 32768)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T *yr = yp + r * n, *gr = g + r * n;
+      T* orow = o + r * n;
+      if (log) {  // gx = gy - softmax * sum(gy)
+        T s = 0;
+        for (int64_t i = 0; i < n; ++i) s += gr[i];
+        for (int64_t i = 0; i < n; ++i) orow[i] = gr[i] - std::exp(yr[i]) * s;
+      } else {  // gx = y * (gy - sum(gy * y))
+        T s = 0;
+        for (int64_t i = 0; i < n; ++i) s += gr[i] * yr[i];
+        for (int64_t i = 0; i < n; ++i) orow[i] = yr[i] * (gr[i] - s);
+      }
+    }
+  });
+}
+
+void CpuBackend::layernorm(const Tensor& x, const Tensor& w, const Tensor& b, int64_t rows, int64_t n,
+                           double eps, const Tensor& y, const Tensor& mean, const Tensor& rstd) {
+  DG_FLOAT_T(x.dtype(), "layernorm")
+    const T* xp = x.data<T>();
+    const T* wp = w.defined() ? w.data<T>() : nullptr;
+    const T* bp = b.defined() ? b.data<T>() : nullptr;
+    T *yp = y.data<T>(), *mp = mean.data<T>(), *rp = rstd.data<T>();
+#pragma omp parallel for if (rows * n > 32768)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = xp + r * n;
+      T* yr = yp + r * n;
+      T m = 0;
+      for (int64_t i = 0; i < n; ++i) m += xr[i];
+      m /= T(n);
+      T var = 0;
+      for (int64_t i = 0; i < n; ++i) var += (xr[i] - m) * (xr[i] - m);
+      var /= T(n);
+      T rs = T(1) / std::sqrt(var + T(eps));
+      mp[r] = m;
+      rp[r] = rs;
+      for (int64_t i = 0; i < n; ++i) {
+        T h = (xr[i] - m) * rs;
+        yr[i] = h * (wp ? wp[i] : T(1)) + (bp ? bp[i] : T(0));
+      }
+    }
+  });
+}
+
+void CpuBackend::layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
+                                    const Tensor& gy, int64_t rows, int64_t n, const Tensor& gx,
+                                    const Tensor& gw, const Tensor& gb) {
+  DG_FLOAT_T(x.dtype(), "layernorm_backward")
+    const T *xp = x.data<T>(), *mp = mean.data<T>(), *rp = rstd.data<T>(), *g = gy.data<T>();
+    const T* wp = w.defined() ? w.data<T>() : nullptr;
+    T* gxp = gx.defined() ? gx.data<T>() : nullptr;
+    // dx = rstd * (dh - mean(dh) - h * mean(dh * h)), dh = gy * w
+    if (gxp) {
+#pragma omp parallel for if (rows * n > 32768)
+      for (int64_t r = 0; r < rows; ++r) {
+        const T *xr = xp + r * n, *gr = g + r * n;
+        const T m = mp[r], rs = rp[r];
+        T s1 = 0, s2 = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          T dh = gr[i] * (wp ? wp[i] : T(1));
+          s1 += dh;
+          s2 += dh * (xr[i] - m) * rs;
+        }
+        s1 /= T(n);
+        s2 /= T(n);
+        T* o = gxp + r * n;
+        for (int64_t i = 0; i < n; ++i) {
+          T dh = gr[i] * (wp ? wp[i] : T(1));
+          o[i] = rs * (dh - s1 - (xr[i] - m) * rs * s2);
+        }
+      }
+    }
+    // gw += sum_r gy * h, gb += sum_r gy (serial over rows: accumulation order is fixed)
+    if (gw.defined() || gb.defined()) {
+      T* gwp = gw.defined() ? gw.data<T>() : nullptr;
+      T* gbp = gb.defined() ? gb.data<T>() : nullptr;
+      for (int64_t r = 0; r < rows; ++r) {
+        const T *xr = xp + r * n, *gr = g + r * n;
+        const T m = mp[r], rs = rp[r];
+        if (gwp)
+          for (int64_t i = 0; i < n; ++i) gwp[i] += gr[i] * (xr[i] - m) * rs;
+        if (gbp)
+          for (int64_t i = 0; i < n; ++i) gbp[i] += gr[i];
+      }
+    }
+  });
+}
+
+void CpuBackend::cross_entropy(const Tensor& logits, const Tensor& labels, double smoothing,
+                               const Tensor& loss, const Tensor& lse) {
+  const int64_t rows = logits.size(0), C = logits.size(1);
+  const int64_t* lab = labels.data<int64_t>();
+  for (int64_t r = 0; r < rows; ++r)
+    DG_CHECK(lab[r] < C, "cross_entropy: label ", lab[r], " at row ", r, " is out of range for ", C, " classes");
+  DG_FLOAT_T(logits.dtype(), "cross_entropy")
+    const T* xp = logits.data<T>();
+    T *lp = loss.data<T>(), *sp = lse.data<T>();
+    const T eps = T(smoothing);
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = xp + r * C;
+      T mx = -std::numeric_limits<T>::infinity();
+      for (int64_t i = 0; i < C; ++i) mx = xr[i] > mx ? xr[i] : mx;
+      T sum = 0, tot = 0;
+      for (int64_t i = 0; i < C; ++i) {
+        sum += std::exp(xr[i] - mx);
+        tot += xr[i];
+      }
+      T l = mx + std::log(sum);
+      sp[r] = l;
+      if (lab[r] < 0) { lp[r] = 0; continue; }
+      // target = (1 - eps) * onehot + eps / C  ->  loss = lse - (1-eps) x_y - eps/C sum x
+      lp[r] = l - (T(1) - eps) * xr[lab[r]] - eps / T(C) * tot;
+    }
+  });
+}
+
+void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Tensor& lse,
+                                        const Tensor& gloss, double smoothing, const Tensor& glogits) {
+  const int64_t rows = logits.size(0), C = logits.size(1);
+  const int64_t* lab = labels.data<int64_t>();
+  DG_FLOAT_T(logits.dtype(), "cross_entropy_backward")
+    const T *xp = logits.data<T>(), *sp = lse.data<T>(), *gl = gloss.data<T>();
+    T* o = glogits.data<T>();
+    const T eps = T(smoothing);
+    for (int64_t r = 0; r < rows; ++r) {
+      T* orow = o + r * C;
+      if (lab[r] < 0) {
+        for (int64_t i = 0; i < C; ++i) orow[i] = 0;
+        continue;
+      }
+      for (int64_t i = 0; i < C; ++i) {
+        T target = eps / T(C) + (i == lab[r] ? T(1) - eps : T(0));
+        orow[i] = (std::exp(xp[r * C + i] - sp[r]) - target) * gl[r];
+      }
+    }
+  });
+}
+
+}  // namespace dg::cpu

@@ -1,0 +1,92 @@
+// The tape records only what needs gradients and saves only what backward reads.
+#include "autograd/gradcheck.h"
+#include "autograd/ops.h"
+#include "tests/test_util.h"
+
+using namespace dg;
+
+namespace {
+Tensor randf(const Shape& s, uint64_t seed, bool rg) {
+  Tensor t = randn64(s, seed, false).to(DType::F32);
+  t.set_requires_grad(rg);
+  return t;
+}
+}  // namespace
+
+TEST_CASE("tape: 2-layer MLP with frozen weights and one trainable bias") {
+  tape().clear();
+  Tensor x = randf({8, 6}, 1, false);
+  Tensor W1 = randf({5, 6}, 2, false).set_name("fc1.weight"), b1 = randf({5}, 3, false).set_name("fc1.bias");
+  Tensor W2 = randf({3, 5}, 4, false).set_name("fc2.weight"), b2 = randf({3}, 5, true).set_name("fc2.bias");
+  Tensor h = gelu(linear(x, W1, b1));
+  CHECK(tape().records().empty());  // nothing trainable yet: nothing recorded
+  Tensor y = linear(h, W2, b2);
+  Tensor loss = mean(mul(y, y));
+  const auto& recs = tape().records();
+  REQUIRE(recs.size() == 3);  // linear(fc2), mul, mean
+  CHECK(std::string(recs[0].op->name) == "linear");
+  CHECK(recs[0].needs == std::vector<bool>{false, false, true});
+  CHECK(recs[0].saved.empty());  // no dW (W2 frozen) -> x not saved; no dx (h frozen) -> W not saved
+  INFO(tape().dump());
+  CHECK(tape().dump().find("linear") != std::string::npos);
+  backward(loss);
+  CHECK(tape().records().empty());
+  CHECK(b2.grad().defined());
+  CHECK_FALSE(W1.grad().defined());
+  CHECK_FALSE(W2.grad().defined());
+  CHECK_FALSE(b1.grad().defined());
+  // d mean(y^2) / d b2 = 2/N * sum_rows(y)
+  std::vector<double> yv = y.to_vector(), g = b2.grad().to_vector();
+  for (int j = 0; j < 3; ++j) {
+    double s = 0;
+    for (int i = 0; i < 8; ++i) s += 2.0 * yv[size_t(i * 3 + j)] / 24.0;
+    CHECK(g[size_t(j)] == doctest::Approx(s).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("tape: trainable W saves the input, frozen input saves no weight") {
+  tape().clear();
+  Tensor x = randf({4, 3}, 1, false), W = randf({2, 3}, 2, true);
+  Tensor y = linear(x, W);
+  REQUIRE(tape().records().size() == 1);
+  const Record& r = tape().records()[0];
+  REQUIRE(r.saved.size() == 1);
+  CHECK(r.saved[0].what == "x");
+  CHECK(r.saved_bytes() == 4 * 3 * sizeof(float));
+  tape().clear();
+}
+
+TEST_CASE("tape: in-place write to a saved tensor is detected") {
+  tape().clear();
+  Tensor x = randf({3}, 1, true), w = randf({3}, 2, false);
+  Tensor y = sum(mul(x, w));  // mul saves w for dx
+  w.fill_(2.0);               // modifies a saved tensor
+  CHECK_THROWS_WITH_AS(backward(y), doctest::Contains("modified in place"), Error);
+  tape().clear();
+}
+
+TEST_CASE("tape: gradients accumulate across backward calls; no_grad records nothing") {
+  tape().clear();
+  Tensor x = randf({3}, 1, true);
+  backward(sum(mul_scalar(x, 2.0)));
+  backward(sum(mul_scalar(x, 3.0)));
+  for (double g : x.grad().to_vector()) CHECK(g == doctest::Approx(5.0));
+  {
+    NoGradGuard ng;
+    Tensor y = mul_scalar(x, 2.0);
+    CHECK_FALSE(y.requires_grad());
+  }
+  CHECK(tape().records().empty());
+  CHECK_THROWS_AS(backward(sum(randf({2}, 3, false))), Error);
+}
+
+TEST_CASE("tape: outputs that do not reach the loss are skipped and freed") {
+  tape().clear();
+  Tensor x = randf({3}, 1, true);
+  Tensor unused = exp(x);  // recorded, saves y, never reaches the loss
+  Tensor loss = sum(x);
+  CHECK(tape().saved_bytes() == 3 * sizeof(float));
+  backward(loss);
+  CHECK(tape().records().empty());
+  for (double g : x.grad().to_vector()) CHECK(g == doctest::Approx(1.0));
+}

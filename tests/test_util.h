@@ -1,0 +1,45 @@
+// Shared helpers for the doctest suite.
+#pragma once
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace dg::test {
+
+// Test cases that cannot run here (no GPU) call skip(): they print one line and are
+// counted as skipped, not passed, in the final "tests:" line.
+extern unsigned g_skipped;
+inline void skip(const std::string& why) {
+  ++g_skipped;
+  std::printf("[skipped] %s: %s\n", doctest::getContextOptions()->currentTest
+                                       ? doctest::getContextOptions()->currentTest->m_name : "?",
+              why.c_str());
+}
+
+// max |a - b| / max(|b|, floor) over all elements
+inline double max_rel_err(const Tensor& a, const Tensor& b, double floor = 1e-6) {
+  REQUIRE(a.shape() == b.shape());
+  std::vector<double> x = a.to_vector(), y = b.to_vector();
+  double m = 0;
+  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]) / std::max(std::abs(y[i]), floor));
+  return m;
+}
+
+// relative error of the whole tensor: ||a - b|| / ||b||
+inline double rel_err(const Tensor& a, const Tensor& b) {
+  REQUIRE(a.shape() == b.shape());
+  std::vector<double> x = a.to_vector(), y = b.to_vector();
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    num += (x[i] - y[i]) * (x[i] - y[i]);
+    den += y[i] * y[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
+}  // namespace dg::test

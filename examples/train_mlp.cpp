@@ -10,8 +10,8 @@ using namespace dg;
 
 int main() {
   const int64_t N = 256, H = 32;
-  std::vector<float> xs(size_t(N * 2));
-  std::vector<int64_t> ys(size_t(N));
+  std::vector<float> xs(static_cast<size_t>(N * 2));
+  std::vector<int64_t> ys(static_cast<size_t>(N));
   for (int64_t i = 0; i < N; ++i) {  // two interleaved spirals
     const int64_t c = i % 2;
     const double t = double(i / 2) / double(N / 2) * 3.0 + 0.3;

@@ -1,0 +1,29 @@
+// A delta: a small trainable change attached to a site of a frozen base model (a module's
+// input/output, or a named point inside a module's forward such as a block's MLP branch).
+// nn/ only knows this interface; peft/ implements LoRA, adapters and prompts on it.
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace dg::nn {
+
+struct Delta {
+  virtual ~Delta() = default;
+  std::string name;     // unique per site, e.g. "lora"
+  bool enabled = true;  // disabled deltas are skipped (the base runs as if they were absent)
+  enum class Position { Pre, Post };
+  virtual Position position() const = 0;
+  virtual const char* method() const = 0;  // "lora", "adapter", "vpt", ...
+  // Pre: return the new input (output is undefined). Post: return the new output, given
+  // the site's input and output.
+  virtual Tensor apply(const Tensor& input, const Tensor& output) = 0;
+  // Local names ("lora_A", "down.weight", "scale") -> tensors.
+  virtual std::vector<std::pair<std::string, Tensor>> named_parameters() { return {}; }
+  virtual void train(bool mode) { training = mode; }
+  bool training = true;
+};
+
+}  // namespace dg::nn

@@ -1,0 +1,48 @@
+// VisionTransformer in timm's layout: patch_embed -> [cls | patches] + pos_embed ->
+// pos_drop -> blocks -> norm -> pool ('token' or 'avg' + fc_norm) -> head.
+#pragma once
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "nn/layers.h"
+#include "nn/vit_config.h"
+
+namespace dg::nn {
+
+class VisionTransformer : public Module {
+ public:
+  explicit VisionTransformer(const ViTConfig& cfg);
+  Tensor forward(const Tensor& images) override;    // [B,C,H,W] -> logits [B, classes]
+  Tensor forward_features(const Tensor& images);     // tokens after the final norm [B, T, D]
+  Tensor forward_head(const Tensor& tokens);         // pool + head
+
+  // timm's init (trunc normal .02 for Linear weights and pos_embed, cls 1e-6, zero biases,
+  // conv default for the patch projection), reproducible from the seed.
+  void init_weights(uint64_t seed);
+  void reset_head(uint64_t seed);  // fresh head (a backbone checkpoint, a new task)
+
+  ViTConfig cfg;
+  Tensor cls_token, pos_embed;  // [1,1,D], [1, prefix + N, D]
+  std::shared_ptr<PatchEmbed> patch_embed;
+  std::shared_ptr<Dropout> pos_drop;
+  std::vector<std::shared_ptr<Block>> blocks;
+  std::shared_ptr<Module> norm, fc_norm;  // LayerNorm or Identity
+  std::shared_ptr<Dropout> head_drop;
+  std::shared_ptr<Module> head;  // Linear or Identity
+};
+
+// Base parameters (no deltas) by name.
+std::map<std::string, Tensor> state_dict(Module& m);
+// Load a timm-layout state dict. Every model tensor must be present with its shape, except
+// head.* (a backbone gets a fresh head when absent); pos_embed of another grid size is
+// resampled bilinearly. Unexpected tensors, shape mismatches and non-finite values are
+// errors naming the first offending tensor. `what` names the source in messages.
+struct LoadReport {
+  bool head_loaded = true, pos_embed_resampled = false;
+};
+LoadReport load_state_dict(VisionTransformer& m, const std::map<std::string, Tensor>& sd, const std::string& what);
+// Bilinear resample of pos_embed [1, prefix + g0*g0, D] to a g1 x g1 grid (prefix untouched).
+Tensor resample_pos_embed(const Tensor& pe, int64_t prefix, int64_t g1);
+
+}  // namespace dg::nn

@@ -1,0 +1,94 @@
+#include "nn/vit_config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "core/error.h"
+
+namespace dg::nn {
+
+using nlohmann::json;
+
+std::vector<std::string> vit_preset_names() {
+  return {"vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "vit_mnist_28"};
+}
+
+ViTConfig vit_preset(const std::string& name) {
+  ViTConfig c;
+  if (name == "vit_tiny_patch16_224") {
+    c.embed_dim = 192, c.num_heads = 3;
+  } else if (name == "vit_small_patch16_224") {
+    c.embed_dim = 384, c.num_heads = 6;
+  } else if (name == "vit_base_patch16_224") {
+    c.embed_dim = 768, c.num_heads = 12;
+  } else if (name == "vit_mnist_28") {
+    // small enough to pretrain on Fashion-MNIST in a few minutes on 2 cores
+    c.img_size = 28, c.patch_size = 4, c.in_chans = 1, c.embed_dim = 64, c.depth = 4, c.num_heads = 4;
+    c.mlp_ratio = 2.0, c.num_classes = 10;
+    c.mean = {0.2860}, c.std = {0.3530};  // Fashion-MNIST train statistics
+  } else {
+    std::string all;
+    for (const auto& n : vit_preset_names()) all += " " + n;
+    throw Error(str("unknown model preset '", name, "' (presets:", all, ")"));
+  }
+  return c;
+}
+
+json to_json(const ViTConfig& c) {
+  return {{"img_size", c.img_size}, {"patch_size", c.patch_size}, {"in_chans", c.in_chans},
+          {"embed_dim", c.embed_dim}, {"depth", c.depth}, {"num_heads", c.num_heads},
+          {"mlp_ratio", c.mlp_ratio}, {"qkv_bias", c.qkv_bias}, {"num_classes", c.num_classes},
+          {"global_pool", c.global_pool}, {"class_token", c.class_token}, {"norm_eps", c.norm_eps},
+          {"drop_rate", c.drop_rate}, {"attn_drop_rate", c.attn_drop_rate}, {"drop_path_rate", c.drop_path_rate},
+          {"init_values", c.init_values}, {"mean", c.mean}, {"std", c.std}};
+}
+
+ViTConfig vit_config_from_json(const json& j, const std::string& what) {
+  DG_CHECK(j.is_object(), what, ": expected a JSON object");
+  ViTConfig c = j.contains("preset") ? vit_preset(j["preset"].get<std::string>()) : ViTConfig{};
+  json base = to_json(c);
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it.key() == "preset") continue;
+    DG_CHECK(base.contains(it.key()), what, ": unknown key '", it.key(), "'");
+    DG_CHECK(it.value().type() == base[it.key()].type() ||
+                 (it.value().is_number() && base[it.key()].is_number()),
+             what, ": key '", it.key(), "' has the wrong type (", it.value().dump(), ")");
+    base[it.key()] = it.value();
+  }
+  try {
+    c.img_size = base["img_size"], c.patch_size = base["patch_size"], c.in_chans = base["in_chans"];
+    c.embed_dim = base["embed_dim"], c.depth = base["depth"], c.num_heads = base["num_heads"];
+    c.mlp_ratio = base["mlp_ratio"], c.qkv_bias = base["qkv_bias"], c.num_classes = base["num_classes"];
+    c.global_pool = base["global_pool"], c.class_token = base["class_token"], c.norm_eps = base["norm_eps"];
+    c.drop_rate = base["drop_rate"], c.attn_drop_rate = base["attn_drop_rate"];
+    c.drop_path_rate = base["drop_path_rate"], c.init_values = base["init_values"];
+    c.mean = base["mean"].get<std::vector<double>>(), c.std = base["std"].get<std::vector<double>>();
+  } catch (const json::exception& e) {
+    throw Error(str(what, ": ", e.what()));
+  }
+  DG_CHECK(c.patch_size > 0 && c.img_size % c.patch_size == 0, what, ": img_size ", c.img_size,
+           " is not divisible by patch_size ", c.patch_size);
+  DG_CHECK(c.embed_dim > 0 && c.num_heads > 0 && c.embed_dim % c.num_heads == 0, what, ": embed_dim ", c.embed_dim,
+           " is not divisible by num_heads ", c.num_heads);
+  DG_CHECK(c.depth >= 1 && c.in_chans >= 1 && c.num_classes >= 0, what, ": depth, in_chans must be >= 1");
+  DG_CHECK(c.global_pool == "token" || c.global_pool == "avg", what, ": global_pool must be token or avg");
+  DG_CHECK(c.global_pool != "token" || c.class_token, what, ": global_pool 'token' needs class_token");
+  DG_CHECK(int64_t(c.mean.size()) == c.in_chans && int64_t(c.std.size()) == c.in_chans, what,
+           ": mean and std need one value per input channel (", c.in_chans, ")");
+  return c;
+}
+
+ViTConfig load_vit_config(const std::string& p) {
+  if (!std::filesystem::exists(p)) {
+    for (const auto& n : vit_preset_names())
+      if (n == p) return vit_preset(p);
+    throw Error(str("model config '", p, "': no such file and not a preset"));
+  }
+  std::ifstream f(p);
+  json j = json::parse(f, nullptr, false);
+  DG_CHECK(!j.is_discarded(), "model config '", p, "': invalid JSON");
+  return vit_config_from_json(j, "model config '" + p + "'");
+}
+
+}  // namespace dg::nn

@@ -7,7 +7,9 @@
 
 namespace dg::nn {
 
-static std::string join(const std::string& a, const std::string& b) { return a.empty() ? b : a + "." + b; }
+static std::string join(const std::string& a, const std::string& b) {
+  return a.empty() ? b : b.empty() ? a : a + "." + b;
+}
 
 Tensor& Module::register_parameter(const std::string& name, Tensor t) {
   t.set_name(name);

@@ -112,4 +112,5 @@ def main():
     print(f"wrote {len(T)} tensors to {os.path.normpath(out)}; loss {loss.item():.6f}; adamw {losses}")
 
 
-main()
+if __name__ == "__main__":
+    main()

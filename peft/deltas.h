@@ -1,0 +1,90 @@
+// The delta methods. Each is an nn::Delta attached at a site of a frozen ViT:
+//   LoraDelta     Post on a Linear:        y + s * scaling * B(A(dropout(x)))
+//   AdapterDelta  Post on a block/branch:  z + s * DropPath(up(drop(act(down(norm(u))))))
+//                 with u = z (reads the site's output) or u = the site's input (parallel)
+//   PromptDelta   VPT: Post on pos_drop inserts prompt tokens after the cls token (shallow);
+//                 Pre on blocks.i (i >= 1) replaces those rows with the layer's own (deep)
+// and a conditioning scale s (fixed 1, scalar or per-channel; trainable or not) per delta.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/random.h"
+#include "nn/delta.h"
+#include "nn/layers.h"
+#include "peft/config.h"
+
+namespace dg::peft {
+
+// s in "out + s * branch": undefined value = the constant 1.
+struct Scale {
+  ScaleConfig cfg;
+  Tensor value;  // [1] or [channels]
+  Scale() = default;
+  Scale(const ScaleConfig& c, int64_t channels);
+  Tensor apply(const Tensor& branch) const;  // branch [..., channels]
+  void add_to(std::vector<std::pair<std::string, Tensor>>& out) const;
+};
+
+class LoraDelta : public nn::Delta {
+ public:
+  // `fused_qkv`: the Linear is timm's qkv (out == 3 * in); with qkv_mode "separate" one
+  // LoRA per projection in qkv_parts.
+  LoraDelta(const std::string& name, const LoraConfig& c, const ScaleConfig& sc, nn::Linear& base, bool fused_qkv,
+            Generator& gen);
+  Position position() const override { return Position::Post; }
+  const char* method() const override { return "lora"; }
+  Tensor apply(const Tensor& x, const Tensor& y) override;
+  std::vector<std::pair<std::string, Tensor>> named_parameters() override;
+
+  double scaling() const;                 // alpha / r, or alpha / sqrt(r) with rsLoRA
+  Tensor delta_weight() const;            // s * scaling * B @ A as a [out, in] tensor
+  void merge();                           // W += delta_weight(); forward then skips the branch
+  void unmerge();                         // restores W bit-exactly (the original is kept)
+  bool merged() const { return merged_; }
+  // timm qkv split: "" (joint) or "q", "k", "v"
+  struct Part { std::string id; Tensor A, B; int64_t row0; };
+  std::vector<Part> parts;
+  LoraConfig cfg;
+  Scale scale;
+
+ private:
+  nn::Linear& base_;
+  bool merged_ = false;
+  Tensor original_W_;
+};
+
+class AdapterDelta : public nn::Delta {
+ public:
+  AdapterDelta(const std::string& name, const AdapterConfig& c, const ScaleConfig& sc, int64_t dim, bool reads_input,
+               double norm_eps, Generator& gen);
+  Position position() const override { return Position::Post; }
+  const char* method() const override { return "adapter"; }
+  Tensor apply(const Tensor& input, const Tensor& output) override;
+  std::vector<std::pair<std::string, Tensor>> named_parameters() override;
+  AdapterConfig cfg;
+  Scale scale;
+  Tensor down_w, down_b, up_w, up_b, norm_w, norm_b;  // [d, D], [d], [D, d], [D], [D], [D]
+  bool reads_input;
+  double norm_eps;
+};
+
+class PromptDelta : public nn::Delta {
+ public:
+  // insert = true: shallow insertion after the cls token (site pos_drop, Post);
+  // insert = false: replace the rows after the cls token (site blocks.i, Pre).
+  PromptDelta(const std::string& name, const PromptConfig& c, int64_t dim, double init_bound, bool insert,
+              Generator& gen);
+  Position position() const override { return insert_ ? Position::Post : Position::Pre; }
+  const char* method() const override { return "vpt"; }
+  Tensor apply(const Tensor& input, const Tensor& output) override;
+  std::vector<std::pair<std::string, Tensor>> named_parameters() override { return {{"prompt", prompt}}; }
+  PromptConfig cfg;
+  Tensor prompt;  // [num_tokens, D]
+
+ private:
+  bool insert_;
+};
+
+}  // namespace dg::peft

@@ -1,0 +1,391 @@
+#include "peft/peft_model.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "autograd/ops.h"
+#include "core/backend.h"
+#include "core/safetensors.h"
+#include "nn/glob.h"
+
+namespace dg::peft {
+
+using nlohmann::json;
+
+std::string base_identity(nn::Module& base) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](const std::string& s) {
+    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  };
+  for (auto& [n, t] : base.named_parameters(false)) mix(n + shape_str(t.shape()) + ";");
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+PeftModel::PeftModel(nn::VisionTransformer& base, const PeftConfig& cfg, uint64_t seed) : base_(base), cfg_(cfg) {
+  DG_CHECK(base_.all_deltas().empty(), "PeftModel: the base model already carries deltas");
+  base_.freeze_all();
+  Generator gen(seed);
+  for (const DeltaConfig& d : cfg_.deltas) attach(d, gen);
+  auto base_params = base_.named_parameters(false);
+  for (const std::string& g : cfg_.trainable) {
+    int n = 0;
+    for (auto& [name, t] : base_params)
+      if (nn::glob_match(g, name)) {
+        Tensor(t).set_requires_grad(true);
+        ++n;
+      }
+    DG_CHECK(n > 0, "peft config: trainable glob '", g, "' matches no base tensor");
+  }
+  for (const MaskConfig& m : cfg_.masks) {
+    int n = 0;
+    std::map<std::string, Tensor> file;
+    if (!m.file.empty()) file = load_safetensors(m.file).tensors;
+    for (auto& [name, t] : base_params) {
+      if (!nn::glob_match(m.tensor, name)) continue;
+      Tensor mask;
+      if (!m.file.empty()) {
+        auto it = file.find(name);
+        DG_CHECK(it != file.end(), "mask file '", m.file, "' has no tensor '", name, "'");
+        DG_CHECK(it->second.shape() == t.shape(), "mask file '", m.file, "': '", name, "' has shape ",
+                 shape_str(it->second.shape()), ", expected ", shape_str(t.shape()));
+        mask = it->second.to(DType::F32);
+        for (double v : mask.to_vector())
+          DG_CHECK(v == 0.0 || v == 1.0, "mask file '", m.file, "': '", name, "' must hold only 0 and 1");
+      } else {
+        Tensor u = Tensor::empty(t.shape());
+        Generator mg(m.seed ^ std::hash<std::string>{}(name));
+        mg.uniform_(u);
+        std::vector<double> uv = u.to_vector();
+        for (double& v : uv) v = v < m.density ? 1.0 : 0.0;
+        mask = Tensor::from_vector(uv, t.shape()).to(DType::F32);
+      }
+      masks_[name] = mask.to(t.dtype()).to(t.device());
+      Tensor(t).set_requires_grad(true);
+      ++n;
+    }
+    DG_CHECK(n > 0, "peft config: mask tensor glob '", m.tensor, "' matches no base tensor");
+  }
+}
+
+void PeftModel::attach(const DeltaConfig& d, Generator& gen) {
+  std::vector<std::pair<std::string, std::shared_ptr<nn::Delta>>> list;
+  auto add = [&](const std::string& site, std::shared_ptr<nn::Delta> delta) {
+    base_.add_delta(site, delta);
+    list.emplace_back(site, delta);
+  };
+  const nn::ViTConfig& vc = base_.cfg;
+  if (d.method == "lora") {
+    for (auto& [path, m] : base_.named_modules()) {
+      if (!nn::glob_match_any(d.lora.target_modules, path)) continue;
+      auto* lin = dynamic_cast<nn::Linear*>(m);
+      DG_CHECK(lin, "lora '", d.name, "': target '", path, "' is not a Linear layer");
+      const bool qkv = path.size() >= 8 && path.compare(path.size() - 8, 8, "attn.qkv") == 0;
+      add(path, std::make_shared<LoraDelta>(d.name, d.lora, d.scale, *lin, qkv, gen));
+    }
+  } else if (d.method == "vpt_shallow" || d.method == "vpt_deep") {
+    DG_CHECK(vc.class_token, "vpt '", d.name, "': needs a model with a class token");
+    const double bound = std::sqrt(6.0 / double(vc.in_chans * vc.patch_size * vc.patch_size + vc.embed_dim));
+    add("pos_drop", std::make_shared<PromptDelta>(d.name, d.prompt, vc.embed_dim, bound, true, gen));
+    if (d.prompt.deep)
+      for (int64_t i = 1; i < vc.depth; ++i)
+        add("blocks." + std::to_string(i),
+            std::make_shared<PromptDelta>(d.name, d.prompt, vc.embed_dim, bound, false, gen));
+  } else {  // bottleneck adapters
+    const AdapterConfig& a = d.adapter;
+    for (int64_t i = 0; i < vc.depth; ++i) {
+      const std::string blk = "blocks." + std::to_string(i);
+      if (!nn::glob_match_any(a.blocks, blk)) continue;
+      auto make = [&](bool reads_input) {
+        return std::make_shared<AdapterDelta>(d.name, a, d.scale, vc.embed_dim, reads_input, vc.norm_eps, gen);
+      };
+      if (a.config == "post") {
+        add(blk, make(false));
+      } else if (a.config == "houlsby") {
+        if (a.attn_adapter) add(blk + ".attn_branch", make(false));
+        add(blk + ".mlp_branch", make(false));
+      } else if (a.config == "intermediate") {
+        add(blk + ".mlp_branch", make(false));
+      } else {  // parallel
+        add(blk + ".mlp_branch", make(true));
+      }
+    }
+  }
+  DG_CHECK(!list.empty(), "delta '", d.name, "' (", d.method, ") matched no site of the model");
+  deltas_.emplace_back(d.name, std::move(list));
+}
+
+std::vector<std::string> PeftModel::delta_names() const {
+  std::vector<std::string> out;
+  for (const auto& [n, l] : deltas_) out.push_back(n);
+  return out;
+}
+
+std::vector<std::pair<std::string, std::shared_ptr<nn::Delta>>> PeftModel::attachments(const std::string& name) const {
+  for (const auto& [n, l] : deltas_)
+    if (n == name) return l;
+  throw Error(str("no delta named '", name, "'"));
+}
+
+void PeftModel::set_enabled(const std::string& name, bool enabled) {
+  for (auto& [site, d] : attachments(name)) d->enabled = enabled;
+}
+
+void PeftModel::remove(const std::string& name) {
+  auto list = attachments(name);
+  for (auto it = list.rbegin(); it != list.rend(); ++it) base_.remove_delta(it->first, name);
+  for (auto it = deltas_.begin(); it != deltas_.end(); ++it)
+    if (it->first == name) {
+      deltas_.erase(it);
+      break;
+    }
+}
+
+nn::NamedTensors PeftModel::trainable_parameters() const {
+  nn::NamedTensors out;
+  for (auto& [n, t] : base_.named_parameters(true))
+    if (t.requires_grad()) out.emplace_back(n, t);
+  return out;
+}
+
+void PeftModel::mask_gradients() {
+  NoGradGuard ng;
+  for (auto& [name, mask] : masks_)
+    for (auto& [n, t] : base_.named_parameters(false))
+      if (n == name && t.grad().defined()) {
+        Tensor g = t.grad();
+        backend_of(g).binary(BinaryOp::Mul, g, mask, g);
+      }
+}
+
+int64_t PeftModel::base_parameter_count() const {
+  int64_t n = 0;
+  for (auto& [name, t] : base_.named_parameters(false)) n += t.numel();
+  return n;
+}
+
+std::string PeftModel::report() const {
+  std::ostringstream os;
+  const double base = double(base_parameter_count());
+  char line[256];
+  std::snprintf(line, sizeof line, "%-24s %-12s %8s %12s %9s\n", "delta", "method", "sites", "params", "% base");
+  os << line;
+  int64_t total = 0;
+  for (const auto& [name, list] : deltas_) {
+    int64_t n = 0;
+    for (const auto& [site, d] : list)
+      for (auto& [pn, t] : d->named_parameters())
+        if (t.requires_grad()) n += t.numel();
+    total += n;
+    std::snprintf(line, sizeof line, "%-24s %-12s %8zu %12lld %8.3f%%\n", name.c_str(), list.front().second->method(),
+                  list.size(), static_cast<long long>(n), 100.0 * double(n) / base);
+    os << line;
+  }
+  int64_t base_trainable = 0, masked = 0;
+  for (auto& [n, t] : base_.named_parameters(false)) {
+    if (!t.requires_grad()) continue;
+    auto it = masks_.find(n);
+    if (it == masks_.end()) {
+      base_trainable += t.numel();
+    } else {
+      for (double v : it->second.to_vector()) masked += v != 0.0;
+    }
+  }
+  std::snprintf(line, sizeof line, "%-24s %-12s %8s %12lld %8.3f%%\n", "base tensors", "trainable", "",
+                static_cast<long long>(base_trainable), 100.0 * double(base_trainable) / base);
+  os << line;
+  if (!masks_.empty()) {
+    std::snprintf(line, sizeof line, "%-24s %-12s %8zu %12lld %8.3f%%\n", "masked elements", "sparse", masks_.size(),
+                  static_cast<long long>(masked), 100.0 * double(masked) / base);
+    os << line;
+  }
+  total += base_trainable + masked;
+  std::snprintf(line, sizeof line, "trainable params: %lld || all params: %lld || trainable%%: %.4f\n",
+                static_cast<long long>(total), static_cast<long long>(base_parameter_count() + total - base_trainable - masked),
+                100.0 * double(total) / base);
+  os << line;
+  return os.str();
+}
+
+void PeftModel::save(const std::string& path) const {
+  std::map<std::string, Tensor> t;
+  for (auto& [n, p] : trainable_parameters()) t[n] = p;
+  for (const auto& [name, list] : deltas_)  // fixed (non-trainable) delta tensors too, e.g. a fixed scale
+    for (const auto& [site, d] : list)
+      for (auto& [pn, p] : d->named_parameters()) t[site + "." + name + "." + pn] = p;
+  for (const auto& [n, m] : masks_) t["mask." + n] = m;
+  save_safetensors(path, t,
+                   {{"format", "deltagrad.delta/1"},
+                    {"peft_config", cfg_.raw.dump()},
+                    {"base_identity", base_identity(base_)},
+                    {"model_config", nn::to_json(base_.cfg).dump()}});
+}
+
+void PeftModel::load(const std::string& path) {
+  SafeTensors st = load_safetensors(path);
+  auto meta = [&](const char* k) {
+    auto it = st.metadata.find(k);
+    DG_CHECK(it != st.metadata.end(), "delta file '", path, "': no '", k, "' in its metadata (not a deltagrad delta file)");
+    return it->second;
+  };
+  DG_CHECK(meta("format") == "deltagrad.delta/1", "delta file '", path, "': unknown format '", meta("format"), "'");
+  const std::string id = base_identity(base_);
+  DG_CHECK(meta("base_identity") == id, "delta file '", path, "' was made for a different base model (identity ",
+           meta("base_identity"), ", this base ", id, "): tensor names or shapes differ");
+  std::map<std::string, Tensor> mine;
+  for (auto& [n, p] : trainable_parameters()) mine[n] = p;
+  for (const auto& [name, list] : deltas_)
+    for (const auto& [site, d] : list)
+      for (auto& [pn, p] : d->named_parameters()) mine[site + "." + name + "." + pn] = p;
+  for (const auto& [n, m] : masks_) mine["mask." + n] = m;
+  for (const auto& [n, t] : st.tensors)
+    DG_CHECK(mine.count(n), "delta file '", path, "': tensor '", n, "' has no place in this PEFT model");
+  NoGradGuard ng;
+  for (auto& [n, p] : mine) {
+    auto it = st.tensors.find(n);
+    DG_CHECK(it != st.tensors.end(), "delta file '", path, "': missing tensor '", n, "'");
+    DG_CHECK(it->second.shape() == p.shape(), "delta file '", path, "': '", n, "' has shape ",
+             shape_str(it->second.shape()), ", expected ", shape_str(p.shape()));
+    for (double v : it->second.to_vector()) DG_CHECK(std::isfinite(v), "delta file '", path, "': '", n, "' contains NaN or Inf");
+    Tensor dst = p;
+    dst.copy_(it->second);
+  }
+}
+
+std::unique_ptr<PeftModel> PeftModel::from_file(nn::VisionTransformer& base, const std::string& path) {
+  SafeTensors st = load_safetensors(path);
+  auto it = st.metadata.find("peft_config");
+  DG_CHECK(it != st.metadata.end(), "delta file '", path, "': no peft_config in its metadata");
+  json j = json::parse(it->second, nullptr, false);
+  DG_CHECK(!j.is_discarded(), "delta file '", path, "': peft_config metadata is not valid JSON");
+  auto m = std::make_unique<PeftModel>(base, parse_peft_config(j, "peft_config in '" + path + "'"));
+  m->load(path);
+  return m;
+}
+
+void PeftModel::merge() {
+  int n = 0;
+  for (auto& [name, list] : deltas_)
+    for (auto& [site, d] : list)
+      if (auto l = std::dynamic_pointer_cast<LoraDelta>(d)) {
+        l->merge();
+        ++n;
+      }
+  DG_CHECK(n > 0, "merge: this PEFT model has no LoRA deltas to merge");
+}
+
+void PeftModel::unmerge() {
+  for (auto& [name, list] : deltas_)
+    for (auto& [site, d] : list)
+      if (auto l = std::dynamic_pointer_cast<LoraDelta>(d))
+        if (l->merged()) l->unmerge();
+}
+
+void PeftModel::export_hf(const std::string& dir, const std::string& delta_name) const {
+  const std::pair<std::string, std::vector<std::pair<std::string, std::shared_ptr<nn::Delta>>>>* pick = nullptr;
+  for (const auto& e : deltas_) {
+    const bool is_lora = std::dynamic_pointer_cast<LoraDelta>(e.second.front().second) != nullptr;
+    if (!is_lora || (!delta_name.empty() && e.first != delta_name)) continue;
+    DG_CHECK(!pick, "export_hf: several LoRA deltas; name the one to export");
+    pick = &e;
+  }
+  DG_CHECK(pick, "export_hf: no LoRA delta", delta_name.empty() ? "" : " named '" + delta_name + "'");
+  std::filesystem::create_directories(dir);
+  std::map<std::string, Tensor> t;
+  std::vector<std::string> targets;
+  int64_t r_total = 0;
+  double alpha = 0, dropout_p = 0;
+  NoGradGuard ng;
+  for (const auto& [site, d] : pick->second) {
+    auto l = std::dynamic_pointer_cast<LoraDelta>(d);
+    const int64_t r = l->cfg.r, k = int64_t(l->parts.size()), in = l->parts[0].A.size(1);
+    const int64_t out = l->parts.size() == 1 && l->parts[0].id.empty() ? l->parts[0].B.size(0) : 3 * in;
+    // A' = [A_1; ...; A_k] [k r, in];  B' = block placement of B_i at its rows, times s
+    Tensor A = Tensor::zeros({k * r, in}), B = Tensor::zeros({out, k * r});
+    for (int64_t i = 0; i < k; ++i) {
+      const auto& p = l->parts[size_t(i)];
+      backend_of(A).copy(p.A.to(DType::F32), view::slice(A, 0, i * r, (i + 1) * r));
+      backend_of(B).copy(p.B.to(DType::F32),
+                         view::slice(view::slice(B, 0, p.row0, p.row0 + p.B.size(0)), 1, i * r, (i + 1) * r));
+    }
+    if (l->scale.value.defined()) B = mul(B, view::unsqueeze(view::expand(l->scale.value, {out}), 1));
+    t["base_model.model." + site + ".lora_A.weight"] = A;
+    t["base_model.model." + site + ".lora_B.weight"] = B;
+    targets.push_back(site);
+    // peft's scaling is lora_alpha / r: choose alpha so that it equals ours
+    r_total = k * r;
+    alpha = l->scaling() * double(r_total);
+    dropout_p = l->cfg.lora_dropout;
+  }
+  save_safetensors(dir + "/adapter_model.safetensors", t, {{"format", "pt"}});
+  json c = {{"peft_type", "LORA"}, {"task_type", nullptr}, {"r", r_total}, {"lora_alpha", alpha},
+            {"lora_dropout", dropout_p}, {"target_modules", targets}, {"bias", "none"}, {"use_rslora", false},
+            {"fan_in_fan_out", false}, {"init_lora_weights", true}, {"inference_mode", true},
+            {"modules_to_save", nullptr}, {"base_model_name_or_path", nullptr}, {"revision", nullptr},
+            {"layers_to_transform", nullptr}, {"layers_pattern", nullptr}, {"rank_pattern", json::object()},
+            {"alpha_pattern", json::object()}};
+  write_file_atomic(dir + "/adapter_config.json", c.dump(2) + "\n");
+}
+
+void import_hf(const std::string& dir, const std::string& out_file, nn::VisionTransformer& base) {
+  std::ifstream f(dir + "/adapter_config.json");
+  DG_CHECK(f, "import-peft: cannot open '", dir, "/adapter_config.json'");
+  json c = json::parse(f, nullptr, false);
+  DG_CHECK(!c.is_discarded() && c.is_object(), "import-peft: '", dir, "/adapter_config.json' is not a JSON object");
+  DG_CHECK(c.value("peft_type", "") == "LORA", "import-peft: peft_type '", c.value("peft_type", ""),
+           "' is not LORA (only LoRA can be imported)");
+  DG_CHECK(c.value("bias", "none") == "none", "import-peft: bias '", c.value("bias", ""), "' is not supported");
+  SafeTensors st = load_safetensors(dir + "/adapter_model.safetensors");
+  std::map<std::string, std::pair<Tensor, Tensor>> mods;  // module path -> (A, B)
+  for (const auto& [k, t] : st.tensors) {
+    std::string key = k;
+    const std::string pre = "base_model.model.";
+    DG_CHECK(key.rfind(pre, 0) == 0, "import-peft: unexpected key '", k, "' (expected base_model.model.<module>.lora_A.weight)");
+    key = key.substr(pre.size());
+    for (const char* ab : {".lora_A.weight", ".lora_B.weight", ".lora_A.default.weight", ".lora_B.default.weight"}) {
+      const std::string s = ab;
+      if (key.size() > s.size() && key.compare(key.size() - s.size(), s.size(), s) == 0) {
+        auto& slot = mods[key.substr(0, key.size() - s.size())];
+        (s[6] == 'A' ? slot.first : slot.second) = t;
+        key.clear();
+        break;
+      }
+    }
+    DG_CHECK(key.empty(), "import-peft: unexpected key '", k, "'");
+  }
+  DG_CHECK(!mods.empty(), "import-peft: no LoRA tensors in '", dir, "/adapter_model.safetensors'");
+  const int64_t r = c.value("r", int64_t(0));
+  std::vector<std::string> targets;
+  for (auto& [m, ab] : mods) {
+    DG_CHECK(ab.first.defined() && ab.second.defined(), "import-peft: module '", m, "' lacks lora_A or lora_B");
+    DG_CHECK(ab.first.size(0) == r && ab.second.size(1) == r, "import-peft: '", m, "' has rank ", ab.first.size(0),
+             ", adapter_config says r = ", r);
+    targets.push_back(m);
+  }
+  json pc = {{"deltas", json::array({{{"name", "lora"}, {"method", "lora"}, {"r", r},
+                                      {"lora_alpha", c.value("lora_alpha", double(r))},
+                                      {"lora_dropout", c.value("lora_dropout", 0.0)},
+                                      {"use_rslora", c.value("use_rslora", false)},
+                                      {"target_modules", targets}}})}};
+  PeftModel pm(base, parse_peft_config(pc, "imported peft config"));
+  NoGradGuard ng;
+  for (auto& [site, d] : pm.attachments("lora")) {
+    auto l = std::dynamic_pointer_cast<LoraDelta>(d);
+    const auto& ab = mods.at(site);
+    DG_CHECK(ab.first.shape() == l->parts[0].A.shape() && ab.second.shape() == l->parts[0].B.shape(), "import-peft: '",
+             site, "' shapes A ", shape_str(ab.first.shape()), " B ", shape_str(ab.second.shape()), " do not fit the model");
+    l->parts[0].A.copy_(ab.first);
+    l->parts[0].B.copy_(ab.second);
+  }
+  pm.save(out_file);
+  pm.remove("lora");  // leave the base as it was
+}
+
+}  // namespace dg::peft

@@ -1,0 +1,72 @@
+// A frozen ViT plus the deltas a PEFT config describes. This is the object the CLI, the
+// trainer and the examples use: build it, train its trainable_parameters(), save only
+// the deltas, load them onto the same base later.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nn/vit.h"
+#include "peft/config.h"
+#include "peft/deltas.h"
+
+namespace dg::peft {
+
+class PeftModel {
+ public:
+  // Freezes the base, attaches every delta of the config (seeded init), makes the
+  // `trainable` globs and masked tensors trainable.
+  PeftModel(nn::VisionTransformer& base, const PeftConfig& cfg, uint64_t seed = 0);
+
+  nn::VisionTransformer& base() { return base_; }
+  const PeftConfig& config() const { return cfg_; }
+  Tensor forward(const Tensor& images) { return base_(images); }
+
+  // Deltas by config name (a name may own several attachments, e.g. one per block).
+  std::vector<std::string> delta_names() const;
+  void set_enabled(const std::string& name, bool enabled);  // NeMo's set_enabled_adapters
+  void remove(const std::string& name);                     // detach (last added first at each site)
+  std::vector<std::pair<std::string, std::shared_ptr<nn::Delta>>> attachments(const std::string& name) const;
+
+  nn::NamedTensors trainable_parameters() const;
+  const std::map<std::string, Tensor>& masks() const { return masks_; }
+  void mask_gradients();  // zero the gradient of masked-out elements (what `grads` reports)
+
+  // peft's print_trainable_parameters / OpenDelta's log(): per delta and in total.
+  std::string report() const;
+  int64_t base_parameter_count() const;
+
+  // Delta files: the delta tensors and trained base tensors (and masks), with the PEFT
+  // config and the base's identity in __metadata__. Loading checks the identity.
+  void save(const std::string& path) const;
+  void load(const std::string& path);
+  // Build from a delta file alone: the PEFT config is read from its metadata.
+  static std::unique_ptr<PeftModel> from_file(nn::VisionTransformer& base, const std::string& path);
+
+  // LoRA merge into the base weights (and exact unmerge).
+  void merge();
+  void unmerge();
+
+  // Hugging Face peft format for LoRA on timm models (adapter_model.safetensors +
+  // adapter_config.json in `dir`). Separate q/k/v LoRAs export exactly as one joint LoRA
+  // of rank 3r (A stacked, B block-diagonal).
+  void export_hf(const std::string& dir, const std::string& delta_name = "") const;
+
+ private:
+  nn::VisionTransformer& base_;
+  PeftConfig cfg_;
+  // config name -> (site, delta), in attachment order
+  std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::shared_ptr<nn::Delta>>>>> deltas_;
+  std::map<std::string, Tensor> masks_;
+  void attach(const DeltaConfig& d, Generator& gen);
+};
+
+// 64-bit FNV-1a over base tensor names and shapes, hex: "which base model is this".
+std::string base_identity(nn::Module& base);
+
+// Import a Hugging Face peft LoRA (dir with adapter_model.safetensors, adapter_config.json)
+// as a PEFT config + delta tensors that PeftModel::load understands.
+void import_hf(const std::string& dir, const std::string& out_delta_file, nn::VisionTransformer& base);
+
+}  // namespace dg::peft

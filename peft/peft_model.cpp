@@ -86,7 +86,12 @@ void PeftModel::attach(const DeltaConfig& d, Generator& gen) {
     for (auto& [path, m] : base_.named_modules()) {
       if (!nn::glob_match_any(d.lora.target_modules, path)) continue;
       auto* lin = dynamic_cast<nn::Linear*>(m);
-      DG_CHECK(lin, "lora '", d.name, "': target '", path, "' is not a Linear layer");
+      if (!lin) {  // a wildcard may sweep over activations and dropouts: only Linears get LoRA
+        bool exact = false;
+        for (const std::string& g : d.lora.target_modules) exact = exact || g == path;
+        DG_CHECK(!exact, "lora '", d.name, "': target '", path, "' is not a Linear layer");
+        continue;
+      }
       const bool qkv = path.size() >= 8 && path.compare(path.size() - 8, 8, "attn.qkv") == 0;
       add(path, std::make_shared<LoraDelta>(d.name, d.lora, d.scale, *lin, qkv, gen));
     }

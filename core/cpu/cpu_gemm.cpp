@@ -1,6 +1,7 @@
 // CPU GEMM through Eigen (row-major maps over the caller's buffers, no copies).
-// Small batched products (attention heads) run one matrix per thread; large ones
-// let Eigen split a single product across the cores.
+// Eigen runs single-threaded; gemm() decides how to use the cores: small products on
+// one core, batches one matrix per thread, large products split by rows of C.
+#define EIGEN_DONT_PARALLELIZE
 #include <Eigen/Core>
 
 #include "core/cpu/cpu_backend.h"
@@ -42,11 +43,43 @@ void CpuBackend::gemm(const Gemm& g, const Tensor& A, const Tensor& B, const Ten
     const T* b = static_cast<const T*>(B.raw());
     T* c = static_cast<T*>(C.raw());
     const double flops = 2.0 * double(g.M) * double(g.N) * double(g.K);
-    // Many small matrices: parallelise over the batch (Eigen runs serially inside).
-    const bool per_batch = g.batch > 1 && flops < 4e6;
-#pragma omp parallel for if (per_batch) schedule(static)
-    for (int64_t i = 0; i < g.batch; ++i)
-      gemm_one<T>(g, a + i * g.stride_a, b + i * g.stride_b, c + i * g.stride_c);
+#ifdef _OPENMP
+    const int nt = omp_get_max_threads();
+#else
+    const int nt = 1;
+#endif
+    // Small products run on one core: waking a thread costs more than they take.
+    if (nt == 1 || flops * double(g.batch) < 2e6) {
+      for (int64_t i = 0; i < g.batch; ++i) gemm_one<T>(g, a + i * g.stride_a, b + i * g.stride_b, c + i * g.stride_c);
+      return;
+    }
+    if (g.batch >= nt) {  // many matrices (attention heads): one per thread
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < g.batch; ++i) gemm_one<T>(g, a + i * g.stride_a, b + i * g.stride_b, c + i * g.stride_c);
+      return;
+    }
+    // Few large matrices: split the rows of C into one contiguous block per thread.
+    for (int64_t i = 0; i < g.batch; ++i) {
+      const T *ai = a + i * g.stride_a, *bi = b + i * g.stride_b;
+      T* ci = c + i * g.stride_c;
+#pragma omp parallel num_threads(nt)
+      {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num();
+#else
+        const int t = 0;
+#endif
+        const int64_t step = (g.M + nt - 1) / nt, r0 = std::min<int64_t>(g.M, t * step),
+                      r1 = std::min<int64_t>(g.M, r0 + step);
+        if (r1 > r0) {
+          Gemm part = g;
+          part.M = r1 - r0;
+          // rows of op(A): stored rows (no transpose) or stored columns (transposed)
+          const T* ap = g.ta ? ai + r0 : ai + r0 * g.lda;
+          gemm_one<T>(part, ap, bi, ci + r0 * g.ldc);
+        }
+      }
+    }
   });
 }
 

@@ -1,0 +1,327 @@
+// PEFT mechanics: delta order, frozen tensors untouched, masks under AdamW, delta files,
+// merge/unmerge, Hugging Face export/import, config errors, and that every method learns.
+#include <filesystem>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "autograd/op_registry.h"
+#include "autograd/ops.h"
+#include "core/random.h"
+#include "core/safetensors.h"
+#include "nn/optim.h"
+#include "peft/peft_model.h"
+#include "tests/test_util.h"
+
+using namespace dg;
+using nlohmann::json;
+
+namespace {
+nn::ViTConfig tiny() {
+  return nn::vit_config_from_json(json{{"img_size", 16}, {"patch_size", 4}, {"in_chans", 1}, {"embed_dim", 24},
+                                       {"depth", 2}, {"num_heads", 2}, {"num_classes", 3}, {"mean", {0.5}}, {"std", {0.5}}});
+}
+std::string tmp(const std::string& f) {
+  auto d = std::filesystem::temp_directory_path() / ("dg_peft_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(d);
+  return (d / f).string();
+}
+// A learnable toy task: class = which third of the image is bright.
+std::pair<Tensor, Tensor> toy_batch(int64_t n, uint64_t seed, int64_t shift = 0) {
+  Generator g(seed);
+  Tensor x = Tensor::empty({n, 1, 16, 16});
+  g.normal_(x, 0.0, 0.3);
+  std::vector<int64_t> y(static_cast<size_t>(n));
+  float* p = x.data<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    y[size_t(i)] = (i + shift) % 3;
+    for (int64_t r = 0; r < 16; ++r)
+      for (int64_t c = 5 * (i % 3); c < 5 * (i % 3) + 5 && c < 16; ++c) p[(i * 16 + r) * 16 + c] += 1.5f;
+  }
+  return {x, Tensor::from_vector(y, {n})};
+}
+// A backbone pretrained (full fine-tune) on the toy task, as the base for adaptation.
+const std::map<std::string, Tensor>& pretrained() {
+  static std::map<std::string, Tensor> w = [] {
+    nn::VisionTransformer m(tiny());
+    m.set_trainable("*", true);
+    nn::AdamW opt(m.named_parameters(), 3e-3, 0.0);
+    auto [x, y] = toy_batch(48, 11);
+    for (int s = 0; s < 60; ++s) {
+      opt.zero_grad();
+      backward(cross_entropy(m(x), y));
+      opt.step();
+    }
+    std::map<std::string, Tensor> out;
+    for (auto& [n, t] : m.named_parameters()) out[n] = t.detach().clone();
+    return out;
+  }();
+  return w;
+}
+std::map<std::string, std::vector<float>> snapshot(nn::Module& m) {
+  std::map<std::string, std::vector<float>> s;
+  for (auto& [n, t] : m.named_parameters(false)) s[n] = t.to_float_vector();
+  return s;
+}
+// Train a few AdamW steps; return the eval-mode loss (dropout and drop-path off) before
+// and after training, so the comparison is not at the mercy of one noisy step.
+std::pair<double, double> train(peft::PeftModel& pm, int steps, double lr) {
+  nn::AdamW opt(pm.trainable_parameters(), lr, 0.05);
+  for (auto& [n, m] : pm.masks()) opt.set_mask(n, m);
+  auto [x, y] = toy_batch(24, 3, 1);  // the downstream task: labels shifted by one
+  auto eval_loss = [&] {
+    NoGradGuard ng;
+    pm.base().eval();
+    double l = cross_entropy(pm.forward(x), y).item();
+    pm.base().train();
+    return l;
+  };
+  const double first = eval_loss();
+  for (int s = 0; s < steps; ++s) {
+    opt.zero_grad();
+    backward(cross_entropy(pm.forward(x), y));
+    opt.step();
+  }
+  return {first, eval_loss()};
+}
+}  // namespace
+
+TEST_CASE("peft: delta order at one site is defined (Pre reverse, Post insertion order) and removal is LIFO") {
+  struct Affine : nn::Delta {
+    double a, b;
+    Position pos;
+    Affine(const char* n, double a_, double b_, Position p) : a(a_), b(b_), pos(p) { name = n; }
+    Position position() const override { return pos; }
+    const char* method() const override { return "affine"; }
+    Tensor apply(const Tensor& in, const Tensor& out) override {
+      return add_scalar(mul_scalar(pos == Position::Pre ? in : out, a), b);
+    }
+  };
+  nn::Identity id;
+  auto P = nn::Delta::Position::Post, R = nn::Delta::Position::Pre;
+  id.add_delta("", std::make_shared<Affine>("pre1", 2, 0, R));  // x * 2
+  id.add_delta("", std::make_shared<Affine>("pre2", 1, 1, R));  // x + 1
+  id.add_delta("", std::make_shared<Affine>("post1", 3, 0, P)); // y * 3
+  id.add_delta("", std::make_shared<Affine>("post2", 1, 5, P)); // y + 5
+  // Pre in reverse: (x + 1) * 2; Post in order: (. * 3) + 5.  x = 1 -> ((1+1)*2)*3 + 5 = 17
+  CHECK(id(Tensor::scalar(1.0)).item() == 17.0);
+  id.remove_delta("", "post2");
+  CHECK(id(Tensor::scalar(1.0)).item() == 12.0);
+  CHECK_THROWS_WITH_AS(id.add_delta("", std::make_shared<Affine>("pre1", 1, 0, R)), doctest::Contains("already has"), Error);
+}
+
+TEST_CASE("peft: sites, names and the trainable report") {
+  nn::VisionTransformer m(tiny());
+  peft::PeftModel pm(m, peft::parse_peft_config(json{
+      {"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 2}, {"target_modules", {"blocks.*.attn.qkv", "blocks.*.mlp.fc2"}}},
+                  {{"name", "ap"}, {"method", "adapter_plus"}, {"dim", 3}}}},
+      {"trainable", {"head.*"}}}));
+  auto tp = pm.trainable_parameters();
+  std::set<std::string> names;
+  int64_t n = 0;
+  for (auto& [k, t] : tp) {
+    names.insert(k);
+    n += t.numel();
+  }
+  CHECK(names.count("blocks.0.attn.qkv.lora.lora_A"));
+  CHECK(names.count("blocks.1.mlp.fc2.lora.lora_B"));
+  CHECK(names.count("blocks.1.ap.scale"));
+  CHECK(names.count("head.weight"));
+  CHECK_FALSE(names.count("blocks.0.attn.qkv.weight"));
+  // lora: qkv (2*24 + 72*2) + fc2 (2*96 + 24*2) per block; adapter: 3*24+3+24*3+24+24 per block; head 24*3+3
+  CHECK(n == 2 * (2 * 24 + 72 * 2 + 2 * 96 + 24 * 2) + 2 * (3 * 24 + 3 + 24 * 3 + 24 + 24) + 24 * 3 + 3);
+  std::string rep = pm.report();
+  CHECK(rep.find("lora") != std::string::npos);
+  CHECK(rep.find("adapter") != std::string::npos);
+  CHECK(rep.find("trainable params: " + std::to_string(n)) != std::string::npos);
+}
+
+TEST_CASE("peft: frozen tensors stay bit-identical, get no gradient and no optimizer state; each method learns") {
+  const std::vector<json> methods = {
+      {{"method", "lora"}, {"r", 4}, {"lora_alpha", 8}},
+      {{"method", "lora"}, {"r", 2}, {"qkv_mode", "separate"}},
+      {{"method", "houlsby"}, {"dim", 4}},
+      {{"method", "pfeiffer"}, {"dim", 4}},
+      {{"method", "parallel"}, {"dim", 4}, {"scaling", 0.1}},
+      {{"method", "adapter_plus"}, {"dim", 4}},
+      {{"method", "vpt_shallow"}, {"num_tokens", 4}},
+      {{"method", "vpt_deep"}, {"num_tokens", 4}},
+  };
+  for (const json& d : methods) {
+    INFO(d.dump());
+    tape().clear();
+    nn::VisionTransformer m(tiny());
+    nn::load_state_dict(m, pretrained(), "pretrained");
+    m.reset_head(5);  // a new task: a fresh head
+    json dd = d;
+    dd["name"] = "d";
+    peft::PeftModel pm(m, peft::parse_peft_config(json{{"deltas", {dd}}, {"trainable", {"head.*"}}}));
+    auto before = snapshot(m);
+    auto [first, last] = train(pm, 20, 1e-2);
+    CHECK(last < 0.5 * first);
+    auto after = snapshot(m);
+    for (auto& [n, v] : before) {
+      if (n.rfind("head.", 0) == 0) continue;
+      CHECK_MESSAGE(after[n] == v, n);  // bit-identical
+    }
+    for (auto& [n, t] : m.named_parameters(false))
+      if (n.rfind("head.", 0) != 0) CHECK_FALSE(t.grad().defined());
+  }
+}
+
+TEST_CASE("peft: the tape skips frozen weight-gradient GEMMs and head-only training runs no backward through blocks") {
+  tape().clear();
+  nn::VisionTransformer m(tiny());
+  peft::PeftModel pm(m, peft::parse_peft_config(json{{"trainable", {"head.*"}}}));
+  auto [x, y] = toy_batch(3, 1);
+  Tensor loss = cross_entropy(pm.forward(x), y);
+  // only the head's linear and the loss are recorded
+  REQUIRE(tape().records().size() == 2);
+  CHECK(std::string(tape().records()[0].op->name) == "linear");
+  tape().clear();
+  peft::PeftModel* unused = nullptr;
+  (void)unused;
+  nn::VisionTransformer m2(tiny());
+  peft::PeftModel pm2(m2, peft::parse_peft_config(json{{"deltas", {{{"name", "l"}, {"method", "lora"}, {"r", 2}}}}}));
+  cross_entropy(pm2.forward(x), y);
+  for (const Record& r : tape().records())
+    if (std::string(r.op->name) == "linear" && !r.needs[1]) {
+      // a frozen Linear saves no input for a weight gradient
+      for (const SavedTensor& s : r.saved) CHECK(s.what != "x");
+    }
+  tape().clear();
+}
+
+TEST_CASE("peft: masked-out elements are bit-identical after AdamW steps with weight decay") {
+  tape().clear();
+  nn::VisionTransformer m(tiny());
+  peft::PeftModel pm(m, peft::parse_peft_config(json{
+      {"masks", {{{"tensor", "blocks.*.mlp.fc1.weight"}, {"density", 0.05}, {"seed", 3}}}}, {"trainable", {"head.*"}}}));
+  REQUIRE(pm.masks().size() == 2);
+  auto before = snapshot(m);
+  train(pm, 5, 1e-2);
+  auto after = snapshot(m);
+  int changed = 0, kept = 0;
+  for (auto& [n, mask] : pm.masks()) {
+    std::vector<double> mk = mask.to_vector();
+    for (size_t i = 0; i < mk.size(); ++i) {
+      if (mk[i] == 0) {
+        kept += after[n][i] == before[n][i];
+        CHECK(after[n][i] == before[n][i]);
+      } else {
+        changed += after[n][i] != before[n][i];
+      }
+    }
+  }
+  CHECK(changed > 0);
+  CHECK(kept > 0);
+}
+
+TEST_CASE("peft: delta files round-trip exactly and are refused by another base") {
+  tape().clear();
+  auto make = [] { return json{{"deltas", {{{"name", "q"}, {"method", "lora"}, {"r", 2}, {"init", "random"}},
+                                           {{"name", "a"}, {"method", "adapter_plus"}, {"dim", 3}}}},
+                               {"trainable", {"head.*"}}}; };
+  nn::VisionTransformer m(tiny());
+  peft::PeftModel pm(m, peft::parse_peft_config(make()), 7);
+  train(pm, 3, 1e-2);
+  m.eval();
+  auto [x, y] = toy_batch(4, 9);
+  Tensor want;
+  {
+    NoGradGuard ng;
+    want = pm.forward(x);
+  }
+  const std::string f = tmp("d.safetensors");
+  pm.save(f);
+  nn::VisionTransformer m2(tiny());  // same base (same init seed), fresh deltas
+  auto pm2 = peft::PeftModel::from_file(m2, f);
+  m2.eval();
+  NoGradGuard ng;
+  CHECK(pm2->forward(x).to_vector() == want.to_vector());  // exactly
+  nn::ViTConfig other = tiny();
+  other.depth = 3;
+  nn::VisionTransformer m3(other);
+  CHECK_THROWS_WITH_AS(peft::PeftModel::from_file(m3, f), doctest::Contains("different base model"), Error);
+}
+
+TEST_CASE("peft: merged LoRA equals unmerged; unmerge restores the weights bit-exactly") {
+  tape().clear();
+  nn::VisionTransformer m(tiny());
+  peft::PeftModel pm(m, peft::parse_peft_config(json{{"deltas", {{{"name", "l"}, {"method", "lora"}, {"r", 2},
+      {"init", "random"}, {"target_modules", {"blocks.*.attn.qkv", "blocks.*.mlp.*"}}, {"qkv_mode", "separate"},
+      {"scale", {{"kind", "channel"}, {"init", 1.3}}}}}}}));
+  m.eval();
+  auto [x, y] = toy_batch(4, 2);
+  NoGradGuard ng;
+  Tensor a = pm.forward(x);
+  auto w0 = snapshot(m);
+  pm.merge();
+  CHECK(snapshot(m) != w0);
+  Tensor b = pm.forward(x);
+  CHECK(test::rel_err(b, a) < 1e-5);
+  pm.unmerge();
+  CHECK(snapshot(m) == w0);
+}
+
+TEST_CASE("peft: Hugging Face peft export/import round-trips logits") {
+  tape().clear();
+  nn::VisionTransformer m(tiny());
+  peft::PeftModel pm(m, peft::parse_peft_config(json{{"deltas", {{{"name", "l"}, {"method", "lora"}, {"r", 2},
+      {"init", "random"}, {"qkv_mode", "separate"}, {"qkv_parts", {"q", "v"}}, {"lora_alpha", 4}}}}}));
+  m.eval();
+  auto [x, y] = toy_batch(3, 4);
+  Tensor want;
+  {
+    NoGradGuard ng;
+    want = pm.forward(x);
+  }
+  const std::string dir = tmp("hf");
+  pm.export_hf(dir);
+  SafeTensors st = load_safetensors(dir + "/adapter_model.safetensors");
+  CHECK(st.tensors.count("base_model.model.blocks.0.attn.qkv.lora_A.weight"));
+  CHECK(st.tensors.at("base_model.model.blocks.1.attn.qkv.lora_B.weight").shape() == Shape{72, 4});
+  nn::VisionTransformer m2(tiny());
+  m2.eval();
+  peft::import_hf(dir, tmp("imported.safetensors"), m2);
+  auto pm2 = peft::PeftModel::from_file(m2, tmp("imported.safetensors"));
+  NoGradGuard ng;
+  CHECK(test::rel_err(pm2->forward(x), want) < 1e-6);
+}
+
+TEST_CASE("peft: config errors name the key") {
+  auto bad = [](json j, const char* what) {
+    CHECK_THROWS_WITH_AS(peft::parse_peft_config(j), doctest::Contains(what), Error);
+  };
+  bad(json{{"deltaz", json::array()}}, "unknown key 'deltaz'");
+  bad(json{{"deltas", {{{"method", "lorax"}}}}}, "unknown method 'lorax'");
+  bad(json{{"deltas", {{{"method", "lora"}, {"rank", 4}}}}}, "unknown key 'rank'");
+  bad(json{{"deltas", {{{"method", "adapter_plus"}, {"scaling", "wide"}}}}}, "'scaling' must be");
+  bad(json{{"deltas", {{{"method", "lora"}, {"r", "8"}}}}}, "'r' has the wrong type");
+  bad(json{{"deltas", {{{"method", "lora"}}, {{"method", "lora"}}}}}, "duplicate delta name 'lora'");
+  bad(json{{"masks", {{{"tensor", "x"}}}}}, "exactly one of 'density'");
+  nn::VisionTransformer m(tiny());
+  CHECK_THROWS_WITH_AS(peft::PeftModel(m, peft::parse_peft_config(json{{"trainable", {"heads.*"}}})),
+                       doctest::Contains("matches no base tensor"), Error);
+}
+
+TEST_CASE("peft: enable/disable and remove by name") {
+  tape().clear();
+  nn::VisionTransformer m(tiny());
+  m.eval();
+  auto [x, y] = toy_batch(2, 5);
+  Tensor base_out;
+  {
+    NoGradGuard ng;
+    base_out = m(x);
+  }
+  peft::PeftModel pm(m, peft::parse_peft_config(json{{"deltas", {{{"name", "a"}, {"method", "houlsby"}, {"init", "bert"}}}}}));
+  NoGradGuard ng;
+  CHECK(pm.forward(x).to_vector() != base_out.to_vector());
+  pm.set_enabled("a", false);
+  CHECK(pm.forward(x).to_vector() == base_out.to_vector());
+  pm.set_enabled("a", true);
+  pm.remove("a");
+  CHECK(m.all_deltas().empty());
+  CHECK(pm.forward(x).to_vector() == base_out.to_vector());
+}

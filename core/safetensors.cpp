@@ -57,7 +57,8 @@ std::string find_duplicate_key(const std::string& text) {
     (void)depth;
     return true;
   };
-  json::parse(text, cb, false);
+  json discarded = json::parse(text, cb, false);
+  (void)discarded;
   return dup;
 }
 

@@ -1,0 +1,50 @@
+// Datasets as the trainer sees them: images F32 [N, C, H, W] in [0, 1] and labels I64 [N].
+// Readers: IDX (MNIST / Fashion-MNIST, gzip or plain) and image folders in torchvision's
+// ImageFolder layout (root/<class>/*.png|jpg|jpeg|bmp), decoded with stb_image.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace dg::data {
+
+struct ImageSet {
+  Tensor images;  // F32 [N, C, H, W], values in [0, 1]
+  Tensor labels;  // I64 [N]
+  int64_t num_classes = 0;
+  std::vector<std::string> class_names;
+  int64_t skipped = 0;  // unreadable files skipped while loading
+  int64_t size() const { return images.defined() ? images.size(0) : 0; }
+};
+
+// IDX files (magic 0x00000803 images u8 [n, rows, cols]; 0x00000801 labels u8 [n]).
+Tensor read_idx_images(const std::string& path);  // F32 [n, 1, rows, cols] in [0, 1]
+Tensor read_idx_labels(const std::string& path);  // I64 [n]
+// Fashion-MNIST from Debian's dataset-fashion-mnist (default dir /usr/share/datasets/fashion-mnist).
+ImageSet load_fashion_mnist(const std::string& dir, bool train);
+const char* default_fashion_mnist_dir();
+
+// Keep only `classes` (relabelled 0..k-1 in the given order); if n > 0, a seeded subset of
+// n images balanced over the classes (VTAB-1k style: 1000 training images).
+ImageSet select_classes(const ImageSet& s, const std::vector<int64_t>& classes, int64_t n = -1, uint64_t seed = 0);
+// Rows idx of a set.
+ImageSet subset(const ImageSet& s, const std::vector<int64_t>& idx);
+// Seeded split into (train, val) with `val_fraction` of each class in val.
+std::pair<ImageSet, ImageSet> split(const ImageSet& s, double val_fraction, uint64_t seed);
+
+// ImageFolder: every image resized (bilinear) to size x size with `channels` channels.
+// Unreadable images are reported on stderr by path and skipped (counted in `skipped`).
+ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channels);
+
+// Parse a --data spec: "fashion-mnist[:classes=5-9][:n=1000]" or a folder path.
+struct DataSpec {
+  std::string kind = "fashion-mnist";  // or "folder"
+  std::string path;
+  std::vector<int64_t> classes;  // empty: all
+  int64_t n = -1;                // training subset size (-1: all)
+  double val_fraction = 0.1;     // folders: the held-out split
+};
+DataSpec parse_data_spec(const std::string& spec);
+
+}  // namespace dg::data

@@ -1,0 +1,58 @@
+// Batches for the trainer, prepared on a background thread (bounded queue) so the
+// training step never waits on data. Everything random (the epoch's order, crops, flips)
+// is a function of (seed, epoch, sample), so batches are identical whatever the timing,
+// and a resumed run can start at any (epoch, step).
+#pragma once
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "data/dataset.h"
+
+namespace dg::data {
+
+struct LoaderOptions {
+  int64_t batch = 64;
+  bool shuffle = true, drop_last = false;
+  int64_t pad = 0;     // random crop after zero padding by `pad` pixels (0: none)
+  bool hflip = false;  // random horizontal flip
+  std::vector<double> mean = {0.5}, std = {0.5};  // per channel (one value broadcasts)
+  uint64_t seed = 0;
+  int64_t prefetch = 3;
+};
+
+struct Batch {
+  Tensor images;  // F32 [B, C, H, W], normalised
+  Tensor labels;  // I64 [B]
+  int64_t epoch = 0, step = 0;
+};
+
+class DataLoader {
+ public:
+  DataLoader(const ImageSet& set, const LoaderOptions& opt);
+  ~DataLoader();
+  DataLoader(const DataLoader&) = delete;
+  DataLoader& operator=(const DataLoader&) = delete;
+
+  int64_t batches_per_epoch() const;
+  // Begin producing from (epoch, step); the previous stream (if any) is stopped.
+  void start(int64_t epoch, int64_t step = 0);
+  Batch next();  // blocks until ready; crosses into the next epoch automatically
+  // Build a batch directly (no thread): the same function the worker runs.
+  Batch make_batch(int64_t epoch, int64_t step) const;
+
+ private:
+  const ImageSet& set_;
+  LoaderOptions opt_;
+  std::thread worker_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Batch> queue_;
+  bool stop_ = false;
+  void stop();
+  std::vector<int64_t> order(int64_t epoch) const;
+};
+
+}  // namespace dg::data

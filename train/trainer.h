@@ -1,0 +1,82 @@
+// The trainer: a frozen (or not) ViT, a PEFT config, a dataset, AdamW with cosine
+// schedule, progress, metrics.csv, curves.svg, atomic checkpoints and exact resume.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "data/loader.h"
+#include "nn/optim.h"
+#include "peft/peft_model.h"
+
+namespace dg::train {
+
+struct RunConfig {
+  std::string model_config = "vit_mnist_28";  // a preset name or a JSON file
+  std::string model;                          // timm-layout safetensors (optional: random init)
+  nlohmann::json peft = nlohmann::json::object();  // the PEFT config itself (the CLI reads --peft files into it)
+  std::string data = "fashion-mnist";
+  int64_t epochs = 10, batch = 64;
+  double lr = 1e-3, weight_decay = 0.05, min_lr = 1e-6, label_smoothing = 0.0, clip_grad = 1.0;
+  int64_t warmup_steps = 0;
+  int64_t pad = 2;     // random-crop padding
+  bool hflip = false;  // horizontal flips (off for Fashion-MNIST's asymmetric items? they allow it; off by default)
+  uint64_t seed = 0;
+  std::string device = "cpu";
+  std::string out = "runs/train";
+  int64_t log_every = 10;  // plain-text progress lines when stdout is not a terminal
+  bool quiet = false;
+};
+
+RunConfig run_config_from_json(const nlohmann::json& j);
+nlohmann::json to_json(const RunConfig& c);
+
+struct EpochResult {
+  int64_t epoch;
+  double train_loss, train_acc, val_acc;
+};
+
+struct TrainResult {
+  std::vector<EpochResult> epochs;
+  std::vector<double> step_losses;  // every step of this process (for resume tests)
+  double seconds = 0;
+  int64_t trainable_params = 0, total_params = 0;
+  bool interrupted = false;
+};
+
+// Accuracy of `model` on a set (eval mode, no gradients), in batches.
+double evaluate(nn::VisionTransformer& model, const data::ImageSet& set, const std::vector<double>& mean,
+                const std::vector<double>& std, int64_t batch = 256);
+
+class Trainer {
+ public:
+  // `train_set` / `val_set` may come from anywhere (a custom data source); the run config
+  // says how to build the model and what to train.
+  Trainer(const RunConfig& cfg, const data::ImageSet& train_set, const data::ImageSet& val_set);
+  // Continue from RUN_DIR/checkpoint.safetensors if `resume`.
+  TrainResult fit(bool resume = false);
+  nn::VisionTransformer& model() { return *model_; }
+  peft::PeftModel& peft() { return *peft_; }
+  // Stop after the current step (checkpoint written): wired to SIGINT by the CLI.
+  static void request_stop();
+
+ private:
+  RunConfig cfg_;
+  const data::ImageSet& train_set_;
+  const data::ImageSet& val_set_;
+  std::unique_ptr<nn::VisionTransformer> model_;
+  std::unique_ptr<peft::PeftModel> peft_;
+  void save_checkpoint(const std::string& path, nn::Optimizer& opt, int64_t epoch, int64_t step) const;
+};
+
+// Load the data a spec names: (train, val) sets; for Fashion-MNIST val is the test split
+// of the selected classes, for folders a seeded held-out fraction.
+std::pair<data::ImageSet, data::ImageSet> load_data(const std::string& spec, const nn::ViTConfig& mc, uint64_t seed);
+
+// curves.svg: train loss per step and validation accuracy per epoch.
+void write_curves_svg(const std::string& path, const std::vector<double>& step_losses,
+                      const std::vector<EpochResult>& epochs);
+
+}  // namespace dg::train

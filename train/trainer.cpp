@@ -29,7 +29,7 @@ json to_json(const RunConfig& c) {
           {"epochs", c.epochs}, {"batch", c.batch}, {"lr", c.lr}, {"weight_decay", c.weight_decay},
           {"min_lr", c.min_lr}, {"label_smoothing", c.label_smoothing}, {"clip_grad", c.clip_grad},
           {"warmup_steps", c.warmup_steps}, {"pad", c.pad}, {"hflip", c.hflip}, {"seed", c.seed},
-          {"device", c.device}, {"out", c.out}, {"log_every", c.log_every}, {"quiet", c.quiet}};
+          {"device", c.device}, {"out", c.out}, {"eval_every", c.eval_every}, {"log_every", c.log_every}, {"quiet", c.quiet}};
 }
 
 RunConfig run_config_from_json(const json& j) {
@@ -45,7 +45,7 @@ RunConfig run_config_from_json(const json& j) {
     c.epochs = base["epochs"], c.batch = base["batch"], c.lr = base["lr"], c.weight_decay = base["weight_decay"];
     c.min_lr = base["min_lr"], c.label_smoothing = base["label_smoothing"], c.clip_grad = base["clip_grad"];
     c.warmup_steps = base["warmup_steps"], c.pad = base["pad"], c.hflip = base["hflip"], c.seed = base["seed"];
-    c.device = base["device"], c.out = base["out"], c.log_every = base["log_every"], c.quiet = base["quiet"];
+    c.device = base["device"], c.out = base["out"], c.eval_every = base["eval_every"], c.log_every = base["log_every"], c.quiet = base["quiet"];
   } catch (const json::exception& e) {
     throw Error(str("run config: ", e.what()));
   }
@@ -230,16 +230,19 @@ TrainResult Trainer::fit(bool resume) {
         return res;
       }
     }
+    const bool do_eval = (epoch + 1) % std::max<int64_t>(cfg_.eval_every, 1) == 0 || epoch + 1 == cfg_.epochs;
     EpochResult er{epoch + 1, loss_sum / double(std::max<int64_t>(seen, 1)),
-                   double(correct) / double(std::max<int64_t>(seen, 1)), evaluate(*model_, val_set_, mc.mean, mc.std)};
+                   double(correct) / double(std::max<int64_t>(seen, 1)),
+                   do_eval ? evaluate(*model_, val_set_, mc.mean, mc.std) : -1.0};
     res.epochs.push_back(er);
     csv << "epoch," << er.epoch << "," << (epoch + 1) * spe << "," << er.train_loss << "," << er.train_acc << ","
         << opt.lr() << "," << er.val_acc << "\n";
     csv.flush();
     if (!cfg_.quiet) {
       progress(cfg_, epoch, spe, spe, er.train_loss, er.train_acc, 0, 0, true);
-      std::printf("epoch %lld: train loss %.4f, train acc %.1f%%, val acc %.2f%%\n", (long long)er.epoch, er.train_loss,
-                  100 * er.train_acc, 100 * er.val_acc);
+      if (do_eval)
+        std::printf("epoch %lld: train loss %.4f, train acc %.1f%%, val acc %.2f%%\n", (long long)er.epoch,
+                    er.train_loss, 100 * er.train_acc, 100 * er.val_acc);
     }
     save_checkpoint(ckpt, opt, epoch + 1, 0);
   }
@@ -291,7 +294,7 @@ void write_curves_svg(const std::string& path, const std::vector<double>& losses
   if (!epochs.empty()) {
     s += "<polyline fill='none' stroke='#d62728' stroke-width='2' points='";
     for (const EpochResult& e : epochs)
-      s += str(X(double(e.epoch) / double(epochs.back().epoch)), ",", Y(e.val_acc), " ");
+      if (e.val_acc >= 0) s += str(X(double(e.epoch) / double(epochs.back().epoch)), ",", Y(e.val_acc), " ");
     s += "'/>\n";
   }
   s += str("<text x='", L, "' y='", H - 10, "'>step</text>");

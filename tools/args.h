@@ -1,0 +1,67 @@
+// A small command-line parser: --key value and --flag, with the allowed options listed
+// per command so an unknown option is one clear line and exit code 2.
+#pragma once
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace dg::cli {
+
+struct UsageError : Error {
+  using Error::Error;
+};
+
+struct Args {
+  std::map<std::string, std::string> opts;
+  std::vector<std::string> positional;
+  bool has(const std::string& k) const { return opts.count(k) > 0; }
+  std::string get(const std::string& k, const std::string& def = "") const {
+    auto it = opts.find(k);
+    return it == opts.end() ? def : it->second;
+  }
+  std::string need(const std::string& k) const {
+    auto it = opts.find(k);
+    if (it == opts.end()) throw UsageError(str("missing required option --", k));
+    return it->second;
+  }
+  double num(const std::string& k, double def) const {
+    auto it = opts.find(k);
+    if (it == opts.end()) return def;
+    try {
+      size_t used = 0;
+      double v = std::stod(it->second, &used);
+      if (used != it->second.size()) throw std::invalid_argument("");
+      return v;
+    } catch (const std::exception&) {
+      throw UsageError(str("option --", k, ": '", it->second, "' is not a number"));
+    }
+  }
+};
+
+// `flags` take no value; `valued` take one.
+inline Args parse_args(int argc, char** argv, int first, const std::set<std::string>& valued,
+                       const std::set<std::string>& flags = {}) {
+  Args a;
+  for (int i = first; i < argc; ++i) {
+    std::string s = argv[i];
+    if (s.rfind("--", 0) == 0) {
+      std::string k = s.substr(2);
+      if (flags.count(k)) {
+        a.opts[k] = "1";
+      } else if (valued.count(k)) {
+        if (i + 1 >= argc) throw UsageError(str("option --", k, " needs a value"));
+        a.opts[k] = argv[++i];
+      } else {
+        throw UsageError(str("unknown option --", k));
+      }
+    } else {
+      a.positional.push_back(s);
+    }
+  }
+  return a;
+}
+
+}  // namespace dg::cli

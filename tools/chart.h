@@ -1,0 +1,18 @@
+// The demo's outputs: a markdown table and a bar chart PNG (stb_image_write, text from
+// stb_easy_font), no plotting library.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace dg::cli {
+
+struct SummaryRow {
+  std::string method;
+  int64_t trainable;
+  double percent, accuracy, seconds;
+};
+
+std::string summary_markdown(const std::vector<SummaryRow>& rows, double total_seconds);
+void write_bar_chart_png(const std::string& path, const std::vector<SummaryRow>& rows);
+
+}  // namespace dg::cli

@@ -1,0 +1,223 @@
+#include "tools/commands.h"
+
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "autograd/ops.h"
+#include "core/safetensors.h"
+#include "peft/peft_model.h"
+#include "train/trainer.h"
+
+namespace dg::cli {
+
+using nlohmann::json;
+
+namespace {
+
+bool wants_help(int argc, char** argv, const char* text) {
+  for (int i = 2; i < argc; ++i)
+    if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
+      std::fputs(text, stdout);
+      return true;
+    }
+  return false;
+}
+
+json read_json_file(const std::string& path, const char* what) {
+  std::ifstream f(path);
+  if (!f) throw Error(str("cannot open ", what, " '", path, "'"));
+  json j = json::parse(f, nullptr, false);
+  if (j.is_discarded()) throw Error(str(what, " '", path, "': invalid JSON"));
+  return j;
+}
+
+// Model from --model-config (+ --model weights); a checkpoint without head gets a fresh one.
+std::unique_ptr<nn::VisionTransformer> load_model(const Args& a, int64_t num_classes = -1) {
+  nn::ViTConfig c = nn::load_vit_config(a.need("model-config"));
+  if (num_classes > 0) c.num_classes = num_classes;
+  auto m = std::make_unique<nn::VisionTransformer>(c);
+  if (a.has("model")) {
+    SafeTensors st = load_safetensors(a.get("model"));
+    nn::load_state_dict(*m, st.tensors, "'" + a.get("model") + "'");
+  }
+  return m;
+}
+
+std::unique_ptr<peft::PeftModel> attach_peft(nn::VisionTransformer& m, const Args& a) {
+  if (a.has("deltas")) return peft::PeftModel::from_file(m, a.get("deltas"));
+  if (a.has("peft"))
+    return std::make_unique<peft::PeftModel>(m, peft::load_peft_config(a.get("peft")));
+  return nullptr;
+}
+
+void on_sigint(int) { train::Trainer::request_stop(); }
+
+}  // namespace
+
+int cmd_train(int argc, char** argv) {
+  const char* help =
+      "deltagrad train --model-config C.json|PRESET [--model W.safetensors] [--peft P.json] --data SPEC\n"
+      "                [--epochs N] [--batch B] [--lr LR] [--weight-decay WD] [--warmup STEPS] [--seed S]\n"
+      "                [--device cpu|cuda] [--out RUN_DIR] [--config RUN.json] [--resume RUN_DIR] [--quiet]\n"
+      "  SPEC: fashion-mnist[:classes=5-9][:n=1000]  or an ImageFolder path root/<class>/*.png[:val=0.1]\n"
+      "  Every option is also a key of the run config JSON (saved as RUN_DIR/run_config.json).\n"
+      "  Ctrl-C stops after the current step with a checkpoint; --resume continues it exactly.\n";
+  if (wants_help(argc, argv, help)) return 0;
+  Args a = parse_args(argc, argv, 2,
+                      {"model-config", "model", "peft", "data", "epochs", "batch", "lr", "weight-decay", "warmup", "seed",
+                       "device", "out", "config", "resume"},
+                      {"quiet"});
+  json rc = json::object();
+  if (a.has("resume")) rc = read_json_file(a.get("resume") + "/run_config.json", "run config");
+  else if (a.has("config")) rc = read_json_file(a.get("config"), "run config");
+  if (a.has("model-config")) rc["model_config"] = a.get("model-config");
+  if (a.has("model")) rc["model"] = a.get("model");
+  if (a.has("peft")) rc["peft"] = read_json_file(a.get("peft"), "peft config");
+  if (a.has("data")) rc["data"] = a.get("data");
+  if (a.has("epochs")) rc["epochs"] = int64_t(a.num("epochs", 1));
+  if (a.has("batch")) rc["batch"] = int64_t(a.num("batch", 64));
+  if (a.has("lr")) rc["lr"] = a.num("lr", 1e-3);
+  if (a.has("weight-decay")) rc["weight_decay"] = a.num("weight-decay", 0.05);
+  if (a.has("warmup")) rc["warmup_steps"] = int64_t(a.num("warmup", 0));
+  if (a.has("seed")) rc["seed"] = uint64_t(a.num("seed", 0));
+  if (a.has("device")) rc["device"] = a.get("device");
+  if (a.has("out")) rc["out"] = a.get("out");
+  if (a.has("quiet")) rc["quiet"] = true;
+  if (!a.has("resume") && !a.has("config") && !a.has("data")) throw UsageError("missing required option --data");
+  train::RunConfig cfg = train::run_config_from_json(rc);
+  nn::ViTConfig mc = nn::load_vit_config(cfg.model_config);
+  auto [tr, va] = train::load_data(cfg.data, mc, cfg.seed);
+  train::Trainer t(cfg, tr, va);
+  std::printf("%s", t.peft().report().c_str());
+  std::signal(SIGINT, on_sigint);
+  train::TrainResult r = t.fit(a.has("resume"));
+  std::signal(SIGINT, SIG_DFL);
+  if (!r.epochs.empty())
+    std::printf("done in %.1fs: val acc %.2f%%; run dir %s\n", r.seconds, 100 * r.epochs.back().val_acc, cfg.out.c_str());
+  return r.interrupted ? 130 : 0;
+}
+
+int cmd_eval(int argc, char** argv) {
+  const char* help = "deltagrad eval --model-config C --model W.safetensors [--deltas D.safetensors] --data SPEC\n";
+  if (wants_help(argc, argv, help)) return 0;
+  Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "data", "seed"});
+  nn::ViTConfig mc = nn::load_vit_config(a.need("model-config"));
+  auto [tr, va] = train::load_data(a.need("data"), mc, uint64_t(a.num("seed", 0)));
+  auto m = load_model(a, tr.num_classes);
+  auto pm = attach_peft(*m, a);
+  double acc = train::evaluate(*m, va, mc.mean, mc.std);
+  std::printf("accuracy %.4f on %lld images\n", acc, (long long)va.size());
+  return 0;
+}
+
+int cmd_grads(int argc, char** argv) {
+  const char* help =
+      "deltagrad grads --model M.safetensors --model-config C [--peft P.json] [--deltas D.safetensors]\n"
+      "                --batch B.safetensors --out O.safetensors\n"
+      "  B holds `images` (N,C,H,W f32) and `labels` (N, i64 or i32). One deterministic forward and backward\n"
+      "  (dropout and drop-path off); O gets `logits`, `loss` and `grad.<name>` for every trainable tensor.\n"
+      "  Without --peft or --deltas every parameter is trainable (a full fine-tune).\n";
+  if (wants_help(argc, argv, help)) return 0;
+  Args a = parse_args(argc, argv, 2, {"model", "model-config", "peft", "deltas", "batch", "out"});
+  auto m = load_model(a);
+  auto pm = attach_peft(*m, a);
+  if (!pm) m->set_trainable("*", true);
+  SafeTensors b = load_safetensors(a.need("batch"));
+  for (const char* k : {"images", "labels"})
+    if (!b.tensors.count(k)) throw Error(str("batch file '", a.get("batch"), "': missing tensor '", k, "'"));
+  m->eval();
+  tape().clear();
+  Tensor logits = (*m)(b.tensors["images"].to(DType::F32));
+  Tensor loss = cross_entropy(logits, b.tensors["labels"]);
+  backward(loss);
+  if (pm) pm->mask_gradients();
+  std::map<std::string, Tensor> out{{"logits", logits}, {"loss", loss}};
+  for (auto& [n, p] : m->named_parameters())
+    if (p.requires_grad() && p.grad().defined()) out["grad." + n] = p.grad();
+  save_safetensors(a.need("out"), out, {{"generator", "deltagrad grads"}});
+  std::printf("loss %.6f; %zu gradients written to %s\n", loss.item(), out.size() - 2, a.get("out").c_str());
+  return 0;
+}
+
+int cmd_inspect(int argc, char** argv) {
+  const char* help =
+      "deltagrad inspect FILE.safetensors [--model-config C] [--peft P.json | --deltas D.safetensors]\n"
+      "  Without --model-config: the file's tensors and metadata. With it: the model's tensors (loaded from\n"
+      "  FILE), trainable or frozen, totals, and the PEFT report.\n";
+  if (wants_help(argc, argv, help)) return 0;
+  Args a = parse_args(argc, argv, 2, {"model-config", "peft", "deltas"});
+  if (a.positional.size() != 1) throw UsageError("expected one checkpoint file");
+  const std::string file = a.positional[0];
+  if (!a.has("model-config")) {
+    SafeTensors st = load_safetensors(file);
+    int64_t total = 0;
+    for (auto& [n, t] : st.tensors) {
+      std::printf("%-48s %-6s %s\n", n.c_str(), dtype_name(t.dtype()), shape_str(t.shape()).c_str());
+      total += t.numel();
+    }
+    for (auto& [k, v] : st.metadata) std::printf("metadata %s = %.120s\n", k.c_str(), v.c_str());
+    std::printf("%zu tensors, %lld elements\n", st.tensors.size(), (long long)total);
+    return 0;
+  }
+  Args ma = a;
+  ma.opts["model"] = file;
+  auto m = load_model(ma);
+  auto pm = attach_peft(*m, a);
+  int64_t total = 0, trainable = 0;
+  for (auto& [n, t] : m->named_parameters()) {
+    std::printf("%-52s %-6s %-18s %s\n", n.c_str(), dtype_name(t.dtype()), shape_str(t.shape()).c_str(),
+                t.requires_grad() ? "trainable" : "frozen");
+    total += t.numel();
+    trainable += t.requires_grad() ? t.numel() : 0;
+  }
+  std::printf("total %lld, trainable %lld (%.3f%%)\n", (long long)total, (long long)trainable,
+              100.0 * double(trainable) / double(std::max<int64_t>(total, 1)));
+  if (pm) std::printf("%s", pm->report().c_str());
+  return 0;
+}
+
+int cmd_merge(int argc, char** argv) {
+  const char* help = "deltagrad merge --model-config C --model W.safetensors --deltas D.safetensors --out M.safetensors\n";
+  if (wants_help(argc, argv, help)) return 0;
+  Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "out"});
+  a.need("deltas");
+  auto m = load_model(a);
+  auto pm = attach_peft(*m, a);
+  for (auto& [site, d] : m->all_deltas())
+    if (std::string(d->method()) != "lora")
+      throw Error(str("merge: delta '", d->name, "' at '", site, "' is a ", d->method(), "; only LoRA folds into the weights"));
+  pm->merge();
+  std::map<std::string, Tensor> sd = nn::state_dict(*m);
+  save_safetensors(a.need("out"), sd, {{"format", "pt"}, {"generator", "deltagrad merge"}});
+  std::printf("merged %zu LoRA sites into %s\n", m->all_deltas().size(), a.get("out").c_str());
+  return 0;
+}
+
+int cmd_export_peft(int argc, char** argv) {
+  const char* help = "deltagrad export-peft --model-config C [--model W] --deltas D.safetensors --out DIR [--name DELTA]\n";
+  if (wants_help(argc, argv, help)) return 0;
+  Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "out", "name"});
+  a.need("deltas");
+  auto m = load_model(a);
+  auto pm = attach_peft(*m, a);
+  pm->export_hf(a.need("out"), a.get("name"));
+  std::printf("wrote %s/adapter_model.safetensors and adapter_config.json\n", a.get("out").c_str());
+  return 0;
+}
+
+int cmd_import_peft(int argc, char** argv) {
+  const char* help = "deltagrad import-peft --model-config C [--model W] --in DIR --out D.safetensors\n";
+  if (wants_help(argc, argv, help)) return 0;
+  Args a = parse_args(argc, argv, 2, {"model-config", "model", "in", "out"});
+  auto m = load_model(a);
+  peft::import_hf(a.need("in"), a.need("out"), *m);
+  std::printf("wrote %s\n", a.get("out").c_str());
+  return 0;
+}
+
+}  // namespace dg::cli

@@ -1,0 +1,16 @@
+// The `deltagrad` commands; each returns the process exit code.
+#pragma once
+#include "tools/args.h"
+
+namespace dg::cli {
+
+int cmd_train(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
+int cmd_grads(int argc, char** argv);
+int cmd_inspect(int argc, char** argv);
+int cmd_merge(int argc, char** argv);
+int cmd_export_peft(int argc, char** argv);
+int cmd_import_peft(int argc, char** argv);
+int cmd_demo(int argc, char** argv);
+
+}  // namespace dg::cli

@@ -11,8 +11,6 @@
 #include "core/error.h"
 #include "core/random.h"
 
-#define STB_IMAGE_IMPLEMENTATION
-#define STBI_FAILURE_USERMSG
 #include <stb_image.h>
 
 namespace dg::data {

@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
 bash scripts/build.sh
-./build/examples/train_mlp
+./build/tools/deltagrad demo "$@"

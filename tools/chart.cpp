@@ -7,7 +7,6 @@
 #include "core/error.h"
 #include "core/safetensors.h"
 
-#define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb_image_write.h>
 #include <stb_easy_font.h>
 

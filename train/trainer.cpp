@@ -29,7 +29,7 @@ json to_json(const RunConfig& c) {
           {"epochs", c.epochs}, {"batch", c.batch}, {"lr", c.lr}, {"weight_decay", c.weight_decay},
           {"min_lr", c.min_lr}, {"label_smoothing", c.label_smoothing}, {"clip_grad", c.clip_grad},
           {"warmup_steps", c.warmup_steps}, {"pad", c.pad}, {"hflip", c.hflip}, {"seed", c.seed},
-          {"device", c.device}, {"out", c.out}, {"eval_every", c.eval_every}, {"log_every", c.log_every}, {"quiet", c.quiet}};
+          {"device", c.device}, {"out", c.out}, {"max_steps", c.max_steps}, {"eval_every", c.eval_every}, {"log_every", c.log_every}, {"quiet", c.quiet}};
 }
 
 RunConfig run_config_from_json(const json& j) {
@@ -45,7 +45,7 @@ RunConfig run_config_from_json(const json& j) {
     c.epochs = base["epochs"], c.batch = base["batch"], c.lr = base["lr"], c.weight_decay = base["weight_decay"];
     c.min_lr = base["min_lr"], c.label_smoothing = base["label_smoothing"], c.clip_grad = base["clip_grad"];
     c.warmup_steps = base["warmup_steps"], c.pad = base["pad"], c.hflip = base["hflip"], c.seed = base["seed"];
-    c.device = base["device"], c.out = base["out"], c.eval_every = base["eval_every"], c.log_every = base["log_every"], c.quiet = base["quiet"];
+    c.device = base["device"], c.out = base["out"], c.max_steps = base["max_steps"], c.eval_every = base["eval_every"], c.log_every = base["log_every"], c.quiet = base["quiet"];
   } catch (const json::exception& e) {
     throw Error(str("run config: ", e.what()));
   }
@@ -191,6 +191,7 @@ TrainResult Trainer::fit(bool resume) {
     double loss_sum = 0;
     int64_t correct = 0, seen = 0;
     const auto te = std::chrono::steady_clock::now();
+    double ips = 0;
     for (int64_t step = epoch == epoch0 ? step0 : 0; step < spe; ++step) {
       data::Batch b = loader.next();
       const int64_t gstep = epoch * spe + step;
@@ -219,10 +220,10 @@ TrainResult Trainer::fit(bool resume) {
       res.step_losses.push_back(lv);
       csv << "step," << epoch + 1 << "," << gstep << "," << lv << ",," << lr << ",\n";
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
-      const double ips = double(seen) / std::max(dt, 1e-9);
+      ips = double(seen) / std::max(dt, 1e-9);
       const double eta = double(total - gstep - 1) * double(cfg_.batch) / std::max(ips, 1e-9);
       progress(cfg_, epoch, step + 1, spe, loss_sum / double(seen), double(correct) / double(seen), ips, eta, false);
-      if (g_stop) {
+      if (g_stop || (cfg_.max_steps > 0 && int64_t(res.step_losses.size()) >= cfg_.max_steps)) {
         save_checkpoint(ckpt, opt, step + 1 == spe ? epoch + 1 : epoch, (step + 1) % spe);
         if (!cfg_.quiet) std::printf("\ninterrupted: checkpoint written to %s\n", ckpt.c_str());
         res.interrupted = true;
@@ -239,7 +240,7 @@ TrainResult Trainer::fit(bool resume) {
         << opt.lr() << "," << er.val_acc << "\n";
     csv.flush();
     if (!cfg_.quiet) {
-      progress(cfg_, epoch, spe, spe, er.train_loss, er.train_acc, 0, 0, true);
+      progress(cfg_, epoch, spe, spe, er.train_loss, er.train_acc, ips, 0, true);
       if (do_eval)
         std::printf("epoch %lld: train loss %.4f, train acc %.1f%%, val acc %.2f%%\n", (long long)er.epoch,
                     er.train_loss, 100 * er.train_acc, 100 * er.val_acc);

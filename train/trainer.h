@@ -26,6 +26,7 @@ struct RunConfig {
   uint64_t seed = 0;
   std::string device = "cpu";
   std::string out = "runs/train";
+  int64_t max_steps = 0;   // stop (with a checkpoint, as Ctrl-C does) after this many steps of this process
   int64_t eval_every = 1;  // evaluate on the validation set every N epochs (and after the last)
   int64_t log_every = 10;  // plain-text progress lines when stdout is not a terminal
   bool quiet = false;

@@ -173,6 +173,15 @@ void Tensor::copy_(const Tensor& src) {
   backend(d).copy(src, *this);
   bump_version();
 }
+void Tensor::move_to_(Device dev) {
+  if (device() == dev) return;
+  Tensor moved = to(dev);  // contiguous copy on `dev`
+  impl_->storage = moved.impl_->storage;
+  impl_->strides = moved.impl_->strides;
+  impl_->offset = 0;
+  impl_->grad.reset();
+}
+
 void Tensor::fill_(double v) {
   backend(device()).fill(*this, v);
   bump_version();

@@ -111,6 +111,10 @@ class Tensor {
   // In place, bumps the version: copy values from src (same shape; dtype/device may differ).
   void copy_(const Tensor& src);
   void fill_(double v);
+  // Move this tensor's data to another device in place: every handle sharing this
+  // TensorImpl (a module's parameter registry, a layer's member) sees the new storage.
+  // Drops the gradient. Views of the old storage keep the old data.
+  void move_to_(Device dev);
 
  private:
   std::shared_ptr<TensorImpl> impl_;

@@ -1,0 +1,16 @@
+// What the rest of the program may ask of the CUDA backend (safe to include without CUDA:
+// every function exists and answers "no GPU" when the backend is not built).
+#pragma once
+#include <cstddef>
+
+namespace dg::cuda {
+
+bool device_present();       // a usable GPU and a backend built for it
+size_t bytes_in_use();       // caching allocator: bytes handed out now
+size_t peak_bytes();         // ... and the most at any time since reset_peak()
+size_t bytes_cached();       // free blocks kept for reuse
+void reset_peak();
+void set_tf32(bool on);      // TF32 tensor-core GEMMs for f32 (off by default)
+const char* device_name();   // e.g. "NVIDIA H100 80GB HBM3", or "none"
+
+}  // namespace dg::cuda

@@ -1,0 +1,230 @@
+// CUDA: elementwise ops with broadcasting (strides passed by value), reductions, argmax.
+// The math mirrors core/cpu/cpu_elementwise.cpp (same formulas, device overloads).
+#include "cuda/cuda_backend.h"
+
+namespace dg::cuda {
+
+template <class T>
+__device__ __forceinline__ T d_unary(UnaryOp op, T x, T a) {
+  switch (op) {
+    case UnaryOp::Neg: return -x;
+    case UnaryOp::Exp: return exp(x);
+    case UnaryOp::Log: return log(x);
+    case UnaryOp::Tanh: return tanh(x);
+    case UnaryOp::Sqrt: return sqrt(x);
+    case UnaryOp::Erf: return erf(x);
+    case UnaryOp::Gelu: return T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)));
+    case UnaryOp::Relu: return x > T(0) ? x : T(0);
+    case UnaryOp::Abs: return x < T(0) ? -x : x;
+    case UnaryOp::Sigmoid: return T(1) / (T(1) + exp(-x));
+    case UnaryOp::AddScalar: return x + a;
+    case UnaryOp::MulScalar: return x * a;
+    case UnaryOp::PowScalar: return pow(x, a);
+  }
+  return x;
+}
+
+template <class T>
+__device__ __forceinline__ T d_deriv(UnaryOp op, T x, T y, T a) {
+  switch (op) {
+    case UnaryOp::Neg: return T(-1);
+    case UnaryOp::Exp: return y;
+    case UnaryOp::Log: return T(1) / x;
+    case UnaryOp::Tanh: return T(1) - y * y;
+    case UnaryOp::Sqrt: return T(0.5) / y;
+    case UnaryOp::Erf: return T(1.12837916709551257390) * exp(-x * x);
+    case UnaryOp::Gelu:
+      return T(0.5) * (T(1) + erf(x * T(0.70710678118654752440))) + x * T(0.39894228040143267794) * exp(T(-0.5) * x * x);
+    case UnaryOp::Relu: return x > T(0) ? T(1) : T(0);
+    case UnaryOp::Abs: return x > T(0) ? T(1) : x < T(0) ? T(-1) : T(0);
+    case UnaryOp::Sigmoid: return y * (T(1) - y);
+    case UnaryOp::AddScalar: return T(1);
+    case UnaryOp::MulScalar: return a;
+    case UnaryOp::PowScalar: return a * pow(x, a - T(1));
+  }
+  return T(0);
+}
+
+template <class T>
+__device__ __forceinline__ T d_binary(BinaryOp op, T a, T b) {
+  switch (op) {
+    case BinaryOp::Add: return a + b;
+    case BinaryOp::Sub: return a - b;
+    case BinaryOp::Mul: return a * b;
+    case BinaryOp::Div: return a / b;
+    case BinaryOp::Max: return a > b ? a : b;
+    case BinaryOp::Min: return a < b ? a : b;
+  }
+  return a;
+}
+
+__device__ __forceinline__ long long offset_of(long long i, const Strided& s) {
+  long long o = 0;
+  for (int d = s.nd - 1; d >= 0; --d) {
+    o += (i % s.shape[d]) * s.stride[d];
+    i /= s.shape[d];
+  }
+  return o;
+}
+
+#define GRID_LOOP(i, n) \
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+
+template <class T>
+__global__ void unary_kernel(UnaryOp op, const T* x, Strided xs, bool dense, T* y, long long n, T a) {
+  GRID_LOOP(i, n) y[i] = d_unary(op, x[dense ? i : offset_of(i, xs)], a);
+}
+template <class T>
+__global__ void unary_bwd_kernel(UnaryOp op, const T* x, const T* y, const T* gy, T* gx, long long n, T a) {
+  GRID_LOOP(i, n) gx[i] = gy[i] * d_deriv(op, x ? x[i] : T(0), y ? y[i] : T(0), a);
+}
+template <class T>
+__global__ void binary_kernel(BinaryOp op, const T* a, Strided as, const T* b, Strided bs, bool dense, T* y, long long n) {
+  GRID_LOOP(i, n) y[i] = d_binary(op, a[dense ? i : offset_of(i, as)], b[dense ? i : offset_of(i, bs)]);
+}
+template <class T>
+__global__ void where_kernel(const T* c, const T* a, const T* b, T* y, long long n) {
+  GRID_LOOP(i, n) y[i] = c[i] != T(0) ? a[i] : b[i];
+}
+
+void CudaBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) {
+  const long long n = out.numel();
+  if (!n) return;
+  float_dispatch(out.dtype(), unary_name(op), [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    const bool dense = x.is_contiguous() && x.shape() == out.shape();
+    unary_kernel<T><<<blocks_for(n), 256, 0, stream()>>>(op, static_cast<const T*>(x.raw()), strided_of(x, out.shape()),
+                                                         dense, out.data<T>(), n, T(alpha));
+  });
+  DG_LAUNCH_CHECK();
+}
+
+void CudaBackend::unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& gy, const Tensor& gx,
+                                 double alpha) {
+  const long long n = gx.numel();
+  if (!n) return;
+  float_dispatch(gx.dtype(), unary_name(op), [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    unary_bwd_kernel<T><<<blocks_for(n), 256, 0, stream()>>>(op, x.defined() ? x.data<T>() : nullptr,
+                                                             y.defined() ? y.data<T>() : nullptr, gy.data<T>(),
+                                                             gx.data<T>(), n, T(alpha));
+  });
+  DG_LAUNCH_CHECK();
+}
+
+void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  const long long n = out.numel();
+  if (!n) return;
+  float_dispatch(out.dtype(), binary_name(op), [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    const bool dense = a.is_contiguous() && b.is_contiguous() && a.shape() == out.shape() && b.shape() == out.shape();
+    binary_kernel<T><<<blocks_for(n), 256, 0, stream()>>>(op, static_cast<const T*>(a.raw()), strided_of(a, out.shape()),
+                                                          static_cast<const T*>(b.raw()), strided_of(b, out.shape()),
+                                                          dense, static_cast<T*>(out.raw()), n);
+  });
+  DG_LAUNCH_CHECK();
+}
+
+void CudaBackend::where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
+  const long long n = out.numel();
+  if (!n) return;
+  float_dispatch(out.dtype(), "where", [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    where_kernel<T><<<blocks_for(n), 256, 0, stream()>>>(cond.data<T>(), a.data<T>(), b.data<T>(), out.data<T>(), n);
+  });
+  DG_LAUNCH_CHECK();
+}
+
+// ---- reductions over the middle dim of [outer, n, inner] ----
+template <class T>
+__device__ __forceinline__ T warp_reduce(T v, bool is_max) {
+  for (int o = 16; o > 0; o >>= 1) {
+    T w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? (w > v ? w : v) : v + w;
+  }
+  return v;
+}
+
+// inner == 1: one warp per row
+template <class T>
+__global__ void reduce_rows_kernel(const T* x, T* y, long long rows, long long n, bool is_max) {
+  const long long row = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  T acc = is_max ? T(-INFINITY) : T(0);
+  for (long long k = lane; k < n; k += 32) {
+    const T v = x[row * n + k];
+    acc = is_max ? (v > acc ? v : acc) : acc + v;
+  }
+  acc = warp_reduce(acc, is_max);
+  if (lane == 0) y[row] = acc;
+}
+// inner > 1: one thread per (outer, inner), coalesced across inner
+template <class T>
+__global__ void reduce_cols_kernel(const T* x, T* y, long long outer, long long n, long long inner, bool is_max) {
+  GRID_LOOP(i, outer * inner) {
+    const long long o = i / inner, j = i % inner;
+    T acc = is_max ? T(-INFINITY) : T(0);
+    for (long long k = 0; k < n; ++k) {
+      const T v = x[(o * n + k) * inner + j];
+      acc = is_max ? (v > acc ? v : acc) : acc + v;
+    }
+    y[i] = acc;
+  }
+}
+template <class T>
+__global__ void argmax_kernel(const T* x, long long* y, long long outer, long long n, long long inner) {
+  GRID_LOOP(i, outer * inner) {
+    const long long o = i / inner, j = i % inner;
+    long long best = 0;
+    for (long long k = 1; k < n; ++k)
+      if (x[(o * n + k) * inner + j] > x[(o * n + best) * inner + j]) best = k;
+    y[i] = best;
+  }
+}
+
+void CudaBackend::reduce(ReduceOp op, const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Tensor& out) {
+  if (!out.numel()) return;
+  float_dispatch(x.dtype(), "reduce", [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    const bool mx = op == ReduceOp::Max;
+    if (inner == 1)
+      reduce_rows_kernel<T><<<int((outer + 7) / 8), 256, 0, stream()>>>(x.data<T>(), out.data<T>(), outer, n, mx);
+    else
+      reduce_cols_kernel<T><<<blocks_for(outer * inner), 256, 0, stream()>>>(x.data<T>(), out.data<T>(), outer, n, inner, mx);
+  });
+  DG_LAUNCH_CHECK();
+}
+
+void CudaBackend::argmax(const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Tensor& out) {
+  if (!out.numel()) return;
+  float_dispatch(x.dtype(), "argmax", [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    argmax_kernel<T><<<blocks_for(outer * inner), 256, 0, stream()>>>(
+        x.data<T>(), reinterpret_cast<long long*>(out.data<int64_t>()), outer, n, inner);
+  });
+  DG_LAUNCH_CHECK();
+}
+
+template <class T>
+__global__ void sum_squares_kernel(const T* x, long long n, double* out) {
+  double acc = 0;
+  GRID_LOOP(i, n) acc += double(x[i]) * double(x[i]);
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (threadIdx.x % 32 == 0) atomicAdd(out, acc);
+}
+
+double CudaBackend::sum_squares(const Tensor& x) {
+  Tensor c = x.contiguous();
+  Tensor acc = Tensor::zeros({1}, DType::F64, Device::CUDA);
+  if (c.numel())
+    float_dispatch(c.dtype(), "sum_squares", [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      sum_squares_kernel<T><<<std::min(blocks_for(c.numel()), 1024), 256, 0, stream()>>>(c.data<T>(), c.numel(),
+                                                                                         acc.data<double>());
+    });
+  DG_LAUNCH_CHECK();
+  return acc.item();
+}
+
+}  // namespace dg::cuda

@@ -12,6 +12,7 @@
 #include "autograd/ops.h"
 #include "core/backend.h"
 #include "core/safetensors.h"
+#include "nn/device.h"
 #include "nn/glob.h"
 
 namespace dg::peft {
@@ -151,6 +152,11 @@ void PeftModel::remove(const std::string& name) {
       deltas_.erase(it);
       break;
     }
+}
+
+void PeftModel::to(Device dev) {
+  nn::move_to(base_, dev);
+  for (auto& [n, m] : masks_) m = m.to(dev);
 }
 
 nn::NamedTensors PeftModel::trainable_parameters() const {

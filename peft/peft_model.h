@@ -30,6 +30,8 @@ class PeftModel {
   std::vector<std::pair<std::string, std::shared_ptr<nn::Delta>>> attachments(const std::string& name) const;
 
   nn::NamedTensors trainable_parameters() const;
+  // Move the base, every delta and the masks to a device (in place).
+  void to(Device dev);
   const std::map<std::string, Tensor>& masks() const { return masks_; }
   void mask_gradients();  // zero the gradient of masked-out elements (what `grads` reports)
 

@@ -108,6 +108,10 @@ Trainer::Trainer(const RunConfig& cfg, const data::ImageSet& tr, const data::Ima
     if (!r.head_loaded) model_->reset_head(cfg.seed + 1);
   }
   peft_ = std::make_unique<peft::PeftModel>(*model_, peft::parse_peft_config(cfg.peft, "peft config"), cfg.seed + 2);
+  if (cfg.device == "cuda") {
+    DG_CHECK(backend_available(Device::CUDA), "--device cuda: ", "no CUDA device, or a build without CUDA");
+    peft_->to(Device::CUDA);
+  }
 }
 
 void Trainer::save_checkpoint(const std::string& path, nn::Optimizer& opt, int64_t epoch, int64_t step) const {

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""The PyTorch peer for bench_step: the same ViT (timm's layout, written out in plain
+PyTorch so both sides run the same model), the same PEFT method, a training step of
+forward + backward + AdamW in eager mode. Prints one JSON line, like bench_step.
+  torch_peer.py --model vit_small_patch16_224 --method lora --batch 64 --device cuda [--steps 10] [--tf32]"""
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PRESETS = {"vit_tiny_patch16_224": (192, 3), "vit_small_patch16_224": (384, 6), "vit_base_patch16_224": (768, 12),
+           "vit_mnist_28": (64, 4)}
+
+
+class Adapter(nn.Module):  # Adapter+: post-block, channel scale, no norm
+    def __init__(s, d, r=8):
+        super().__init__()
+        s.down, s.up, s.scale = nn.Linear(d, r), nn.Linear(r, d), nn.Parameter(torch.ones(d))
+
+    def forward(s, x):
+        return x + s.up(F.gelu(s.down(x))) * s.scale
+
+
+class Block(nn.Module):
+    def __init__(s, d, h, method):
+        super().__init__()
+        s.h, s.method = h, method
+        s.norm1, s.qkv, s.proj = nn.LayerNorm(d, eps=1e-6), nn.Linear(d, 3 * d), nn.Linear(d, d)
+        s.norm2, s.fc1, s.fc2 = nn.LayerNorm(d, eps=1e-6), nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        if method == "lora":
+            s.lora_A = nn.Parameter(torch.randn(8, d) / math.sqrt(d))
+            s.lora_B = nn.Parameter(torch.zeros(3 * d, 8))
+        if method == "adapter_plus":
+            s.adapter = Adapter(d)
+
+    def forward(s, x):
+        B, N, C = x.shape
+        h = s.norm1(x)
+        qkv = s.qkv(h)
+        if s.method == "lora":
+            qkv = qkv + h @ s.lora_A.t() @ s.lora_B.t()
+        q, k, v = qkv.reshape(B, N, 3, s.h, C // s.h).permute(2, 0, 3, 1, 4).unbind(0)
+        a = ((q * (C // s.h) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+        x = x + s.proj((a @ v).transpose(1, 2).reshape(B, N, C))
+        x = x + s.fc2(F.gelu(s.fc1(s.norm2(x))))
+        return s.adapter(x) if s.method == "adapter_plus" else x
+
+
+class ViT(nn.Module):
+    def __init__(s, d, h, method, depth=12, img=224, patch=16, chans=3, classes=100, prompts=10):
+        super().__init__()
+        s.method, s.p = method, prompts
+        s.patch_embed = nn.Conv2d(chans, d, patch, patch)
+        s.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        s.pos_embed = nn.Parameter(torch.randn(1, 1 + (img // patch) ** 2, d) * 0.02)
+        s.blocks = nn.ModuleList([Block(d, h, method) for _ in range(depth)])
+        s.norm, s.head = nn.LayerNorm(d, eps=1e-6), nn.Linear(d, classes)
+        if method == "vpt_deep":
+            s.prompts = nn.Parameter(torch.rand(depth, prompts, d) * 0.1)
+
+    def forward(s, x):
+        x = s.patch_embed(x).flatten(2).transpose(1, 2)
+        B = x.shape[0]
+        x = torch.cat([s.cls_token.expand(B, -1, -1), x], 1) + s.pos_embed
+        for i, b in enumerate(s.blocks):
+            if s.method == "vpt_deep":
+                p = s.prompts[i].expand(B, -1, -1)
+                x = torch.cat([x[:, :1], p, x[:, 1 + (s.p if i else 0):]], 1)
+            x = b(x)
+        return s.head(s.norm(x)[:, 0])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="vit_small_patch16_224")
+    ap.add_argument("--method", default="lora")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--tf32", action="store_true")
+    a = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
+    torch.backends.cudnn.allow_tf32 = a.tf32
+    d, h = PRESETS[a.model]
+    kw = dict(img=28, patch=4, chans=1, depth=4) if a.model == "vit_mnist_28" else {}
+    m = ViT(d, h, a.method, **kw).to(a.device)
+    for n, p in m.named_parameters():
+        trainable = a.method == "full" or n.startswith("head") or any(
+            k in n for k in ("lora_", "adapter", "prompts"))
+        p.requires_grad_(trainable)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
+    x = torch.randn(a.batch, kw.get("chans", 3), kw.get("img", 224), kw.get("img", 224), device=a.device)
+    y = torch.arange(a.batch, device=a.device) % 100
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(3):
+        step()
+    if a.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    ms = []
+    for _ in range(a.steps):
+        t = time.perf_counter()
+        step()
+        ms.append((time.perf_counter() - t) * 1e3)
+    ms.sort()
+    med = ms[len(ms) // 2]
+    print(json.dumps({"impl": "pytorch " + torch.__version__, "model": a.model, "method": a.method, "batch": a.batch,
+                      "tf32": a.tf32, "ms_median": med, "ms_min": ms[0], "ms_max": ms[-1],
+                      "img_per_s": 1000 * a.batch / med,
+                      "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if a.device == "cuda" else -1}))
+
+
+if __name__ == "__main__":
+    main()

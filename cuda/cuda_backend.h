@@ -5,6 +5,10 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <initializer_list>
+#include <utility>
+#include <vector>
+
 #include "core/backend.h"
 
 namespace dg::cuda {
@@ -12,7 +16,10 @@ namespace dg::cuda {
 #define DG_CUDA(call)                                                                                   \
   do {                                                                                                  \
     cudaError_t e_ = (call);                                                                            \
-    if (e_ != cudaSuccess) throw ::dg::Error(::dg::str("CUDA error in ", #call, ": ", cudaGetErrorString(e_))); \
+    if (e_ != cudaSuccess) {                                                                            \
+      (void)cudaGetLastError(); /* clear it, or the next launch check would report it again */          \
+      throw ::dg::Error(::dg::str("CUDA error in ", #call, ": ", cudaGetErrorString(e_)));             \
+    }                                                                                                   \
   } while (0)
 #define DG_CUBLAS(call)                                                                              \
   do {                                                                                               \
@@ -31,7 +38,11 @@ struct Strided {
   int nd;
   long long shape[8], stride[8];
 };
-Strided strided_of(const Tensor& t, const Shape& shape);  // t's strides broadcast to `shape`
+// t's strides broadcast to `shape`. strided_joint does it for several tensors at once, the dims
+// coalesced jointly (adjacent dims merged where every tensor steps through them as one run, size-1
+// dims dropped): fewer divisions per element, and contiguous tensors of any rank fit.
+Strided strided_of(const Tensor& t, const Shape& shape);
+void strided_joint(const Shape& shape, std::initializer_list<std::pair<const Tensor*, Strided*>> ts);
 
 inline int blocks_for(long long n, int threads = 256) {
   long long b = (n + threads - 1) / threads;

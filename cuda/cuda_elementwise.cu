@@ -118,9 +118,11 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Te
   float_dispatch(out.dtype(), binary_name(op), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const bool dense = a.is_contiguous() && b.is_contiguous() && a.shape() == out.shape() && b.shape() == out.shape();
-    binary_kernel<T><<<blocks_for(n), 256, 0, stream()>>>(op, static_cast<const T*>(a.raw()), strided_of(a, out.shape()),
-                                                          static_cast<const T*>(b.raw()), strided_of(b, out.shape()),
-                                                          dense, static_cast<T*>(out.raw()), n);
+    Strided as, bs;
+    strided_joint(out.shape(), {{&a, &as}, {&b, &bs}});
+    binary_kernel<T><<<blocks_for(n), 256, 0, stream()>>>(op, static_cast<const T*>(a.raw()), as,
+                                                          static_cast<const T*>(b.raw()), bs, dense,
+                                                          static_cast<T*>(out.raw()), n);
   });
   DG_LAUNCH_CHECK();
 }
@@ -145,27 +147,38 @@ __device__ __forceinline__ T warp_reduce(T v, bool is_max) {
   return v;
 }
 
-// inner == 1: one warp per row
+// Each output (o, j) sums the n values x[o, k, j]. When there are few outputs (a bias
+// gradient: outer = 1, n = tokens, inner = channels; a loss mean: one output), n is cut
+// into S segments summed in parallel into a [outer, S, inner] buffer, which is then
+// reduced the same way: two passes, no atomics, so the result is deterministic.
+
+// inner == 1: one warp per (o, segment s), lanes strided across the segment (coalesced)
 template <class T>
-__global__ void reduce_rows_kernel(const T* x, T* y, long long rows, long long n, bool is_max) {
-  const long long row = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32;
+__global__ void reduce_rows_kernel(const T* x, T* y, long long outer, long long n, long long S, long long seg,
+                                   bool is_max) {
   const int lane = threadIdx.x % 32;
-  if (row >= rows) return;
-  T acc = is_max ? T(-INFINITY) : T(0);
-  for (long long k = lane; k < n; k += 32) {
-    const T v = x[row * n + k];
-    acc = is_max ? (v > acc ? v : acc) : acc + v;
-  }
-  acc = warp_reduce(acc, is_max);
-  if (lane == 0) y[row] = acc;
-}
-// inner > 1: one thread per (outer, inner), coalesced across inner
-template <class T>
-__global__ void reduce_cols_kernel(const T* x, T* y, long long outer, long long n, long long inner, bool is_max) {
-  GRID_LOOP(i, outer * inner) {
-    const long long o = i / inner, j = i % inner;
+  const long long warps = (long long)gridDim.x * (blockDim.x / 32);
+  // whole warps share r, so every lane reaches the shuffles together
+  for (long long r = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32; r < outer * S; r += warps) {
+    const long long o = r / S, k0 = (r % S) * seg, k1 = min(n, k0 + seg);
     T acc = is_max ? T(-INFINITY) : T(0);
-    for (long long k = 0; k < n; ++k) {
+    for (long long k = k0 + lane; k < k1; k += 32) {
+      const T v = x[o * n + k];
+      acc = is_max ? (v > acc ? v : acc) : acc + v;
+    }
+    acc = warp_reduce(acc, is_max);
+    if (lane == 0) y[r] = acc;
+  }
+}
+// inner > 1: one thread per (o, s, j), coalesced across j
+template <class T>
+__global__ void reduce_cols_kernel(const T* x, T* y, long long outer, long long n, long long inner, long long S,
+                                   long long seg, bool is_max) {
+  GRID_LOOP(i, outer * S * inner) {
+    const long long j = i % inner, s = (i / inner) % S, o = i / (inner * S);
+    const long long k1 = min(n, (s + 1) * seg);
+    T acc = is_max ? T(-INFINITY) : T(0);
+    for (long long k = s * seg; k < k1; ++k) {
       const T v = x[(o * n + k) * inner + j];
       acc = is_max ? (v > acc ? v : acc) : acc + v;
     }
@@ -185,15 +198,26 @@ __global__ void argmax_kernel(const T* x, long long* y, long long outer, long lo
 
 void CudaBackend::reduce(ReduceOp op, const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Tensor& out) {
   if (!out.numel()) return;
+  if (n == 0) return fill(out, op == ReduceOp::Sum ? 0.0 : -INFINITY);
+  // Threads to keep the GPU busy (~132 SMs x 2048); a warp per unit when inner == 1.
+  const long long target = 1LL << 18, units = inner == 1 ? outer * 32 : outer * inner;
+  long long S = 1;
+  if (units < target / 4 && n >= 2048) S = std::min<long long>((target + units - 1) / units, (n + 255) / 256);
+  const long long seg = (n + S - 1) / S;
+  S = (n + seg - 1) / seg;
+  Tensor part = S > 1 ? Tensor::empty({outer, S, inner}, x.dtype(), Device::CUDA) : out;
   float_dispatch(x.dtype(), "reduce", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const bool mx = op == ReduceOp::Max;
     if (inner == 1)
-      reduce_rows_kernel<T><<<int((outer + 7) / 8), 256, 0, stream()>>>(x.data<T>(), out.data<T>(), outer, n, mx);
+      reduce_rows_kernel<T><<<blocks_for(outer * S * 32), 256, 0, stream()>>>(x.data<T>(), part.data<T>(), outer, n, S,
+                                                                             seg, mx);
     else
-      reduce_cols_kernel<T><<<blocks_for(outer * inner), 256, 0, stream()>>>(x.data<T>(), out.data<T>(), outer, n, inner, mx);
+      reduce_cols_kernel<T><<<blocks_for(outer * S * inner), 256, 0, stream()>>>(x.data<T>(), part.data<T>(), outer, n,
+                                                                                 inner, S, seg, mx);
   });
   DG_LAUNCH_CHECK();
+  if (S > 1) reduce(op, part, outer, S, inner, out);
 }
 
 void CudaBackend::argmax(const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Tensor& out) {
@@ -220,7 +244,7 @@ double CudaBackend::sum_squares(const Tensor& x) {
   if (c.numel())
     float_dispatch(c.dtype(), "sum_squares", [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      sum_squares_kernel<T><<<std::min(blocks_for(c.numel()), 1024), 256, 0, stream()>>>(c.data<T>(), c.numel(),
+      sum_squares_kernel<T><<<blocks_for(c.numel()) < 1024 ? blocks_for(c.numel()) : 1024, 256, 0, stream()>>>(c.data<T>(), c.numel(),
                                                                                          acc.data<double>());
     });
   DG_LAUNCH_CHECK();

@@ -46,12 +46,40 @@ cublasHandle_t cublas() {
 bool tf32_enabled() { return ctx().tf32; }
 
 Strided strided_of(const Tensor& t, const Shape& shape) {
-  DG_CHECK(shape.size() <= 8, "cuda: tensors of more than 8 dims are not supported (", shape_str(shape), ")");
-  Tensor v = t.shape() == shape ? t : view::expand(t, shape);
   Strided s;
-  s.nd = int(shape.size());
-  for (int i = 0; i < s.nd; ++i) s.shape[i] = shape[size_t(i)], s.stride[i] = v.strides()[size_t(i)];
+  strided_joint(shape, {{&t, &s}});
   return s;
+}
+
+void strided_joint(const Shape& shape, std::initializer_list<std::pair<const Tensor*, Strided*>> ts) {
+  std::vector<Shape> st;  // each tensor's strides over `shape`
+  for (auto& [t, s] : ts) st.push_back(t->shape() == shape ? t->strides() : view::expand(*t, shape).strides());
+  Shape sh;                          // the merged shape
+  std::vector<Shape> ms(st.size());  // and strides
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    bool merge = !sh.empty();
+    for (size_t k = 0; k < st.size() && merge; ++k) merge = ms[k].back() == st[k][d] * shape[d];
+    if (merge) {
+      sh.back() *= shape[d];
+      for (size_t k = 0; k < st.size(); ++k) ms[k].back() = st[k][d];
+    } else {
+      sh.push_back(shape[d]);
+      for (size_t k = 0; k < st.size(); ++k) ms[k].push_back(st[k][d]);
+    }
+  }
+  if (sh.empty()) {  // one element
+    sh.push_back(1);
+    for (auto& m : ms) m.push_back(0);
+  }
+  DG_CHECK(sh.size() <= 8, "cuda: tensors of more than 8 non-contiguous dims are not supported (shape ",
+           shape_str(shape), ")");
+  size_t k = 0;
+  for (auto& [t, s] : ts) {
+    s->nd = int(sh.size());
+    for (int i = 0; i < s->nd; ++i) s->shape[i] = sh[size_t(i)], s->stride[i] = ms[k][size_t(i)];
+    ++k;
+  }
 }
 
 void* CudaBackend::alloc(size_t nbytes) {
@@ -119,8 +147,10 @@ template <class S, class D>
 static void launch_copy(const Tensor& src, const Tensor& dst) {
   const long long n = dst.numel();
   if (!n) return;
-  copy_kernel<S, D><<<blocks_for(n), 256, 0, stream()>>>(static_cast<const S*>(src.raw()), strided_of(src, dst.shape()),
-                                                         static_cast<D*>(dst.raw()), strided_of(dst, dst.shape()), n);
+  Strided ss, ds;
+  strided_joint(dst.shape(), {{&src, &ss}, {&dst, &ds}});
+  copy_kernel<S, D><<<blocks_for(n), 256, 0, stream()>>>(static_cast<const S*>(src.raw()), ss, static_cast<D*>(dst.raw()),
+                                                         ds, n);
   DG_LAUNCH_CHECK();
 }
 

@@ -10,11 +10,13 @@ namespace dg::cuda {
 
 template <class T>
 __global__ void uniform_kernel(T* p, long long n, unsigned long long seed, unsigned long long off, double lo, double hi) {
-  GRID_LOOP(i, n) p[i] = T(lo + (hi - lo) * double(philox::uniform(seed, off + (unsigned long long)i)));
+  // an explicit fused multiply-add: what g++ -march=native emits for the CPU's lo + (hi-lo)*u,
+  // so the bits match the CPU's (on a CPU without FMA they differ in the last bit at most)
+  GRID_LOOP(i, n) p[i] = T(fma(hi - lo, double(philox::uniform(seed, off + (unsigned long long)i)), lo));
 }
 template <class T>
 __global__ void normal_kernel(T* p, long long n, unsigned long long seed, unsigned long long off, double mean, double sd) {
-  GRID_LOOP(i, n) p[i] = T(mean + sd * double(philox::normal(seed, off + (unsigned long long)i)));
+  GRID_LOOP(i, n) p[i] = T(fma(sd, double(philox::normal(seed, off + (unsigned long long)i)), mean));
 }
 
 void CudaBackend::random_uniform(const Tensor& out, uint64_t seed, uint64_t offset, double lo, double hi) {
@@ -81,8 +83,11 @@ __global__ void index_select_kernel(const T* x, const long long* idx, T* out, lo
   }
 }
 template <class T>
-__global__ void index_add_kernel(const T* g, const long long* idx, T* gx, long long m, long long d) {
-  GRID_LOOP(i, m * d) atomicAdd(gx + idx[i / d] * d + i % d, g[i]);
+__global__ void index_add_kernel(const T* g, const long long* idx, T* gx, long long m, long long d, long long rows) {
+  GRID_LOOP(i, m * d) {
+    const long long r = idx[i / d];
+    if (r >= 0 && r < rows) atomicAdd(gx + r * d + i % d, g[i]);  // never write outside gx
+  }
 }
 
 void CudaBackend::index_select(const Tensor& x, const Tensor& idx, const Tensor& out) {
@@ -105,7 +110,7 @@ void CudaBackend::index_add(const Tensor& gout, const Tensor& idx, const Tensor&
   float_dispatch(gx.dtype(), "index_add", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     index_add_kernel<T><<<blocks_for(m * d), 256, 0, stream()>>>(
-        gout.data<T>(), reinterpret_cast<const long long*>(idx.data<int64_t>()), gx.data<T>(), m, d);
+        gout.data<T>(), reinterpret_cast<const long long*>(idx.data<int64_t>()), gx.data<T>(), m, d, rows);
   });
   DG_LAUNCH_CHECK();
 }

@@ -156,7 +156,8 @@ void CudaBackend::layernorm_backward(const Tensor& x, const Tensor& w, const Ten
 }
 
 template <class T>
-__global__ void ce_kernel(const T* x, const long long* lab, T* loss, T* lse, long long rows, long long C, T eps) {
+__global__ void ce_kernel(const T* x, const long long* lab, T* loss, T* lse, long long rows, long long C, T eps,
+                          int* bad) {
   WARP_ROW(rows)
   const T* xr = x + row * C;
   T mx = T(-INFINITY);
@@ -170,7 +171,12 @@ __global__ void ce_kernel(const T* x, const long long* lab, T* loss, T* lse, lon
     const T l = mx + ::log(s);
     lse[row] = l;
     const long long y = lab[row];
-    loss[row] = y < 0 ? T(0) : l - (T(1) - eps) * xr[y] - eps / T(C) * tot;
+    if (y >= C) {
+      *bad = 1;  // reported by the host after the launch
+      loss[row] = T(NAN);
+    } else {
+      loss[row] = y < 0 ? T(0) : l - (T(1) - eps) * xr[y] - eps / T(C) * tot;
+    }
   }
 }
 
@@ -188,13 +194,19 @@ void CudaBackend::cross_entropy(const Tensor& logits, const Tensor& labels, doub
                                 const Tensor& lse) {
   const int64_t rows = logits.size(0), C = logits.size(1);
   if (!rows) return;
+  // Labels live on the device: an out-of-range one raises a flag read back here (one sync
+  // per forward, which the caller's loss.item() would cost anyway).
+  Tensor bad = Tensor::zeros({1}, DType::I32, Device::CUDA);
   float_dispatch(logits.dtype(), "cross_entropy", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     ce_kernel<T><<<warp_blocks(rows), 256, 0, stream()>>>(logits.data<T>(),
                                                           reinterpret_cast<const long long*>(labels.data<int64_t>()),
-                                                          loss.data<T>(), lse.data<T>(), rows, C, T(smoothing));
+                                                          loss.data<T>(), lse.data<T>(), rows, C, T(smoothing),
+                                                          static_cast<int*>(bad.raw()));
   });
   DG_LAUNCH_CHECK();
+  DG_CHECK(bad.item() == 0, "cross_entropy (cuda): a label is out of range for ", C, " classes (logits ", logits.desc(),
+           ")");
 }
 
 void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Tensor& lse,

@@ -22,7 +22,7 @@ libobjs=$(for f in $lib_src cuda/*.cu; do echo "$OUT/obj/$(echo "$f" | tr / _).o
 LINK="-L/usr/local/cuda/lib64 -lcudart -lcublas $ZLIB -fopenmp -Wl,-rpath,/usr/local/cuda/lib64"
 g++ -o $OUT/tests/deltagrad_tests $OUT/obj/tests_*.o $libobjs $LINK
 g++ -o $OUT/tools/deltagrad $OUT/obj/tools_*.o $libobjs $LINK
-g++ -o $OUT/examples/train_mlp $OUT/obj/examples_train_mlp.cpp.o $libobjs $LINK
+for e in train_mlp lora_timm custom_data switch_deltas; do g++ -o $OUT/examples/$e $OUT/obj/examples_$e.cpp.o $libobjs $LINK; done
 mkdir -p $OUT/bench
 g++ -o $OUT/bench/bench_step $OUT/obj/bench_bench_step.cpp.o $libobjs $LINK
 echo "built $OUT/tests/deltagrad_tests $OUT/tools/deltagrad"

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/safetensors.h"
 #include "train/trainer.h"
 #include "tests/test_util.h"
 
@@ -107,10 +108,61 @@ TEST_CASE("train: --resume reproduces the losses of an uninterrupted run, step f
 
 TEST_CASE("examples and the CLI run") {
   const std::string b = DG_BUILD_DIR;
-  CHECK(std::system((b + "/examples/train_mlp > /dev/null").c_str()) == 0);
+  for (const char* e : {"train_mlp", "lora_timm", "custom_data", "switch_deltas"}) {
+    INFO("example ", e);
+    CHECK(std::system((b + "/examples/" + e + " > /dev/null").c_str()) == 0);
+  }
   CHECK(std::system((b + "/tools/deltagrad --help > /dev/null").c_str()) == 0);
   // unknown options and missing files: one clear line, exit code 2
   CHECK(WEXITSTATUS(std::system((b + "/tools/deltagrad train --bogus 1 2> /dev/null").c_str())) == 2);
   CHECK(WEXITSTATUS(std::system((b + "/tools/deltagrad inspect /nonexistent.safetensors 2> /dev/null").c_str())) == 2);
   CHECK(WEXITSTATUS(std::system((b + "/tools/deltagrad frobnicate 2> /dev/null").c_str())) == 2);
+}
+
+TEST_CASE("cli: grads matches the PyTorch golden gradients; inspect lists trainable and frozen tensors") {
+  const std::string b = DG_BUILD_DIR, src = DG_SOURCE_DIR;
+  fs::path d = tmpdir("cli");
+  // the golden ViT's weights, config and batch, split into the files the CLI takes
+  SafeTensors g = load_safetensors(src + "/tests/fixtures/vit_golden.safetensors");
+  std::map<std::string, Tensor> w;
+  for (auto& [k, t] : g.tensors)
+    if (k.rfind("grad.", 0) && k.rfind("input.", 0) && k != "logits" && k != "loss" && k != "adamw_losses") w[k] = t;
+  save_safetensors((d / "model.safetensors").string(), w);
+  save_safetensors((d / "batch.safetensors").string(),
+                   {{"images", g.tensors.at("input.images")}, {"labels", g.tensors.at("input.labels")}});
+  std::ofstream(d / "cfg.json") << g.metadata.at("config");
+  const std::string common = " --model " + (d / "model.safetensors").string() + " --model-config " + (d / "cfg.json").string();
+  REQUIRE(std::system((b + "/tools/deltagrad grads" + common + " --batch " + (d / "batch.safetensors").string() +
+                       " --out " + (d / "out.safetensors").string() + " > /dev/null").c_str()) == 0);
+  SafeTensors o = load_safetensors((d / "out.safetensors").string());
+  CHECK(test::rel_err(o.tensors.at("logits"), g.tensors.at("logits")) < 1e-5);
+  int n = 0;
+  for (auto& [k, t] : o.tensors)
+    if (k.rfind("grad.", 0) == 0) {
+      INFO(k);
+      CHECK(test::rel_err(t, g.tensors.at(k)) < 1e-4);
+      ++n;
+    }
+  CHECK(n == 44);  // every parameter of the golden ViT
+  // inspect with a PEFT config: LoRA tensors trainable, base frozen, the report printed
+  std::ofstream(d / "peft.json") << R"({"deltas": [{"name": "lora", "method": "lora", "r": 2}], "trainable": ["head.*"]})";
+  const std::string txt = (d / "inspect.txt").string();
+  REQUIRE(std::system((b + "/tools/deltagrad inspect " + (d / "model.safetensors").string() + " --model-config " +
+                       (d / "cfg.json").string() + " --peft " + (d / "peft.json").string() + " > " + txt).c_str()) == 0);
+  std::ifstream f(txt);
+  std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  CHECK(all.find("blocks.0.attn.qkv.lora.lora_A") != std::string::npos);
+  CHECK(all.find("blocks.0.attn.qkv.weight") != std::string::npos);
+  CHECK(all.find("trainable params:") != std::string::npos);
+  // a mismatched checkpoint: refused with the tensor's name, exit code 2
+  std::map<std::string, Tensor> bad = w;
+  bad["blocks.0.mlp.fc1.weight"] = Tensor::zeros({3, 48});
+  save_safetensors((d / "bad.safetensors").string(), bad);
+  const std::string err = (d / "err.txt").string();
+  CHECK(WEXITSTATUS(std::system((b + "/tools/deltagrad grads --model " + (d / "bad.safetensors").string() +
+                                 " --model-config " + (d / "cfg.json").string() + " --batch " +
+                                 (d / "batch.safetensors").string() + " --out /dev/null 2> " + err).c_str())) == 2);
+  std::ifstream ef(err);
+  std::string emsg((std::istreambuf_iterator<char>(ef)), std::istreambuf_iterator<char>());
+  CHECK(emsg.find("'blocks.0.mlp.fc1.weight' has shape [3, 48], expected [192, 48]") != std::string::npos);
 }

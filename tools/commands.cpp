@@ -199,10 +199,12 @@ int cmd_merge(int argc, char** argv) {
 }
 
 int cmd_export_peft(int argc, char** argv) {
-  const char* help = "deltagrad export-peft --model-config C [--model W] --deltas D.safetensors --out DIR [--name DELTA]\n";
+  const char* help =
+      "deltagrad export-peft --model-config C [--model W] (--deltas D.safetensors | --peft P.json) --out DIR [--name DELTA]\n"
+      "  With --peft, the freshly initialised deltas are exported (a way to cross-check against Python peft).\n";
   if (wants_help(argc, argv, help)) return 0;
-  Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "out", "name"});
-  a.need("deltas");
+  Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "peft", "out", "name"});
+  if (!a.has("deltas") && !a.has("peft")) throw UsageError("give --deltas or --peft");
   auto m = load_model(a);
   auto pm = attach_peft(*m, a);
   pm->export_hf(a.need("out"), a.get("name"));

@@ -14,15 +14,15 @@ static const OpDef kDropout("dropout");
 static Tensor dropout_mask(const Shape& s, DType dt, Device dev, double p, uint64_t key) {
   Tensor u = Tensor::empty(s, dt, dev);
   backend(dev).random_uniform(u, key, 0, 0.0, 1.0);
-  // keep = (u > p) / (1 - p), from backend primitives: relu(u - p) is non-zero exactly
-  // where u > p (u == p has probability 2^-24), and where() selects on non-zero.
+  // keep = (u >= p) / (1 - p), from backend primitives: relu(p - u) is non-zero exactly
+  // where u < p (dropped), and where() selects its first operand on non-zero.
   Tensor m = Tensor::empty(s, dt, dev);
-  backend(dev).unary(UnaryOp::AddScalar, u, m, -p);
+  backend(dev).unary(UnaryOp::MulScalar, u, m, -1.0);
+  backend(dev).unary(UnaryOp::AddScalar, m, u, p);  // u <- p - u
   Tensor z = Tensor::zeros(s, dt, dev), keep = Tensor::full(s, 1.0 / (1.0 - p), dt, dev);
-  Tensor ge = Tensor::empty(s, dt, dev);
-  backend(dev).unary(UnaryOp::Relu, m, ge, 0);
+  backend(dev).unary(UnaryOp::Relu, u, m, 0);  // m <- relu(p - u)
   Tensor out = Tensor::empty(s, dt, dev);
-  backend(dev).where(ge, keep, z, out);
+  backend(dev).where(m, z, keep, out);
   return out;
 }
 

@@ -13,6 +13,11 @@ Tensor index_select(const Tensor& x, const Tensor& idx_in) {
   DG_CHECK(x.dim() >= 1, "index_select: input ", x.desc(), " must have at least one dim");
   DG_CHECK(idx_in.dim() == 1 && (idx_in.dtype() == DType::I64 || idx_in.dtype() == DType::I32),
            "index_select: index ", idx_in.desc(), " must be a 1-d i64/i32 tensor");
+  // Check the range here, on the host, so every backend reports the same error.
+  const std::vector<double> iv = idx_in.to_vector();
+  for (size_t i = 0; i < iv.size(); ++i)
+    DG_CHECK(iv[i] >= 0 && iv[i] < double(x.size(0)), "index_select: index ", int64_t(iv[i]), " at position ", i,
+             " is out of range for input ", x.desc(), " with ", x.size(0), " rows");
   Tensor idx = idx_in.to(DType::I64).to(x.device()).contiguous();
   Shape s = x.shape();
   s[0] = idx.size(0);

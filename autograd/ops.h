@@ -12,7 +12,8 @@ namespace dg {
 // ---- linear algebra (ops/matmul.cpp) ----
 // a [..., M, K] @ b [..., K, N] with broadcasting over leading dims; 1-D operands are not
 // promoted (use unsqueeze). ta/tb: use the transpose of the last two dims of a / b.
-Tensor matmul(const Tensor& a, const Tensor& b, bool ta = false, bool tb = false);
+// alpha scales the product inside the GEMM (attention's hd^-0.5 costs no extra pass).
+Tensor matmul(const Tensor& a, const Tensor& b, bool ta = false, bool tb = false, double alpha = 1.0);
 // y = x @ W^T + b: x [..., in], W [out, in] (PyTorch/timm layout), b [out] or undefined.
 // Saves x only if W needs grad, W only if x needs grad: a frozen layer saves nothing for its weight.
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b = Tensor());  // ops/linear.cpp

@@ -76,7 +76,7 @@ Tensor Attention::forward(const Tensor& x) {
   Tensor t = (*qkv)(x);                                                  // [B, N, 3D]
   t = contiguous(permute(reshape(t, {B, N, 3, heads, head_dim}), {2, 0, 3, 1, 4}));  // [3, B, H, N, hd]
   Tensor q = squeeze(slice(t, 0, 0, 1), 0), k = squeeze(slice(t, 0, 1, 2), 0), v = squeeze(slice(t, 0, 2, 3), 0);
-  Tensor a = softmax(matmul(mul_scalar(q, scale), k, false, true), -1);  // [B, H, N, N]
+  Tensor a = softmax(matmul(q, k, false, true, scale), -1);  // [B, H, N, N], scale inside the GEMM
   a = (*attn_drop)(a);
   Tensor o = reshape(transpose(matmul(a, v), 1, 2), {B, N, D});         // [B, N, D]
   return (*proj_drop)((*proj)(o));

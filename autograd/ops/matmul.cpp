@@ -11,7 +11,7 @@ namespace dg {
 static const OpDef kMatmul("matmul");
 
 // Stored-matrix view of the last two dims: rows/cols as stored, before any transpose.
-static Tensor matmul_raw(const Tensor& a, const Tensor& b, bool ta, bool tb) {
+static Tensor matmul_raw(const Tensor& a, const Tensor& b, bool ta, bool tb, double alpha = 1.0) {
   DG_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: operands must be at least 2-d, got ", a.desc(), " and ",
            b.desc());
   DG_CHECK(a.dtype() == b.dtype() && a.device() == b.device(), "matmul: ", a.desc(), " and ", b.desc(),
@@ -28,6 +28,7 @@ static Tensor matmul_raw(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   g.M = M;
   g.N = N;
   g.K = K;
+  g.alpha = alpha;
   // Common case: activations [..., M, K] times one weight matrix: a single GEMM.
   if (bb.empty() && !ta) {
     Tensor ac = a.contiguous();
@@ -73,21 +74,21 @@ static Tensor matmul_raw(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   return out;
 }
 
-Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
-  Tensor out = matmul_raw(a, b, ta, tb);
-  if (Record* r = tape().record(kMatmul, {a, b}, out, str(ta ? "ta " : "", tb ? "tb" : ""))) {
+Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb, double alpha) {
+  Tensor out = matmul_raw(a, b, ta, tb, alpha);
+  if (Record* r = tape().record(kMatmul, {a, b}, out, str(ta ? "ta " : "", tb ? "tb " : "", alpha != 1 ? str("alpha=", alpha) : ""))) {
     if (r->needs_grad(1)) r->save("a", a);  // dB reads A
     if (r->needs_grad(0)) r->save("b", b);  // dA reads B
-    r->backward = [ta, tb](Record& r, const Tensor& gc) {
+    r->backward = [ta, tb, alpha](Record& r, const Tensor& gc) {
       std::vector<Tensor> g(2);
       if (r.needs_grad(0)) {
         const Tensor& b = r.saved_tensor("b");
-        Tensor ga = !ta ? matmul_raw(gc, b, false, !tb) : matmul_raw(b, gc, tb, true);
+        Tensor ga = !ta ? matmul_raw(gc, b, false, !tb, alpha) : matmul_raw(b, gc, tb, true, alpha);
         g[0] = sum_to(ga, r.in_shapes[0]);
       }
       if (r.needs_grad(1)) {
         const Tensor& a = r.saved_tensor("a");
-        Tensor gb = !tb ? matmul_raw(a, gc, !ta, false) : matmul_raw(gc, a, true, ta);
+        Tensor gb = !tb ? matmul_raw(a, gc, !ta, false, alpha) : matmul_raw(gc, a, true, ta, alpha);
         g[1] = sum_to(gb, r.in_shapes[1]);
       }
       return g;
@@ -106,6 +107,8 @@ DG_GRADCHECK(matmul) {
       {"ta tb broadcast", [] { return std::vector<Tensor>{randn64({2, 1, 4, 3}, 9), randn64({3, 5, 4}, 10)}; },
        mm(true, true)},
       {"frozen b", [] { return std::vector<Tensor>{randn64({3, 4}, 11), randn64({4, 2}, 12, false)}; }, mm(false, false)},
+      {"alpha, batched tb", [] { return std::vector<Tensor>{randn64({2, 3, 4}, 13), randn64({2, 5, 4}, 14)}; },
+       [](const std::vector<Tensor>& x) { return matmul(x[0], x[1], false, true, 0.35); }},
   };
 }
 

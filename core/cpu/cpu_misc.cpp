@@ -89,24 +89,29 @@ void CpuBackend::index_add(const Tensor& gout, const Tensor& idx, const Tensor& 
 
 void CpuBackend::adamw(const AdamW& h, const Tensor& param, const Tensor& grad, const Tensor& m,
                        const Tensor& v, const Tensor& mask) {
+  // torch.optim.AdamW (1.13, single-tensor path), op for op, so float32 results agree to
+  // the last bits up to FMA contraction:
+  //   p *= 1 - lr*wd;  m = m*b1 + (1-b1)*g;  v = v*b2 + (1-b2)*g*g;
+  //   p += (-lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
+  // Python computes the scalars (1-b1, lr/bc1, sqrt(bc2), ...) in double and the kernels
+  // cast them to T, so they are formed in double here too: T(1 - b1) != 1 - T(b1) in float.
   DG_FLOAT_T(param.dtype(), "adamw")
     T *p = param.data<T>(), *mp = m.data<T>(), *vp = v.data<T>();
     const T* g = grad.data<T>();
     const T* mk = mask.defined() ? mask.data<T>() : nullptr;
     const int64_t n = param.numel();
     const double bc1 = 1.0 - std::pow(h.beta1, double(h.step)), bc2 = 1.0 - std::pow(h.beta2, double(h.step));
-    const T b1 = T(h.beta1), b2 = T(h.beta2), lr = T(h.lr), eps = T(h.eps), decay = T(1.0 - h.lr * h.weight_decay);
-    const T step_size = T(h.lr / bc1), rbc2 = T(1.0 / std::sqrt(bc2));
+    const T b1 = T(h.beta1), b2 = T(h.beta2), a1 = T(1.0 - h.beta1), a2 = T(1.0 - h.beta2), eps = T(h.eps);
+    const T decay = T(1.0 - h.lr * h.weight_decay), neg_step = T(-(h.lr / bc1)), sqrt_bc2 = T(std::sqrt(bc2));
 #pragma omp parallel for if (n > 65536)
     for (int64_t i = 0; i < n; ++i) {
-      if (mk && mk[i] == T(0)) continue;
-      mp[i] = b1 * mp[i] + (T(1) - b1) * g[i];
-      vp[i] = b2 * vp[i] + (T(1) - b2) * g[i] * g[i];
-      // decoupled decay first (PyTorch order: p *= 1 - lr*wd, then the Adam step)
-      p[i] *= decay;
-      p[i] -= step_size * mp[i] / (std::sqrt(vp[i]) * rbc2 + eps);
+      if (mk && mk[i] == T(0)) continue;  // masked out: no decay, no moments, no step
+      p[i] *= decay;                      // decoupled weight decay comes first
+      mp[i] = mp[i] * b1 + a1 * g[i];
+      vp[i] = vp[i] * b2 + a2 * g[i] * g[i];
+      const T denom = std::sqrt(vp[i]) / sqrt_bc2 + eps;
+      p[i] = p[i] + neg_step * mp[i] / denom;  // addcdiv: self + value * t1 / t2
     }
-    (void)lr;
   });
 }
 

@@ -82,6 +82,8 @@ Tensor unsqueeze(const Tensor& x, int64_t dim);
 Tensor contiguous(const Tensor& x);
 Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end);
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim);        // ops/concat.cpp
+// Pieces of the given sizes along dim: differentiable views (each is a slice).
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);  // ops/shape.cpp
 Tensor index_select(const Tensor& x, const Tensor& idx);           // rows of x (dim 0); ops/index_select.cpp
 
 // ---- vision (ops/patchify.cpp) ----

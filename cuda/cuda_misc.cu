@@ -116,14 +116,16 @@ void CudaBackend::index_add(const Tensor& gout, const Tensor& idx, const Tensor&
 }
 
 template <class T>
-__global__ void adamw_kernel(T* p, const T* g, T* m, T* v, const T* mask, long long n, T b1, T b2, T eps, T decay,
-                             T step_size, T rbc2) {
+__global__ void adamw_kernel(T* p, const T* g, T* m, T* v, const T* mask, long long n, T b1, T b2, T a1, T a2,
+                             T eps, T decay, T neg_step, T sqrt_bc2) {
+  // Same op order and scalars as the CPU kernel (core/cpu/cpu_misc.cpp) and torch.optim.AdamW:
+  // a1 = T(1 - b1) and a2 = T(1 - b2) are formed in double (1 - T(b2) is off by 1e-5 in float).
   GRID_LOOP(i, n) {
     if (mask && mask[i] == T(0)) continue;
     const T gi = g[i];
-    m[i] = b1 * m[i] + (T(1) - b1) * gi;
-    v[i] = b2 * v[i] + (T(1) - b2) * gi * gi;
-    p[i] = p[i] * decay - step_size * m[i] / (sqrt(v[i]) * rbc2 + eps);
+    m[i] = m[i] * b1 + a1 * gi;
+    v[i] = v[i] * b2 + a2 * gi * gi;
+    p[i] = p[i] * decay + neg_step * m[i] / (sqrt(v[i]) / sqrt_bc2 + eps);
   }
 }
 
@@ -136,8 +138,9 @@ void CudaBackend::adamw(const AdamW& h, const Tensor& param, const Tensor& grad,
     using T = std::remove_pointer_t<decltype(tag)>;
     adamw_kernel<T><<<blocks_for(n), 256, 0, stream()>>>(param.data<T>(), grad.data<T>(), m.data<T>(), v.data<T>(),
                                                          mask.defined() ? mask.data<T>() : nullptr, n, T(h.beta1),
-                                                         T(h.beta2), T(h.eps), T(1.0 - h.lr * h.weight_decay),
-                                                         T(h.lr / bc1), T(1.0 / std::sqrt(bc2)));
+                                                         T(h.beta2), T(1.0 - h.beta1), T(1.0 - h.beta2), T(h.eps),
+                                                         T(1.0 - h.lr * h.weight_decay), T(-(h.lr / bc1)),
+                                                         T(std::sqrt(bc2)));
   });
   DG_LAUNCH_CHECK();
 }

@@ -90,3 +90,16 @@ TEST_CASE("tape: outputs that do not reach the loss are skipped and freed") {
   CHECK(tape().records().empty());
   for (double g : x.grad().to_vector()) CHECK(g == doctest::Approx(1.0));
 }
+
+TEST_CASE("split: pieces are slices whose gradients land in their own ranges") {
+  tape().clear();
+  Tensor x = randf({2, 7}, 3, true);
+  std::vector<Tensor> p = split(x, {2, 5}, 1);
+  REQUIRE(p.size() == 2);
+  CHECK(p[1].shape() == Shape{2, 5});
+  backward(add(sum(mul_scalar(p[0], 2.0)), sum(mul_scalar(p[1], 3.0))));
+  std::vector<double> g = x.grad().to_vector();
+  for (int r = 0; r < 2; ++r)
+    for (int c = 0; c < 7; ++c) CHECK(g[size_t(r * 7 + c)] == (c < 2 ? 2.0 : 3.0));
+  CHECK_THROWS_WITH_AS(split(x, {3, 3}, 1), doctest::Contains("add up to 6"), Error);
+}

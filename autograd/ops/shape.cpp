@@ -70,6 +70,21 @@ Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end) {
   });
 }
 
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim) {
+  dim = wrap_dim(dim, x.dim(), "split");
+  int64_t total = 0;
+  for (int64_t s : sizes) total += s;
+  DG_CHECK(total == x.size(dim), "split: sizes add up to ", total, ", but dim ", dim, " of ", x.desc(), " has ",
+           x.size(dim));
+  std::vector<Tensor> out;
+  int64_t at = 0;
+  for (int64_t s : sizes) {
+    out.push_back(slice(x, dim, at, at + s));
+    at += s;
+  }
+  return out;
+}
+
 namespace {
 std::vector<Tensor> one(const Shape& s, uint64_t seed) { return {randn64(s, seed)}; }
 }  // namespace

@@ -1,6 +1,8 @@
 // Datasets as the trainer sees them: images F32 [N, C, H, W] in [0, 1] and labels I64 [N].
-// Readers: IDX (MNIST / Fashion-MNIST, gzip or plain) and image folders in torchvision's
-// ImageFolder layout (root/<class>/*.png|jpg|jpeg|bmp), decoded with stb_image.
+// Readers: IDX (MNIST / Fashion-MNIST, gzip or plain; data/idx.cpp) and image folders in
+// torchvision's ImageFolder layout (root/<class>/*.png|jpg|jpeg|bmp), decoded with stb_image
+// (data/image_folder.cpp). Selection and splits: data/dataset.cpp. Normalisation by the
+// model's mean/std happens per batch in the DataLoader (data/loader.h).
 #pragma once
 #include <string>
 #include <vector>
@@ -18,7 +20,10 @@ struct ImageSet {
   int64_t size() const { return images.defined() ? images.size(0) : 0; }
 };
 
-// IDX files (magic 0x00000803 images u8 [n, rows, cols]; 0x00000801 labels u8 [n]).
+// IDX files (magic 0x00000803 images u8 [n, rows, cols]; 0x00000801 labels u8 [n]), gzip or
+// plain. Refused with an error naming the file: a wrong magic, a header claiming more than 1e9
+// elements (before allocating), fewer data bytes than the dims need (expected vs found),
+// trailing bytes, corrupt gzip data.
 Tensor read_idx_images(const std::string& path);  // F32 [n, 1, rows, cols] in [0, 1]
 Tensor read_idx_labels(const std::string& path);  // I64 [n]
 // Fashion-MNIST from Debian's dataset-fashion-mnist (default dir /usr/share/datasets/fashion-mnist).
@@ -26,16 +31,23 @@ ImageSet load_fashion_mnist(const std::string& dir, bool train);
 const char* default_fashion_mnist_dir();
 
 // Keep only `classes` (relabelled 0..k-1 in the given order); if n > 0, a seeded subset of
-// n images balanced over the classes (VTAB-1k style: 1000 training images).
+// exactly n images balanced over the classes (VTAB-1k style: 1000 training images; a class
+// with too few images gives its share to the others). Kept images stay in source order.
 ImageSet select_classes(const ImageSet& s, const std::vector<int64_t>& classes, int64_t n = -1, uint64_t seed = 0);
 // Rows idx of a set.
 ImageSet subset(const ImageSet& s, const std::vector<int64_t>& idx);
-// Seeded split into (train, val) with `val_fraction` of each class in val.
+// Seeded split into (train, val) with round(val_fraction * count) of each class in val.
 std::pair<ImageSet, ImageSet> split(const ImageSet& s, double val_fraction, uint64_t seed);
 
-// ImageFolder: every image resized (bilinear) to size x size with `channels` channels.
-// Unreadable images are reported on stderr by path and skipped (counted in `skipped`).
+// ImageFolder: every image converted to `channels` (1 or 3) and resized (bilinear) to
+// size x size. Classes are the sorted folder names, files are read in sorted order.
+// Unreadable images are reported on stderr by path and skipped (counted in `skipped`); no
+// class folders, or a class folder without (readable) images, is an error naming it.
 ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channels);
+// Bilinear resize (align_corners = false) of an interleaved u8 image src [h, w, channels]
+// to planar floats dst [channels, out_h, out_w] in [0, 1].
+void resize_bilinear(const uint8_t* src, int64_t h, int64_t w, int64_t channels, int64_t out_h, int64_t out_w,
+                     float* dst);
 
 // Parse a --data spec: "fashion-mnist[:classes=5-9][:n=1000]" or a folder path.
 struct DataSpec {

@@ -8,12 +8,24 @@
 namespace dg::data {
 
 DataLoader::DataLoader(const ImageSet& set, const LoaderOptions& opt) : set_(set), opt_(opt) {
-  DG_CHECK(opt.batch >= 1, "DataLoader: batch must be >= 1");
+  DG_CHECK(opt.batch >= 1, "DataLoader: batch must be >= 1, got ", opt.batch);
+  DG_CHECK(opt.pad >= 0, "DataLoader: pad must be >= 0, got ", opt.pad);
+  DG_CHECK(opt.prefetch >= 1, "DataLoader: prefetch must be >= 1, got ", opt.prefetch);
+  DG_CHECK(set.images.defined() && set.images.dim() == 4 && set.images.dtype() == DType::F32 &&
+               set.images.device() == Device::CPU,
+           "DataLoader: images must be F32 [N, C, H, W] on the CPU, got ",
+           set.images.defined() ? set.images.desc() : std::string("none"));
+  DG_CHECK(set.labels.defined() && set.labels.dtype() == DType::I64 && set.labels.shape() == Shape{set.size()},
+           "DataLoader: labels must be I64 [", set.size(), "], got ",
+           set.labels.defined() ? set.labels.desc() : std::string("none"));
   DG_CHECK(set.size() > 0, "DataLoader: empty dataset");
+  DG_CHECK(set.images.is_contiguous() && set.labels.is_contiguous(), "DataLoader: images and labels must be contiguous");
   const int64_t C = set.images.size(1);
   DG_CHECK(opt.mean.size() == 1 || int64_t(opt.mean.size()) == C, "DataLoader: mean has ", opt.mean.size(),
            " values for ", C, " channels");
-  DG_CHECK(opt.std.size() == opt.mean.size(), "DataLoader: mean and std differ in length");
+  DG_CHECK(opt.std.size() == opt.mean.size(), "DataLoader: mean has ", opt.mean.size(), " values but std has ",
+           opt.std.size());
+  for (double s : opt.std) DG_CHECK(s > 0, "DataLoader: std must be positive, got ", s);
 }
 
 DataLoader::~DataLoader() { stop(); }
@@ -27,16 +39,20 @@ std::vector<int64_t> DataLoader::order(int64_t epoch) const {
   std::vector<int64_t> idx(static_cast<size_t>(set_.size()));
   std::iota(idx.begin(), idx.end(), 0);
   if (!opt_.shuffle) return idx;
+  // Fisher-Yates driven by Philox at counter i: a pure function of (seed, epoch).
   const uint64_t key = opt_.seed * 0x9E3779B97F4A7C15ull + uint64_t(epoch) + 1;
   for (size_t i = idx.size(); i > 1; --i)
     std::swap(idx[i - 1], idx[size_t(double(philox::uniform(key, i)) * double(i)) % i]);
   return idx;
 }
 
-Batch DataLoader::make_batch(int64_t epoch, int64_t step) const {
-  const std::vector<int64_t> idx = order(epoch);
-  const int64_t N = set_.size(), b0 = step * opt_.batch, B = std::min(opt_.batch, N - b0);
-  DG_CHECK(B > 0 && step < batches_per_epoch(), "DataLoader: step ", step, " beyond the epoch");
+Batch DataLoader::make_batch(int64_t epoch, int64_t step) const { return make_batch(epoch, step, order(epoch)); }
+
+Batch DataLoader::make_batch(int64_t epoch, int64_t step, const std::vector<int64_t>& idx) const {
+  const int64_t N = set_.size(), b0 = step * opt_.batch;
+  DG_CHECK(epoch >= 0 && step >= 0 && step < batches_per_epoch(), "DataLoader: (epoch ", epoch, ", step ", step,
+           ") is outside 0..", batches_per_epoch() - 1, " steps per epoch");
+  const int64_t B = std::min(opt_.batch, N - b0);
   const int64_t C = set_.images.size(1), H = set_.images.size(2), W = set_.images.size(3), per = C * H * W;
   Batch out;
   out.epoch = epoch;
@@ -49,8 +65,11 @@ Batch DataLoader::make_batch(int64_t epoch, int64_t step) const {
   for (int64_t b = 0; b < B; ++b) {
     const int64_t i = idx[size_t(b0 + b)];
     lab[size_t(b)] = sl[i];
-    // per-sample randomness from (seed, epoch, sample index)
+    // Per-sample randomness from (seed, epoch, sample index): independent of batch size,
+    // of timing and of where a resumed run started.
     const uint64_t key = (opt_.seed + 0x51ED27ull) * 0x9E3779B97F4A7C15ull ^ (uint64_t(epoch) << 32) ^ uint64_t(i);
+    // Flip, then crop with offset (dy, dx) in [-pad, pad]^2 from the zero-padded image: output
+    // pixel (y, x) reads the (flipped) source at (y + dy, x + dx), zero outside.
     const int64_t dy = opt_.pad ? int64_t(philox::uniform(key, 0) * float(2 * opt_.pad + 1)) - opt_.pad : 0;
     const int64_t dx = opt_.pad ? int64_t(philox::uniform(key, 1) * float(2 * opt_.pad + 1)) - opt_.pad : 0;
     const bool flip = opt_.hflip && philox::uniform(key, 2) < 0.5f;
@@ -75,32 +94,46 @@ void DataLoader::stop() {
   }
   cv_.notify_all();
   if (worker_.joinable()) worker_.join();
+  // The worker is gone: no lock needed to reset the state for the next start().
   queue_.clear();
+  error_ = nullptr;
   stop_ = false;
 }
 
 void DataLoader::start(int64_t epoch, int64_t step) {
+  DG_CHECK(epoch >= 0 && step >= 0 && step < batches_per_epoch(), "DataLoader::start: (epoch ", epoch, ", step ",
+           step, ") is outside 0..", batches_per_epoch() - 1, " steps per epoch");
   stop();
   worker_ = std::thread([this, epoch, step] {
-    int64_t e = epoch, s = step;
-    for (;;) {
-      Batch b = make_batch(e, s);
-      {
-        std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return stop_ || int64_t(queue_.size()) < opt_.prefetch; });
+    try {
+      int64_t e = epoch, s = step;
+      std::vector<int64_t> ord = order(e);  // computed once per epoch, not per batch
+      for (;;) {
+        Batch b = make_batch(e, s, ord);
+        {
+          std::unique_lock<std::mutex> lk(mu_);
+          cv_.wait(lk, [&] { return stop_ || int64_t(queue_.size()) < opt_.prefetch; });
+          if (stop_) return;
+          queue_.push_back(std::move(b));
+        }
+        cv_.notify_all();
+        if (++s == batches_per_epoch()) s = 0, ord = order(++e);
+        std::lock_guard<std::mutex> lk(mu_);
         if (stop_) return;
-        queue_.push_back(std::move(b));
       }
-      cv_.notify_all();
-      if (++s == batches_per_epoch()) s = 0, ++e;
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mu_);
+      error_ = std::current_exception();
     }
+    cv_.notify_all();
   });
 }
 
 Batch DataLoader::next() {
   DG_CHECK(worker_.joinable(), "DataLoader::next() before start()");
   std::unique_lock<std::mutex> lk(mu_);
-  cv_.wait(lk, [&] { return !queue_.empty(); });
+  cv_.wait(lk, [&] { return !queue_.empty() || error_; });
+  if (queue_.empty()) std::rethrow_exception(error_);
   Batch b = std::move(queue_.front());
   queue_.pop_front();
   lk.unlock();

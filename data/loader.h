@@ -5,6 +5,7 @@
 #pragma once
 #include <condition_variable>
 #include <deque>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -16,11 +17,11 @@ namespace dg::data {
 struct LoaderOptions {
   int64_t batch = 64;
   bool shuffle = true, drop_last = false;
-  int64_t pad = 0;     // random crop after zero padding by `pad` pixels (0: none)
+  int64_t pad = 0;     // random crop after zero padding by `pad` pixels (0: none), torchvision RandomCrop
   bool hflip = false;  // random horizontal flip
   std::vector<double> mean = {0.5}, std = {0.5};  // per channel (one value broadcasts)
   uint64_t seed = 0;
-  int64_t prefetch = 3;
+  int64_t prefetch = 3;  // batches prepared ahead (the queue's bound)
 };
 
 struct Batch {
@@ -29,6 +30,10 @@ struct Batch {
   int64_t epoch = 0, step = 0;
 };
 
+// Usage: DataLoader dl(set, opt); dl.start(epoch, step); then dl.next() forever (epochs roll
+// over). The set is held by value (its tensors are shared handles, so this is cheap) and must
+// not be modified while the loader runs. The destructor stops and joins the worker, also when
+// the consumer stops mid-epoch. An error inside the worker is rethrown by next().
 class DataLoader {
  public:
   DataLoader(const ImageSet& set, const LoaderOptions& opt);
@@ -42,17 +47,20 @@ class DataLoader {
   Batch next();  // blocks until ready; crosses into the next epoch automatically
   // Build a batch directly (no thread): the same function the worker runs.
   Batch make_batch(int64_t epoch, int64_t step) const;
+  // The epoch's sample order (a seeded permutation of 0..N-1, or 0..N-1 without shuffle).
+  std::vector<int64_t> order(int64_t epoch) const;
 
  private:
-  const ImageSet& set_;
+  ImageSet set_;
   LoaderOptions opt_;
   std::thread worker_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Batch> queue_;
   bool stop_ = false;
+  std::exception_ptr error_;  // set by the worker if make_batch threw
   void stop();
-  std::vector<int64_t> order(int64_t epoch) const;
+  Batch make_batch(int64_t epoch, int64_t step, const std::vector<int64_t>& order) const;
 };
 
 }  // namespace dg::data

@@ -150,6 +150,19 @@ std::shared_ptr<Delta> Module::remove_delta(const std::string& site, const std::
   throw Error(str("site '", site, "' has no delta named '", name, "'"));
 }
 
+std::shared_ptr<Delta> Module::find_delta(const std::string& name) const {
+  auto it = deltas_.find("");
+  if (it != deltas_.end())
+    for (const auto& d : it->second)
+      if (d->name == name) return d;
+  return nullptr;
+}
+
+std::vector<std::shared_ptr<Delta>> Module::deltas() const {
+  auto it = deltas_.find("");
+  return it == deltas_.end() ? std::vector<std::shared_ptr<Delta>>{} : it->second;
+}
+
 std::vector<std::pair<std::string, std::shared_ptr<Delta>>> Module::all_deltas() {
   std::vector<std::pair<std::string, std::shared_ptr<Delta>>> out;
   for (auto& [n, m] : named_modules())

@@ -47,6 +47,11 @@ class Module {
   void add_delta(const std::string& site, std::shared_ptr<Delta> d);
   std::shared_ptr<Delta> remove_delta(const std::string& site, const std::string& name);
   std::vector<std::pair<std::string, std::shared_ptr<Delta>>> all_deltas();  // (site, delta)
+  // The same on this module's own site (its input/output).
+  void add_delta(std::shared_ptr<Delta> d) { add_delta("", std::move(d)); }
+  std::shared_ptr<Delta> remove_delta(const std::string& name) { return remove_delta("", name); }
+  std::shared_ptr<Delta> find_delta(const std::string& name) const;  // nullptr if absent
+  std::vector<std::shared_ptr<Delta>> deltas() const;                // insertion order
 
  protected:
   Tensor& register_parameter(const std::string& name, Tensor t);

@@ -20,12 +20,7 @@ using namespace dg::data;
 namespace fs = std::filesystem;
 
 namespace {
-fs::path tmpdir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("dg_data_" + std::to_string(::getpid())) / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+fs::path tmpdir(const std::string& name) { return test::fresh_dir("data", name); }
 void write_bytes(const fs::path& p, const std::vector<uint8_t>& b) {
   std::ofstream f(p, std::ios::binary);
   f.write(reinterpret_cast<const char*>(b.data()), std::streamsize(b.size()));

@@ -17,12 +17,7 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 
 namespace {
-fs::path tmpdir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("dg_train_" + std::to_string(::getpid())) / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+fs::path tmpdir(const std::string& name) { return test::fresh_dir("train", name); }
 // 3 classes of 12x12 grayscale images over a noisy background: horizontal stripes,
 // vertical stripes, or a checkerboard.
 fs::path make_folder() {

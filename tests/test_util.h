@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <unistd.h>
 #include <string>
 #include <vector>
 
@@ -19,6 +21,14 @@ inline void skip(const std::string& why) {
   std::printf("[skipped] %s: %s\n", doctest::getContextOptions()->currentTest
                                        ? doctest::getContextOptions()->currentTest->m_name : "?",
               why.c_str());
+}
+
+// A fresh, empty folder under the system temp dir, unique per process: <tmp>/dg_<group>_<pid>/<name>.
+inline std::filesystem::path fresh_dir(const std::string& group, const std::string& name) {
+  std::filesystem::path d = std::filesystem::temp_directory_path() / ("dg_" + group + "_" + std::to_string(::getpid())) / name;
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
+  return d;
 }
 
 // max |a - b| / max(|b|, floor) over all elements

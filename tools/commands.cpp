@@ -19,15 +19,6 @@ using nlohmann::json;
 
 namespace {
 
-bool wants_help(int argc, char** argv, const char* text) {
-  for (int i = 2; i < argc; ++i)
-    if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
-      std::fputs(text, stdout);
-      return true;
-    }
-  return false;
-}
-
 json read_json_file(const std::string& path, const char* what) {
   std::ifstream f(path);
   if (!f) throw Error(str("cannot open ", what, " '", path, "'"));
@@ -58,6 +49,15 @@ std::unique_ptr<peft::PeftModel> attach_peft(nn::VisionTransformer& m, const Arg
 void on_sigint(int) { train::Trainer::request_stop(); }
 
 }  // namespace
+
+bool wants_help(int argc, char** argv, const char* text) {
+  for (int i = 2; i < argc; ++i)
+    if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
+      std::fputs(text, stdout);
+      return true;
+    }
+  return false;
+}
 
 int cmd_train(int argc, char** argv) {
   const char* help =

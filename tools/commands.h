@@ -4,6 +4,9 @@
 
 namespace dg::cli {
 
+// Prints `text` and returns true when the options ask for --help / -h.
+bool wants_help(int argc, char** argv, const char* text);
+
 int cmd_train(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
 int cmd_grads(int argc, char** argv);

@@ -52,8 +52,7 @@ int cmd_demo(int argc, char** argv) {
       "  Pretrains vit_mnist_28 on Fashion-MNIST classes 0-4 (cached in RUN_DIR/pretrained.safetensors),\n"
       "  fine-tunes it on 1000 training images of classes 5-9 with each method, evaluates on the 5000 test\n"
       "  images of those classes, and writes RUN_DIR/summary.md and RUN_DIR/summary.png.\n";
-  for (int i = 2; i < argc; ++i)
-    if (!std::strcmp(argv[i], "--help")) return std::fputs(help, stdout), 0;
+  if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2, {"out", "epochs", "pretrain-epochs"}, {"quiet"});
   const std::string out = a.get("out", "runs/demo");
   const bool quiet = a.has("quiet");

@@ -60,6 +60,10 @@ Tensor argmax(const Tensor& x, int64_t dim);  // I64, not differentiable
 
 // ---- normalisation and losses ----
 Tensor softmax(const Tensor& x, int64_t dim);      // ops/softmax.cpp
+// Multi-head attention over packed qkv [B, N, 3*H*hd] -> [B, N, H*hd] (ops/attention.cpp):
+// one fused kernel where the backend has it (saves no probabilities), else, or with
+// fused = false, matmul + softmax + matmul.
+Tensor attention(const Tensor& qkv, int64_t heads, double scale, bool fused = true);
 Tensor log_softmax(const Tensor& x, int64_t dim);  // ops/softmax.cpp
 // Over the last dim; w, b [D] or undefined. Saves x, mean, rstd (and w if x needs grad).
 Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps);  // ops/layer_norm.cpp

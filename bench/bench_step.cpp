@@ -1,14 +1,23 @@
-// Times a ViT training step (forward + backward + AdamW) for one model preset and PEFT
-// method on one device, and prints one JSON line: ms/step (median, min, max), img/s, peak
-// memory, and the FLOPs the step executes (counted from the shapes, frozen weight
-// gradients excluded) as achieved FLOP/s.
-//   bench_step --model vit_small_patch16_224 --method lora --batch 64 --device cuda [--steps 10] [--tf32]
+// Times a ViT step for one model preset and PEFT method on one device and prints one JSON
+// line: ms/step (median, min, max), img/s, peak memory and the FLOPs the step executes
+// (counted from the shapes, frozen weight gradients excluded) as achieved FLOP/s.
+// A training step is forward + backward + AdamW; `inference` is a no-grad forward in eval mode.
+//   bench_step --model vit_tiny_patch16_224 --method lora --batch 32 --device cpu [--steps 10]
+//              [--warmup 3] [--threads N] [--tf32]
+// Methods: inference, full, linear_probe, lora (r=8 on qkv), lora_all (r=8 on every block
+// Linear), adapter_plus, vpt_deep (10 prompts). CPU memory is read from /proc/self/status:
+// rss_base_mb before the model exists, rss_peak_mb the high-water mark after the timed steps
+// (so step_mb = peak - base is the model, its state and the step's working memory).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "autograd/ops.h"
 #include "core/backend.h"
@@ -23,41 +32,65 @@ using nlohmann::json;
 
 static json method_config(const std::string& m) {
   const json head = json::array({"head.*"});
+  const json all_linear = {"blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2"};
   if (m == "lora") return {{"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 8}, {"lora_alpha", 8}}}}, {"trainable", head}};
+  if (m == "lora_all")
+    return {{"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 8}, {"lora_alpha", 8}, {"target_modules", all_linear}}}},
+            {"trainable", head}};
   if (m == "adapter_plus") return {{"deltas", {{{"name", "ap"}, {"method", "adapter_plus"}, {"dim", 8}}}}, {"trainable", head}};
   if (m == "vpt_deep") return {{"deltas", {{{"name", "vpt"}, {"method", "vpt_deep"}, {"num_tokens", 10}}}}, {"trainable", head}};
   if (m == "full") return {{"trainable", {"*"}}};
-  if (m == "linear_probe") return {{"trainable", head}};
-  throw Error(str("unknown method '", m, "' (lora, adapter_plus, vpt_deep, full, linear_probe)"));
+  if (m == "linear_probe" || m == "inference") return {{"trainable", head}};
+  throw Error(str("unknown method '", m, "' (inference, full, linear_probe, lora, lora_all, adapter_plus, vpt_deep)"));
 }
 
-// FLOPs of one training step, from the shapes: every Linear's forward and input gradient,
-// weight gradients only where the weight trains, attention's two batched products (x3
-// for forward + backward). Deltas' own FLOPs are small and counted the same way for LoRA.
-static double step_flops(const nn::ViTConfig& c, int64_t B, int64_t extra_tokens, bool full) {
-  const double T = double(c.num_patches() + c.num_prefix_tokens() + extra_tokens), D = double(c.embed_dim);
-  const double H = D * c.mlp_ratio;
+// FLOPs of one step, from the shapes: every Linear's forward and input gradient, weight
+// gradients only where the weight trains, attention's two batched products (x3 for forward
+// + backward). The deltas' own FLOPs are small and left out on both sides alike.
+static double step_flops(const nn::ViTConfig& c, int64_t B, const std::string& method) {
+  const int64_t extra = method == "vpt_deep" ? 10 : 0;
+  const double T = double(c.num_patches() + c.num_prefix_tokens() + extra), D = double(c.embed_dim);
+  const double H = D * c.mlp_ratio, L = double(c.depth);
   const double lin = 3 * D * D + D * D + 2 * D * H;  // multiply-adds per token per block
-  double fwd = 2 * T * lin * double(c.depth) + 4 * T * T * D * double(c.depth);
-  fwd += 2 * double(c.num_patches()) * double(c.in_chans * c.patch_size * c.patch_size) * D;
-  const double dx = 2 * T * lin * double(c.depth) + 8 * T * T * D * double(c.depth);
-  const double dw = full ? 2 * T * lin * double(c.depth) : 0;
+  const double patch = 2 * double(c.num_patches()) * double(c.in_chans * c.patch_size * c.patch_size) * D;
+  const double fwd = 2 * T * lin * L + 4 * T * T * D * L + patch;
+  if (method == "inference" || method == "linear_probe") return double(B) * fwd;
+  const double dx = 2 * T * lin * L + 8 * T * T * D * L;
+  const double dw = method == "full" ? 2 * T * lin * L + patch : 0;
   return double(B) * (fwd + dx + dw);
+}
+
+// One field of /proc/self/status in MiB (VmRSS, VmHWM); -1 where there is no /proc.
+static double proc_status_mb(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(key, 0) == 0) return std::stod(line.substr(std::strlen(key) + 1)) / 1024.0;  // kB
+  return -1;
 }
 
 int main(int argc, char** argv) {
   try {
-    cli::Args a = cli::parse_args(argc, argv, 1, {"model", "method", "batch", "device", "steps"}, {"tf32"});
+    cli::Args a = cli::parse_args(argc, argv, 1, {"model", "method", "batch", "device", "steps", "warmup", "threads"}, {"tf32"});
     const std::string model = a.get("model", "vit_small_patch16_224"), method = a.get("method", "lora");
-    const int64_t B = int64_t(a.num("batch", 64)), steps = int64_t(a.num("steps", 10));
+    const int64_t B = int64_t(a.num("batch", 64)), steps = int64_t(a.num("steps", 10)), warmup = int64_t(a.num("warmup", 3));
     const Device dev = a.get("device", "cuda") == "cuda" ? Device::CUDA : Device::CPU;
+#ifdef _OPENMP
+    if (a.has("threads")) omp_set_num_threads(int(a.num("threads", 1)));
+    const int threads = omp_get_max_threads();
+#else
+    const int threads = 1;
+#endif
     if (a.has("tf32")) cuda::set_tf32(true);
+    const double rss_base = proc_status_mb("VmRSS:");
     nn::ViTConfig c = nn::vit_preset(model);
     c.num_classes = 100;
     nn::VisionTransformer m(c);
     peft::PeftModel pm(m, peft::parse_peft_config(method_config(method)));
     pm.to(dev);
-    m.train();
+    const bool infer = method == "inference";
+    if (infer) m.eval();
+    else m.train();
     nn::AdamW opt(pm.trainable_parameters(), 1e-4, 0.05);
     Tensor x = Tensor::empty({B, c.in_chans, c.img_size, c.img_size});
     Generator(1).normal_(x);
@@ -66,13 +99,18 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < B; ++i) yl[size_t(i)] = i % 100;
     Tensor y = Tensor::from_vector(yl, {B}).to(dev);
     auto step = [&] {
-      opt.zero_grad();
-      Tensor loss = cross_entropy(pm.forward(x), y);
-      backward(loss);
-      opt.step();
+      if (infer) {
+        NoGradGuard ng;
+        Tensor logits = pm.forward(x);
+      } else {
+        opt.zero_grad();
+        Tensor loss = cross_entropy(pm.forward(x), y);
+        backward(loss);
+        opt.step();
+      }
       backend(dev).synchronize();
     };
-    for (int i = 0; i < 3; ++i) step();  // warm-up: allocator cache, cuBLAS heuristics
+    for (int64_t i = 0; i < warmup; ++i) step();  // allocator caches, cuBLAS heuristics
     if (dev == Device::CUDA) cuda::reset_peak();
     std::vector<double> ms;
     for (int64_t i = 0; i < steps; ++i) {
@@ -82,12 +120,13 @@ int main(int argc, char** argv) {
     }
     std::sort(ms.begin(), ms.end());
     const double med = ms[ms.size() / 2];
-    const double flops = step_flops(c, B, method == "vpt_deep" ? 10 : 0, method == "full");
+    const double flops = step_flops(c, B, method), rss_peak = proc_status_mb("VmHWM:");
     json out = {{"impl", "deltagrad"}, {"model", model}, {"method", method}, {"batch", B},
-                {"device", dev == Device::CUDA ? cuda::device_name() : "cpu"}, {"tf32", a.has("tf32")},
+                {"device", dev == Device::CUDA ? cuda::device_name() : "cpu"}, {"threads", threads}, {"tf32", a.has("tf32")},
                 {"ms_median", med}, {"ms_min", ms.front()}, {"ms_max", ms.back()}, {"img_per_s", 1000.0 * double(B) / med},
-                {"peak_mb", dev == Device::CUDA ? double(cuda::peak_bytes()) / 1048576.0 : -1.0},
-                {"tflops", flops / (med * 1e-3) / 1e12}};
+                {"peak_mb", dev == Device::CUDA ? double(cuda::peak_bytes()) / 1048576.0 : rss_peak - rss_base},
+                {"rss_base_mb", rss_base}, {"rss_peak_mb", rss_peak},
+                {"gflops", flops / (med * 1e-3) / 1e9}, {"tflops", flops / (med * 1e-3) / 1e12}};
     std::printf("%s\n", out.dump().c_str());
     return 0;
   } catch (const std::exception& e) {

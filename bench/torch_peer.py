@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
 """The PyTorch peer for bench_step: the same ViT (timm's layout, written out in plain
 PyTorch so both sides run the same model), the same PEFT method, a training step of
-forward + backward + AdamW in eager mode. Prints one JSON line, like bench_step.
-  torch_peer.py --model vit_small_patch16_224 --method lora --batch 64 --device cuda [--steps 10] [--tf32]"""
+forward + backward + AdamW in eager mode (`inference`: a no-grad forward in eval mode). Prints
+one JSON line, like bench_step, with the same memory fields on the CPU (/proc/self/status:
+rss_base_mb after `import torch`, before the model; rss_peak_mb the high-water mark after the
+timed steps; peak_mb their difference).
+  torch_peer.py --model vit_small_patch16_224 --method lora --batch 64 --device cuda [--steps 10]
+                [--warmup 3] [--threads N] [--tf32]
+Methods: inference, full, linear_probe, lora (r=8 on qkv), lora_all (r=8 on every block Linear),
+adapter_plus, vpt_deep (10 prompts)."""
 import argparse
 import json
 import math
@@ -25,15 +31,26 @@ class Adapter(nn.Module):  # Adapter+: post-block, channel scale, no norm
         return x + s.up(F.gelu(s.down(x))) * s.scale
 
 
+class LoraLinear(nn.Linear):  # y = x W^T + b + (x A^T) B^T, alpha = r
+    def __init__(s, i, o, lora):
+        super().__init__(i, o)
+        s.lora = lora
+        if lora:
+            s.lora_A = nn.Parameter(torch.randn(8, i) / math.sqrt(i))
+            s.lora_B = nn.Parameter(torch.zeros(o, 8))
+
+    def forward(s, x):
+        y = super().forward(x)
+        return y + (x @ s.lora_A.t()) @ s.lora_B.t() if s.lora else y
+
+
 class Block(nn.Module):
     def __init__(s, d, h, method):
         super().__init__()
         s.h, s.method = h, method
-        s.norm1, s.qkv, s.proj = nn.LayerNorm(d, eps=1e-6), nn.Linear(d, 3 * d), nn.Linear(d, d)
-        s.norm2, s.fc1, s.fc2 = nn.LayerNorm(d, eps=1e-6), nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-        if method == "lora":
-            s.lora_A = nn.Parameter(torch.randn(8, d) / math.sqrt(d))
-            s.lora_B = nn.Parameter(torch.zeros(3 * d, 8))
+        qkv, rest = method in ("lora", "lora_all"), method == "lora_all"
+        s.norm1, s.qkv, s.proj = nn.LayerNorm(d, eps=1e-6), LoraLinear(d, 3 * d, qkv), LoraLinear(d, d, rest)
+        s.norm2, s.fc1, s.fc2 = nn.LayerNorm(d, eps=1e-6), LoraLinear(d, 4 * d, rest), LoraLinear(4 * d, d, rest)
         if method == "adapter_plus":
             s.adapter = Adapter(d)
 
@@ -41,8 +58,6 @@ class Block(nn.Module):
         B, N, C = x.shape
         h = s.norm1(x)
         qkv = s.qkv(h)
-        if s.method == "lora":
-            qkv = qkv + h @ s.lora_A.t() @ s.lora_B.t()
         q, k, v = qkv.reshape(B, N, 3, s.h, C // s.h).permute(2, 0, 3, 1, 4).unbind(0)
         a = ((q * (C // s.h) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
         x = x + s.proj((a @ v).transpose(1, 2).reshape(B, N, C))
@@ -74,6 +89,16 @@ class ViT(nn.Module):
         return s.head(s.norm(x)[:, 0])
 
 
+def proc_status_mb(key):  # VmRSS / VmHWM in MiB; -1 without /proc
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return -1
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="vit_small_patch16_224")
@@ -81,29 +106,41 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--tf32", action="store_true")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     torch.backends.cudnn.allow_tf32 = a.tf32
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    rss_base = proc_status_mb("VmRSS:")
     d, h = PRESETS[a.model]
     kw = dict(img=28, patch=4, chans=1, depth=4) if a.model == "vit_mnist_28" else {}
     m = ViT(d, h, a.method, **kw).to(a.device)
+    infer = a.method == "inference"
     for n, p in m.named_parameters():
-        trainable = a.method == "full" or n.startswith("head") or any(
+        trainable = a.method == "full" or (n.startswith("head") and not infer) or any(
             k in n for k in ("lora_", "adapter", "prompts"))
         p.requires_grad_(trainable)
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
+    m.train(not infer)
+    trainable = [p for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.05) if trainable else None
     x = torch.randn(a.batch, kw.get("chans", 3), kw.get("img", 224), kw.get("img", 224), device=a.device)
     y = torch.arange(a.batch, device=a.device) % 100
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(m(x), y).backward()
-        opt.step()
+        if infer:
+            with torch.no_grad():
+                m(x)
+        else:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x), y).backward()
+            opt.step()
         if a.device == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(3):
+    for _ in range(a.warmup):
         step()
     if a.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -114,10 +151,12 @@ def main():
         ms.append((time.perf_counter() - t) * 1e3)
     ms.sort()
     med = ms[len(ms) // 2]
+    rss_peak = proc_status_mb("VmHWM:")
     print(json.dumps({"impl": "pytorch " + torch.__version__, "model": a.model, "method": a.method, "batch": a.batch,
-                      "tf32": a.tf32, "ms_median": med, "ms_min": ms[0], "ms_max": ms[-1],
+                      "threads": torch.get_num_threads(), "tf32": a.tf32, "ms_median": med, "ms_min": ms[0], "ms_max": ms[-1],
                       "img_per_s": 1000 * a.batch / med,
-                      "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if a.device == "cuda" else -1}))
+                      "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if a.device == "cuda" else rss_peak - rss_base,
+                      "rss_base_mb": rss_base, "rss_peak_mb": rss_peak}))
 
 
 if __name__ == "__main__":

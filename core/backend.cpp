@@ -35,3 +35,12 @@ const char* binary_name(BinaryOp op) {
 }
 
 }  // namespace dg
+
+namespace dg {
+void Backend::attention(const Tensor&, int64_t, double, const Tensor&, const Tensor&) {
+  throw Error(str("attention: the ", name(), " backend has no fused attention kernel"));
+}
+void Backend::attention_backward(const Tensor&, const Tensor&, const Tensor&, int64_t, double, const Tensor&) {
+  throw Error(str("attention backward: the ", name(), " backend has no fused attention kernel"));
+}
+}  // namespace dg

@@ -47,6 +47,16 @@ struct Backend {
   // index of the max over n for each (outer, inner): I64 out [outer, inner]
   virtual void argmax(const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Tensor& out) = 0;
 
+  // Fused multi-head attention over packed qkv [B, N, 3*H*hd] (timm's layout: q | k | v,
+  // each head-major) -> out [B, N, H*hd], lse [B, H, N] = log-sum-exp of each score row.
+  // Backward recomputes the scores from qkv and lse (no probability matrix is stored) and
+  // writes gqkv [B, N, 3*H*hd]. Optional: a backend without it returns false from
+  // has_fused_attention() and the op composes matmul + softmax instead.
+  virtual bool has_fused_attention() const { return false; }
+  virtual void attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse);
+  virtual void attention_backward(const Tensor& qkv, const Tensor& lse, const Tensor& gout, int64_t heads,
+                                  double scale, const Tensor& gqkv);
+
   // C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b] for b < batch, row-major.
   // op(A) is [M,K], op(B) is [K,N], C is [M,N] contiguous per batch.
   // A's stored matrix is [M,K] (or [K,M] if ta) with leading dimension lda;

@@ -5,11 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DG_HD __host__ __device__ __forceinline__
-#else
-#define DG_HD inline
-#endif
+#include "core/hd.h"
 
 namespace dg::philox {
 

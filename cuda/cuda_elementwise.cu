@@ -1,62 +1,9 @@
 // CUDA: elementwise ops with broadcasting (strides passed by value), reductions, argmax.
-// The math mirrors core/cpu/cpu_elementwise.cpp (same formulas, device overloads).
+// The scalar math is core/elementwise_math.h, shared with the CPU backend.
+#include "core/elementwise_math.h"
 #include "cuda/cuda_backend.h"
 
 namespace dg::cuda {
-
-template <class T>
-__device__ __forceinline__ T d_unary(UnaryOp op, T x, T a) {
-  switch (op) {
-    case UnaryOp::Neg: return -x;
-    case UnaryOp::Exp: return exp(x);
-    case UnaryOp::Log: return log(x);
-    case UnaryOp::Tanh: return tanh(x);
-    case UnaryOp::Sqrt: return sqrt(x);
-    case UnaryOp::Erf: return erf(x);
-    case UnaryOp::Gelu: return T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)));
-    case UnaryOp::Relu: return x > T(0) ? x : T(0);
-    case UnaryOp::Abs: return x < T(0) ? -x : x;
-    case UnaryOp::Sigmoid: return T(1) / (T(1) + exp(-x));
-    case UnaryOp::AddScalar: return x + a;
-    case UnaryOp::MulScalar: return x * a;
-    case UnaryOp::PowScalar: return pow(x, a);
-  }
-  return x;
-}
-
-template <class T>
-__device__ __forceinline__ T d_deriv(UnaryOp op, T x, T y, T a) {
-  switch (op) {
-    case UnaryOp::Neg: return T(-1);
-    case UnaryOp::Exp: return y;
-    case UnaryOp::Log: return T(1) / x;
-    case UnaryOp::Tanh: return T(1) - y * y;
-    case UnaryOp::Sqrt: return T(0.5) / y;
-    case UnaryOp::Erf: return T(1.12837916709551257390) * exp(-x * x);
-    case UnaryOp::Gelu:
-      return T(0.5) * (T(1) + erf(x * T(0.70710678118654752440))) + x * T(0.39894228040143267794) * exp(T(-0.5) * x * x);
-    case UnaryOp::Relu: return x > T(0) ? T(1) : T(0);
-    case UnaryOp::Abs: return x > T(0) ? T(1) : x < T(0) ? T(-1) : T(0);
-    case UnaryOp::Sigmoid: return y * (T(1) - y);
-    case UnaryOp::AddScalar: return T(1);
-    case UnaryOp::MulScalar: return a;
-    case UnaryOp::PowScalar: return a * pow(x, a - T(1));
-  }
-  return T(0);
-}
-
-template <class T>
-__device__ __forceinline__ T d_binary(BinaryOp op, T a, T b) {
-  switch (op) {
-    case BinaryOp::Add: return a + b;
-    case BinaryOp::Sub: return a - b;
-    case BinaryOp::Mul: return a * b;
-    case BinaryOp::Div: return a / b;
-    case BinaryOp::Max: return a > b ? a : b;
-    case BinaryOp::Min: return a < b ? a : b;
-  }
-  return a;
-}
 
 __device__ __forceinline__ long long offset_of(long long i, const Strided& s) {
   long long o = 0;
@@ -72,15 +19,15 @@ __device__ __forceinline__ long long offset_of(long long i, const Strided& s) {
 
 template <class T>
 __global__ void unary_kernel(UnaryOp op, const T* x, Strided xs, bool dense, T* y, long long n, T a) {
-  GRID_LOOP(i, n) y[i] = d_unary(op, x[dense ? i : offset_of(i, xs)], a);
+  GRID_LOOP(i, n) y[i] = unary_value(op, x[dense ? i : offset_of(i, xs)], a);
 }
 template <class T>
 __global__ void unary_bwd_kernel(UnaryOp op, const T* x, const T* y, const T* gy, T* gx, long long n, T a) {
-  GRID_LOOP(i, n) gx[i] = gy[i] * d_deriv(op, x ? x[i] : T(0), y ? y[i] : T(0), a);
+  GRID_LOOP(i, n) gx[i] = gy[i] * unary_derivative(op, x ? x[i] : T(0), y ? y[i] : T(0), a);
 }
 template <class T>
 __global__ void binary_kernel(BinaryOp op, const T* a, Strided as, const T* b, Strided bs, bool dense, T* y, long long n) {
-  GRID_LOOP(i, n) y[i] = d_binary(op, a[dense ? i : offset_of(i, as)], b[dense ? i : offset_of(i, bs)]);
+  GRID_LOOP(i, n) y[i] = binary_value(op, a[dense ? i : offset_of(i, as)], b[dense ? i : offset_of(i, bs)]);
 }
 template <class T>
 __global__ void where_kernel(const T* c, const T* a, const T* b, T* y, long long n) {

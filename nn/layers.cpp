@@ -73,12 +73,18 @@ Attention::Attention(int64_t dim, int64_t h, bool qkv_bias, double ad, double pd
 
 Tensor Attention::forward(const Tensor& x) {
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
-  Tensor t = (*qkv)(x);                                                  // [B, N, 3D]
-  t = contiguous(permute(reshape(t, {B, N, 3, heads, head_dim}), {2, 0, 3, 1, 4}));  // [3, B, H, N, hd]
-  Tensor q = squeeze(slice(t, 0, 0, 1), 0), k = squeeze(slice(t, 0, 1, 2), 0), v = squeeze(slice(t, 0, 2, 3), 0);
-  Tensor a = softmax(matmul(q, k, false, true, scale), -1);  // [B, H, N, N], scale inside the GEMM
-  a = (*attn_drop)(a);
-  Tensor o = reshape(transpose(matmul(a, v), 1, 2), {B, N, D});         // [B, N, D]
+  Tensor t = (*qkv)(x);  // [B, N, 3D]
+  Tensor o;              // [B, N, D]
+  // The probabilities must exist for dropout on them or a delta attached at attn_drop;
+  // otherwise the fused op never materialises them.
+  if ((attn_drop->training() && attn_drop->p > 0) || !attn_drop->deltas().empty()) {
+    t = contiguous(permute(reshape(t, {B, N, 3, heads, head_dim}), {2, 0, 3, 1, 4}));  // [3, B, H, N, hd]
+    Tensor q = squeeze(slice(t, 0, 0, 1), 0), k = squeeze(slice(t, 0, 1, 2), 0), v = squeeze(slice(t, 0, 2, 3), 0);
+    Tensor a = (*attn_drop)(softmax(matmul(q, k, false, true, scale), -1));  // [B, H, N, N]
+    o = reshape(transpose(matmul(a, v), 1, 2), {B, N, D});
+  } else {
+    o = attention(t, heads, scale);  // fused where the backend has it
+  }
   return (*proj_drop)((*proj)(o));
 }
 

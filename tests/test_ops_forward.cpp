@@ -363,3 +363,40 @@ TEST_CASE("ops forward: patchify matches a naive loop and makes a stride-p conv 
   CHECK(has(msg, "patch size 4"));
   CHECK(has(error_of([&] { patchify(randf({3, 8, 8}, 19), 4); }), "must be [B, C, H, W]"));
 }
+
+TEST_CASE("ops forward: fused attention equals matmul + softmax + matmul, forward and gradients, f32 and f64") {
+  // ViT-like: 2 images, 13 tokens, 4 heads of 8; values spread so the rows are far from uniform
+  Tensor base = mul_scalar(randn64({2, 13, 3 * 32}, 7, false), 2.0);
+  Tensor gout = randn64({2, 13, 32}, 8, false);
+  auto run = [&](DType dt, bool fused, Tensor& grad) {
+    Tensor qkv = base.to(dt).clone();  // a fresh leaf per run: gradients must not accumulate
+    qkv.set_requires_grad(true);
+    Tensor out = attention(qkv, 4, 0.35, fused);
+    tape().backward(out, gout.to(dt));
+    grad = qkv.grad();
+    REQUIRE(grad.defined());
+    return out;
+  };
+  // largest difference relative to the largest magnitude (elementwise ratios blow up near 0)
+  auto err = [](const Tensor& a, const Tensor& ref) {
+    std::vector<double> x = a.to_vector(), y = ref.to_vector();
+    double d = 0, m = 0;
+    for (size_t i = 0; i < x.size(); ++i) d = std::max(d, std::abs(x[i] - y[i])), m = std::max(m, std::abs(y[i]));
+    return d / m;
+  };
+  Tensor g_ref, g64, g32, g32c;
+  Tensor ref = run(DType::F64, false, g_ref);
+  Tensor o64 = run(DType::F64, true, g64), o32 = run(DType::F32, true, g32), o32c = run(DType::F32, false, g32c);
+  CHECK(err(o64, ref) < 1e-13);
+  CHECK(err(g64, g_ref) < 1e-13);
+  CHECK(err(o32, ref) < 1e-6);
+  CHECK(err(g32, g_ref) < 1e-6);
+  MESSAGE("fused attention f32 vs f64: out ", err(o32, ref), ", grad ", err(g32, g_ref), " (composed f32: out ",
+          err(o32c, ref), ", grad ", err(g32c, g_ref), ")");
+  // the fused record saves qkv and the log-sum-exp only: no [B, H, N, N] tensor
+  Tensor qkv = randf({2, 50, 3 * 16}, 9, true);
+  Tensor out = attention(qkv, 2, 0.25);
+  CHECK(tape().saved_bytes() == size_t(2 * 50 * 48 + 2 * 2 * 50) * 4);
+  tape().backward(sum(out, {0, 1, 2}));
+  CHECK(has(error_of([&] { attention(randf({2, 5, 10}, 3), 4, 1.0); }), "3 * heads * head_dim"));
+}

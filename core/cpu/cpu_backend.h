@@ -41,6 +41,13 @@ struct CpuBackend final : Backend {
   void adamw(const AdamW& h, const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
              const Tensor& mask) override;
   double sum_squares(const Tensor& x) override;
+  bool has_fused_attention() const override { return true; }
+  void attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse) override;
+  void attention_backward(const Tensor& qkv, const Tensor& lse, const Tensor& gout, int64_t heads, double scale,
+                          const Tensor& gqkv) override;
+  // The caching allocator (cpu_memory.cpp): bytes held in free lists, and giving them back.
+  static size_t cached_bytes();
+  static void release_cached_memory();
 };
 
 // Call f with a null pointer of the tensor's float type: dispatch<float> or <double>.

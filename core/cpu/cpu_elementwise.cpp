@@ -1,4 +1,6 @@
-// CPU: memory, copies, elementwise ops with broadcasting, reductions.
+// CPU: copies, fills, binary elementwise ops with broadcasting, reductions.
+// (Memory: cpu_memory.cpp; unary ops and their derivatives: cpu_unary.cpp.)
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -6,28 +8,25 @@
 
 #include "core/cpu/cpu_backend.h"
 #include "core/cpu/strided.h"
+#include "core/elementwise_math.h"
 
 namespace dg::cpu {
 
 Backend* make_cpu_backend_impl() { return new CpuBackend(); }
-
-void* CpuBackend::alloc(size_t nbytes) {
-  size_t n = (nbytes + 63) / 64 * 64;  // 64-byte aligned for AVX-512 loads
-  void* p = std::aligned_alloc(64, n);
-  DG_CHECK(p, "cpu alloc: out of memory allocating ", nbytes, " bytes");
-  return p;
-}
-void CpuBackend::free(void* p, size_t) { std::free(p); }
 
 // ---- copy / fill ----
 template <class S, class D>
 static void copy_typed(const Tensor& src, const Tensor& dst) {
   const S* s = static_cast<const S*>(src.raw());
   D* d = static_cast<D*>(dst.raw());
-  for_each_strided<2>(dst.shape(), {&dst.strides(), &src.strides()},
-                      [&](int64_t n, const std::array<int64_t, 2>& o, const std::array<int64_t, 2>& st) {
-                        for (int64_t i = 0; i < n; ++i) d[o[0] + i * st[0]] = D(s[o[1] + i * st[1]]);
-                      });
+  parallel_for_each_strided<2>(dst.shape(), {&dst.strides(), &src.strides()},
+                               [&](int64_t n, const std::array<int64_t, 2>& o, const std::array<int64_t, 2>& st) {
+                                 if (st[0] == 1 && st[1] == 1) {
+                                   for (int64_t i = 0; i < n; ++i) d[o[0] + i] = D(s[o[1] + i]);
+                                 } else {
+                                   for (int64_t i = 0; i < n; ++i) d[o[0] + i * st[0]] = D(s[o[1] + i * st[1]]);
+                                 }
+                               });
 }
 
 // Load any dtype as double / store double as any dtype (the slow, general path).
@@ -58,7 +57,16 @@ void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
            dst.desc());
   DG_CHECK(src.shape() == dst.shape(), "copy: shapes ", shape_str(src.shape()), " vs ", shape_str(dst.shape()));
   if (src.dtype() == dst.dtype() && src.is_contiguous() && dst.is_contiguous()) {
-    std::memmove(dst.raw(), src.raw(), src.nbytes());
+    const char* s = static_cast<const char*>(src.raw());
+    char* d = static_cast<char*>(dst.raw());
+    const int64_t nb = int64_t(src.nbytes());
+    if (nb < (1 << 20) || (s < d + nb && d < s + nb)) {  // small, or overlapping views of one storage
+      std::memmove(d, s, size_t(nb));
+      return;
+    }
+    const int64_t chunk = 1 << 18;
+#pragma omp parallel for
+    for (int64_t i = 0; i < nb; i += chunk) std::memcpy(d + i, s + i, size_t(std::min(chunk, nb - i)));
     return;
   }
   if (src.dtype() == DType::F32 && dst.dtype() == DType::F32) return copy_typed<float, float>(src, dst);
@@ -74,110 +82,23 @@ void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
                       });
 }
 
+template <class T>
+static void fill_contiguous(T* d, int64_t n, T v) {
+#pragma omp parallel for if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) d[i] = v;
+}
+
 void CpuBackend::fill(const Tensor& dst, double v) {
   void* d = dst.raw();
-  Shape zero(dst.shape().size(), 0);
-  for_each_strided<1>(dst.shape(), {&dst.strides()},
+  if (dst.is_contiguous() && dst.dtype() == DType::F32) return fill_contiguous(static_cast<float*>(d), dst.numel(), float(v));
+  if (dst.is_contiguous() && dst.dtype() == DType::F64) return fill_contiguous(static_cast<double*>(d), dst.numel(), v);
+  parallel_for_each_strided<1>(dst.shape(), {&dst.strides()},
                       [&](int64_t n, const std::array<int64_t, 1>& o, const std::array<int64_t, 1>& st) {
                         for (int64_t i = 0; i < n; ++i) store(d, dst.dtype(), o[0] + i * st[0], v);
                       });
 }
 
-// ---- unary ----
-template <class T>
-static inline T apply_unary(UnaryOp op, T x, T a) {
-  switch (op) {
-    case UnaryOp::Neg: return -x;
-    case UnaryOp::Exp: return std::exp(x);
-    case UnaryOp::Log: return std::log(x);
-    case UnaryOp::Tanh: return std::tanh(x);
-    case UnaryOp::Sqrt: return std::sqrt(x);
-    case UnaryOp::Erf: return std::erf(x);
-    case UnaryOp::Gelu: return T(0.5) * x * (T(1) + std::erf(x * T(0.70710678118654752440)));
-    case UnaryOp::Relu: return x > T(0) ? x : T(0);
-    case UnaryOp::Abs: return std::abs(x);
-    case UnaryOp::Sigmoid: return T(1) / (T(1) + std::exp(-x));
-    case UnaryOp::AddScalar: return x + a;
-    case UnaryOp::MulScalar: return x * a;
-    case UnaryOp::PowScalar: return std::pow(x, a);
-  }
-  return x;
-}
-
-// d op(x) / dx, given x and y = op(x)
-template <class T>
-static inline T unary_deriv(UnaryOp op, T x, T y, T a) {
-  switch (op) {
-    case UnaryOp::Neg: return T(-1);
-    case UnaryOp::Exp: return y;
-    case UnaryOp::Log: return T(1) / x;
-    case UnaryOp::Tanh: return T(1) - y * y;
-    case UnaryOp::Sqrt: return T(0.5) / y;
-    case UnaryOp::Erf: return T(1.12837916709551257390) * std::exp(-x * x);
-    case UnaryOp::Gelu: {
-      T cdf = T(0.5) * (T(1) + std::erf(x * T(0.70710678118654752440)));
-      T pdf = T(0.39894228040143267794) * std::exp(T(-0.5) * x * x);
-      return cdf + x * pdf;
-    }
-    case UnaryOp::Relu: return x > T(0) ? T(1) : T(0);
-    case UnaryOp::Abs: return x > T(0) ? T(1) : x < T(0) ? T(-1) : T(0);
-    case UnaryOp::Sigmoid: return y * (T(1) - y);
-    case UnaryOp::AddScalar: return T(1);
-    case UnaryOp::MulScalar: return a;
-    case UnaryOp::PowScalar: return a * std::pow(x, a - T(1));
-  }
-  return T(0);
-}
-
-void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double alpha) {
-  float_dispatch(out.dtype(), unary_name(op), [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    T* y = out.data<T>();
-    const T* xp = static_cast<const T*>(x.raw());
-    const T a = T(alpha);
-    if (x.is_contiguous() && x.shape() == out.shape()) {
-      const int64_t n = out.numel();
-#pragma omp parallel for if (n > 32768)
-      for (int64_t i = 0; i < n; ++i) y[i] = apply_unary(op, xp[i], a);
-      return;
-    }
-    Shape cs = contiguous_strides(out.shape());
-    for_each_strided<2>(out.shape(), {&cs, &x.strides()},
-                        [&](int64_t n, const std::array<int64_t, 2>& o, const std::array<int64_t, 2>& st) {
-                          for (int64_t i = 0; i < n; ++i) y[o[0] + i] = apply_unary(op, xp[o[1] + i * st[1]], a);
-                        });
-  });
-}
-
-void CpuBackend::unary_backward(UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& gy,
-                                const Tensor& gx, double alpha) {
-  float_dispatch(gx.dtype(), unary_name(op), [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    const int64_t n = gx.numel();
-    const T* xp = x.defined() ? x.data<T>() : nullptr;
-    const T* yp = y.defined() ? y.data<T>() : nullptr;
-    const T* g = gy.data<T>();
-    T* o = gx.data<T>();
-    const T a = T(alpha);
-#pragma omp parallel for if (n > 32768)
-    for (int64_t i = 0; i < n; ++i) o[i] = g[i] * unary_deriv(op, xp ? xp[i] : T(0), yp ? yp[i] : T(0), a);
-  });
-}
-
 // ---- binary ----
-template <class T>
-static inline T apply_binary(BinaryOp op, T a, T b) {
-  switch (op) {
-    case BinaryOp::Add: return a + b;
-    case BinaryOp::Sub: return a - b;
-    case BinaryOp::Mul: return a * b;
-    case BinaryOp::Div: return a / b;
-    case BinaryOp::Max: return a > b ? a : b;
-    case BinaryOp::Min: return a < b ? a : b;
-  }
-  return a;
-}
-
 void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
   float_dispatch(out.dtype(), binary_name(op), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
@@ -185,16 +106,25 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Ten
     const T* ap = static_cast<const T*>(a.raw());
     const T* bp = static_cast<const T*>(b.raw());
     if (a.is_contiguous() && b.is_contiguous() && a.shape() == out.shape() && b.shape() == out.shape()) {
+      // one loop per op so each vectorises (the op switch stays out of the loop)
       const int64_t n = out.numel();
+      auto loop = [&](auto f) {
 #pragma omp parallel for if (n > 32768)
-      for (int64_t i = 0; i < n; ++i) y[i] = apply_binary(op, ap[i], bp[i]);
-      return;
+        for (int64_t i = 0; i < n; ++i) y[i] = f(ap[i], bp[i]);
+      };
+      switch (op) {
+        case BinaryOp::Add: return loop([](T u, T v) { return u + v; });
+        case BinaryOp::Sub: return loop([](T u, T v) { return u - v; });
+        case BinaryOp::Mul: return loop([](T u, T v) { return u * v; });
+        case BinaryOp::Div: return loop([](T u, T v) { return u / v; });
+        default: return loop([op](T u, T v) { return binary_value(op, u, v); });
+      }
     }
     Shape cs = contiguous_strides(out.shape());
-    for_each_strided<3>(out.shape(), {&cs, &a.strides(), &b.strides()},
+    parallel_for_each_strided<3>(out.shape(), {&cs, &a.strides(), &b.strides()},
                         [&](int64_t n, const std::array<int64_t, 3>& o, const std::array<int64_t, 3>& st) {
                           for (int64_t i = 0; i < n; ++i)
-                            y[o[0] + i] = apply_binary(op, ap[o[1] + i * st[1]], bp[o[2] + i * st[2]]);
+                            y[o[0] + i] = binary_value(op, ap[o[1] + i * st[1]], bp[o[2] + i * st[2]]);
                         });
   });
 }
@@ -205,6 +135,7 @@ void CpuBackend::where(const Tensor& cond, const Tensor& a, const Tensor& b, con
     const T *c = cond.data<T>(), *ap = a.data<T>(), *bp = b.data<T>();
     T* y = out.data<T>();
     const int64_t n = out.numel();
+#pragma omp parallel for if (n > 65536)
     for (int64_t i = 0; i < n; ++i) y[i] = c[i] != T(0) ? ap[i] : bp[i];
   });
 }
@@ -216,19 +147,30 @@ void CpuBackend::reduce(ReduceOp op, const Tensor& x, int64_t outer, int64_t n, 
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* xp = x.data<T>();
     T* y = out.data<T>();
-#pragma omp parallel for if (outer * n * inner > 65536)
-    for (int64_t o = 0; o < outer; ++o) {
-      T* yo = y + o * inner;
-      const T* xo = xp + o * n * inner;
-      for (int64_t j = 0; j < inner; ++j) yo[j] = op == ReduceOp::Sum ? T(0) : -std::numeric_limits<T>::infinity();
-      for (int64_t k = 0; k < n; ++k) {
-        const T* row = xo + k * inner;
-        if (op == ReduceOp::Sum)
-          for (int64_t j = 0; j < inner; ++j) yo[j] += row[j];
-        else
-          for (int64_t j = 0; j < inner; ++j) yo[j] = row[j] > yo[j] ? row[j] : yo[j];
+#ifdef _OPENMP
+    const int64_t nt = omp_get_max_threads();
+#else
+    const int64_t nt = 1;
+#endif
+    // Few outer slices (a bias gradient: outer 1, n rows, inner features) split their
+    // columns over the threads; each output element still sums in the same order.
+    const int64_t jb = outer >= nt ? inner : std::max<int64_t>(16, (inner + nt - 1) / nt);
+    const int64_t nb = (inner + jb - 1) / jb;
+#pragma omp parallel for collapse(2) if (outer * n * inner > 65536)
+    for (int64_t o = 0; o < outer; ++o)
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t j0 = b * jb, j1 = std::min(inner, j0 + jb);
+        T* yo = y + o * inner;
+        const T* xo = xp + o * n * inner;
+        for (int64_t j = j0; j < j1; ++j) yo[j] = op == ReduceOp::Sum ? T(0) : -std::numeric_limits<T>::infinity();
+        for (int64_t k = 0; k < n; ++k) {
+          const T* row = xo + k * inner;
+          if (op == ReduceOp::Sum)
+            for (int64_t j = j0; j < j1; ++j) yo[j] += row[j];
+          else
+            for (int64_t j = j0; j < j1; ++j) yo[j] = row[j] > yo[j] ? row[j] : yo[j];
+        }
       }
-    }
   });
 }
 

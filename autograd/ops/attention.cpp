@@ -1,0 +1,58 @@
+// attention: multi-head scaled dot-product attention over a packed qkv tensor.
+//   qkv [B, N, 3*D] (timm's layout: q | k | v, each [H, hd] head-major), D = H * hd
+//   out [B, N, D] = concat over heads of softmax(scale q k^T) v    (the proj input)
+// Fused (backends with has_fused_attention(), the CPU): one kernel per direction; saves qkv
+// and the [B, H, N] log-sum-exp, never the [B, H, N, N] probabilities (backward recomputes
+// them). Composed (the others, or fused = false): matmul + softmax + matmul, which saves
+// q, k, v and the probabilities; nn::Attention uses it when attention dropout is active.
+#include "autograd/gradcheck.h"
+#include "autograd/op_registry.h"
+#include "autograd/ops.h"
+#include "core/backend.h"
+
+namespace dg {
+
+static const OpDef kAttention("attention");
+
+static Tensor attention_composed(const Tensor& qkv, int64_t heads, double scale) {
+  const int64_t B = qkv.size(0), N = qkv.size(1), D = qkv.size(2) / 3;
+  Tensor t = contiguous(permute(reshape(qkv, {B, N, 3, heads, D / heads}), {2, 0, 3, 1, 4}));  // [3, B, H, N, hd]
+  Tensor q = squeeze(slice(t, 0, 0, 1), 0), k = squeeze(slice(t, 0, 1, 2), 0), v = squeeze(slice(t, 0, 2, 3), 0);
+  Tensor a = softmax(matmul(q, k, false, true, scale), -1);     // [B, H, N, N], scale inside the GEMM
+  return reshape(transpose(matmul(a, v), 1, 2), {B, N, D});     // [B, N, D]
+}
+
+Tensor attention(const Tensor& qkv, int64_t heads, double scale, bool fused) {
+  DG_CHECK(qkv.dim() == 3 && heads > 0 && qkv.size(2) % (3 * heads) == 0, "attention: qkv ", qkv.desc(),
+           " is not [B, N, 3 * heads * head_dim] for ", heads, " heads");
+  Backend& be = backend_of(qkv);
+  if (!fused || !be.has_fused_attention()) return attention_composed(qkv, heads, scale);
+  const int64_t B = qkv.size(0), N = qkv.size(1), D = qkv.size(2) / 3;
+  Tensor x = qkv.contiguous();
+  Tensor out = Tensor::empty({B, N, D}, qkv.dtype(), qkv.device());
+  Tensor lse = Tensor::empty({B, heads, N}, qkv.dtype(), qkv.device());
+  be.attention(x, heads, scale, out, lse);
+  if (Record* r = tape().record(kAttention, {qkv}, out, str("heads=", heads))) {
+    r->save("qkv", x);
+    r->save("lse", lse);
+    r->backward = [heads, scale](Record& r, const Tensor& gy) {
+      const Tensor& x = r.saved_tensor("qkv");
+      Tensor gx = Tensor::empty(x.shape(), x.dtype(), x.device());
+      backend_of(x).attention_backward(x, r.saved_tensor("lse"), gy.contiguous(), heads, scale, gx);
+      return std::vector<Tensor>{gx};
+    };
+  }
+  return out;
+}
+
+DG_GRADCHECK(attention) {
+  auto f = [](int64_t heads, double scale) {
+    return [heads, scale](const std::vector<Tensor>& x) { return attention(x[0], heads, scale); };
+  };
+  return {
+      {"one head", [] { return std::vector<Tensor>{randn64({2, 5, 3 * 4}, 1)}; }, f(1, 0.5)},
+      {"three heads", [] { return std::vector<Tensor>{randn64({2, 7, 3 * 6}, 2)}; }, f(3, 0.7)},
+  };
+}
+
+}  // namespace dg

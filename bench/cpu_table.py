@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Turns the JSON lines of bench/cpu_bench.sh into a markdown table: per config and method,
+deltagrad and each PyTorch (ms/step median over rounds with min-max of all steps, img/s,
+memory), deltagrad's GFLOP/s and percent of the measured GEMM peak, and the ratios
+deltagrad / PyTorch against the faster (time) and the leaner (memory) of the peers.
+Memory is the step's own: peak RSS minus the RSS before the model existed (the libraries'
+own footprint, ~10 MB for deltagrad and 300+ MB for torch, left out); whole-process peak
+RSS in brackets.
+  cpu_table.py bench/results/cpu-DATE.jsonl"""
+import json
+import statistics
+import sys
+from collections import OrderedDict
+
+rows, meta, gemm = OrderedDict(), {}, {}
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if not line.startswith("{"):
+        continue
+    r = json.loads(line)
+    if "meta" in r:
+        meta = r
+    elif "gemm" in r:
+        gemm = r
+    else:
+        rows.setdefault((r["model"], r["batch"], r["method"]), OrderedDict()).setdefault(r["impl"], []).append(r)
+
+
+def agg(runs):
+    return dict(ms=statistics.median(r["ms_median"] for r in runs), lo=min(r["ms_min"] for r in runs),
+                hi=max(r["ms_max"] for r in runs), mb=max(r["peak_mb"] for r in runs),
+                rss=max(r["rss_peak_mb"] for r in runs), gf=statistics.median(r.get("gflops", 0) for r in runs),
+                ips=statistics.median(r["img_per_s"] for r in runs))
+
+
+peak = max(gemm.get("eigen_openblas_peak", 0), gemm.get("torch_peak", 0)) or float("nan")
+print(f"{meta.get('date', '?')}, commit {meta.get('commit', '?')}, {meta.get('cpu', '?')}, "
+      f"{meta.get('threads', '?')} threads on every side, {meta.get('rounds', '?')} rounds x {meta.get('steps', '?')} "
+      f"timed steps per impl, alternating. GEMM peak on the ViT shapes: Eigen/OpenBLAS "
+      f"{gemm.get('eigen_openblas_peak', '?')} GFLOP/s, PyTorch matmul {gemm.get('torch_peak', '?')} GFLOP/s "
+      f"(% below is of the larger).\n")
+peers = sorted({i for v in rows.values() for i in v if i != "deltagrad"}, reverse=True)
+head = ["config", "batch", "method", "deltagrad ms (min-max)"] + [f"{p} ms" for p in peers]
+head += ["time ratio", "deltagrad img/s", "GFLOP/s", "% peak", "deltagrad MB [RSS]"] + [f"{p} MB [RSS]" for p in peers]
+head += ["mem ratio"]
+print("| " + " | ".join(head) + " |")
+print("|" + "---|" * 3 + "---:|" * (len(head) - 3))
+for (model, batch, method), impls in rows.items():
+    if "deltagrad" not in impls:
+        continue
+    d = agg(impls["deltagrad"])
+    ps = {p: agg(impls[p]) for p in peers if p in impls}
+    fast = min((v["ms"] for v in ps.values()), default=float("nan"))
+    lean = min((v["mb"] for v in ps.values()), default=float("nan"))
+    cells = [model, str(batch), method, f"{d['ms']:.0f} ({d['lo']:.0f}-{d['hi']:.0f})"]
+    cells += [f"{ps[p]['ms']:.0f}" if p in ps else "-" for p in peers]
+    cells += [f"**{d['ms'] / fast:.2f}**", f"{d['ips']:.1f}", f"{d['gf']:.0f}", f"{100 * d['gf'] / peak:.0f}%",
+              f"{d['mb']:.0f} [{d['rss']:.0f}]"]
+    cells += [f"{ps[p]['mb']:.0f} [{ps[p]['rss']:.0f}]" if p in ps else "-" for p in peers]
+    cells += [f"**{d['mb'] / lean:.2f}**"]
+    print("| " + " | ".join(cells) + " |")

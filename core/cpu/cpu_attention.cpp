@@ -1,0 +1,120 @@
+// CPU fused multi-head attention, forward and backward, one (batch, head) pair at a time.
+// For each pair the N x N score tile lives in a per-thread scratch buffer (197 x 197 floats
+// = 152 KiB for a 224/16 ViT: it stays in L2), so the probability matrix never goes to
+// memory and is not kept for backward: backward recomputes it from q, k and the saved
+// log-sum-exp. Compared with matmul + softmax + matmul this removes the [B, H, N, N]
+// tensor (the largest saved activation of a ViT block), the q/k/v and output permute
+// copies, and two passes over the scores.
+//   forward:  S = scale q k^T,  P = softmax(S) (lse = rowwise log-sum-exp),  o = P v
+//   backward: P = exp(scale q k^T - lse),  dv = P^T do,  dP = do v^T,
+//             dS = P * (dP - rowsum(P * dP)),  dq = scale dS k,  dk = scale dS^T q
+// (rowsum(P * dP) equals FlashAttention's rowsum(do * o), so o need not be saved either.)
+#define EIGEN_DONT_PARALLELIZE
+#include <Eigen/Core>
+#include <vector>
+
+#include "core/cpu/cpu_backend.h"
+
+namespace dg::cpu {
+
+namespace {
+template <class T>
+using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using Strided = Eigen::Map<Mat<T>, 0, Eigen::OuterStride<>>;  // rows of a packed [B, N, C] tensor
+template <class T>
+using CStrided = Eigen::Map<const Mat<T>, 0, Eigen::OuterStride<>>;
+
+struct Dims {
+  int64_t B, N, H, hd, D;  // D = H * hd
+};
+Dims dims_of(const Tensor& qkv, int64_t heads) {
+  DG_CHECK(qkv.dim() == 3 && qkv.size(2) % (3 * heads) == 0, "attention: qkv ", qkv.desc(),
+           " is not [B, N, 3 * heads * head_dim] for ", heads, " heads");
+  const int64_t D = qkv.size(2) / 3;
+  return {qkv.size(0), qkv.size(1), heads, D / heads, D};
+}
+
+// P <- softmax(S) row by row; lse[i] = log sum_j exp(S[i, j]).
+template <class T>
+void softmax_rows(Mat<T>& S, T* lse) {
+  for (int64_t i = 0; i < S.rows(); ++i) {
+    auto row = S.row(i).array();
+    const T m = row.maxCoeff();
+    row = (row - m).exp();
+    const T l = row.sum();
+    row /= l;
+    lse[i] = m + std::log(l);
+  }
+}
+}  // namespace
+
+template <class T>
+static void attention_fwd(const Dims& d, double scale, const T* qkv, T* out, T* lse) {
+  const int64_t pairs = d.B * d.H;
+#pragma omp parallel
+  {
+    Mat<T> S(d.N, d.N);  // per-thread scratch
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < pairs; ++p) {
+      const int64_t b = p / d.H, h = p % d.H;
+      const T* base = qkv + b * d.N * 3 * d.D + h * d.hd;
+      CStrided<T> q(base, d.N, d.hd, Eigen::OuterStride<>(3 * d.D));
+      CStrided<T> k(base + d.D, d.N, d.hd, Eigen::OuterStride<>(3 * d.D));
+      CStrided<T> v(base + 2 * d.D, d.N, d.hd, Eigen::OuterStride<>(3 * d.D));
+      Strided<T> o(out + b * d.N * d.D + h * d.hd, d.N, d.hd, Eigen::OuterStride<>(d.D));
+      S.noalias() = T(scale) * (q * k.transpose());
+      softmax_rows(S, lse + p * d.N);
+      o.noalias() = S * v;
+    }
+  }
+}
+
+template <class T>
+static void attention_bwd(const Dims& d, double scale, const T* qkv, const T* lse, const T* gout, T* gqkv) {
+  const int64_t pairs = d.B * d.H;
+#pragma omp parallel
+  {
+    Mat<T> P(d.N, d.N), dP(d.N, d.N);  // per-thread scratch
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < pairs; ++p) {
+      const int64_t b = p / d.H, h = p % d.H;
+      const T* base = qkv + b * d.N * 3 * d.D + h * d.hd;
+      T* gbase = gqkv + b * d.N * 3 * d.D + h * d.hd;
+      const Eigen::OuterStride<> s3(3 * d.D);
+      CStrided<T> q(base, d.N, d.hd, s3), k(base + d.D, d.N, d.hd, s3), v(base + 2 * d.D, d.N, d.hd, s3);
+      Strided<T> gq(gbase, d.N, d.hd, s3), gk(gbase + d.D, d.N, d.hd, s3), gv(gbase + 2 * d.D, d.N, d.hd, s3);
+      CStrided<T> go(gout + b * d.N * d.D + h * d.hd, d.N, d.hd, Eigen::OuterStride<>(d.D));
+      const T* l = lse + p * d.N;
+      P.noalias() = T(scale) * (q * k.transpose());
+      for (int64_t i = 0; i < d.N; ++i) P.row(i).array() = (P.row(i).array() - l[i]).exp();
+      gv.noalias() = P.transpose() * go;
+      dP.noalias() = go * v.transpose();
+      for (int64_t i = 0; i < d.N; ++i) {
+        const T di = (P.row(i).array() * dP.row(i).array()).sum();
+        dP.row(i).array() = P.row(i).array() * (dP.row(i).array() - di);  // dS
+      }
+      gq.noalias() = T(scale) * (dP * k);
+      gk.noalias() = T(scale) * (dP.transpose() * q);
+    }
+  }
+}
+
+void CpuBackend::attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse) {
+  const Dims d = dims_of(qkv, heads);
+  float_dispatch(qkv.dtype(), "attention", [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    attention_fwd<T>(d, scale, qkv.data<T>(), out.data<T>(), lse.data<T>());
+  });
+}
+
+void CpuBackend::attention_backward(const Tensor& qkv, const Tensor& lse, const Tensor& gout, int64_t heads,
+                                    double scale, const Tensor& gqkv) {
+  const Dims d = dims_of(qkv, heads);
+  float_dispatch(qkv.dtype(), "attention backward", [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    attention_bwd<T>(d, scale, qkv.data<T>(), lse.data<T>(), gout.data<T>(), gqkv.data<T>());
+  });
+}
+
+}  // namespace dg::cpu

@@ -17,6 +17,9 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool ta = false, bool tb = false
 // y = x @ W^T + b: x [..., in], W [out, in] (PyTorch/timm layout), b [out] or undefined.
 // Saves x only if W needs grad, W only if x needs grad: a frozen layer saves nothing for its weight.
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b = Tensor());  // ops/linear.cpp
+// gelu(linear(x, W, b)) as one op; recompute = true saves x instead of the [.., out] pre-activation
+// and redoes that GEMM in backward (ops/linear_gelu.cpp).
+Tensor linear_gelu(const Tensor& x, const Tensor& W, const Tensor& b, bool recompute);
 
 // ---- elementwise, broadcasting (ops/binary.cpp) ----
 Tensor add(const Tensor& a, const Tensor& b);

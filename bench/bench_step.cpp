@@ -3,7 +3,7 @@
 // (counted from the shapes, frozen weight gradients excluded) as achieved FLOP/s.
 // A training step is forward + backward + AdamW; `inference` is a no-grad forward in eval mode.
 //   bench_step --model vit_tiny_patch16_224 --method lora --batch 32 --device cpu [--steps 10]
-//              [--warmup 3] [--threads N] [--tf32]
+//              [--warmup 3] [--threads N] [--tf32] [--recompute]
 // Methods: inference, full, linear_probe, lora (r=8 on qkv), lora_all (r=8 on every block
 // Linear), adapter_plus, vpt_deep (10 prompts). CPU memory is read from /proc/self/status:
 // rss_base_mb before the model exists, rss_peak_mb the high-water mark after the timed steps
@@ -71,7 +71,7 @@ static double proc_status_mb(const char* key) {
 
 int main(int argc, char** argv) {
   try {
-    cli::Args a = cli::parse_args(argc, argv, 1, {"model", "method", "batch", "device", "steps", "warmup", "threads"}, {"tf32"});
+    cli::Args a = cli::parse_args(argc, argv, 1, {"model", "method", "batch", "device", "steps", "warmup", "threads"}, {"tf32", "recompute"});
     const std::string model = a.get("model", "vit_small_patch16_224"), method = a.get("method", "lora");
     const int64_t B = int64_t(a.num("batch", 64)), steps = int64_t(a.num("steps", 10)), warmup = int64_t(a.num("warmup", 3));
     const Device dev = a.get("device", "cuda") == "cuda" ? Device::CUDA : Device::CPU;
@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
     nn::ViTConfig c = nn::vit_preset(model);
     c.num_classes = 100;
     nn::VisionTransformer m(c);
+    m.set_recompute_mlp(a.has("recompute"));
     peft::PeftModel pm(m, peft::parse_peft_config(method_config(method)));
     pm.to(dev);
     const bool infer = method == "inference";
@@ -123,7 +124,7 @@ int main(int argc, char** argv) {
     const double flops = step_flops(c, B, method), rss_peak = proc_status_mb("VmHWM:");
     json out = {{"impl", "deltagrad"}, {"model", model}, {"method", method}, {"batch", B},
                 {"device", dev == Device::CUDA ? cuda::device_name() : "cpu"}, {"threads", threads}, {"tf32", a.has("tf32")},
-                {"ms_median", med}, {"ms_min", ms.front()}, {"ms_max", ms.back()}, {"img_per_s", 1000.0 * double(B) / med},
+                {"recompute", a.has("recompute")}, {"ms_median", med}, {"ms_min", ms.front()}, {"ms_max", ms.back()}, {"img_per_s", 1000.0 * double(B) / med},
                 {"peak_mb", dev == Device::CUDA ? double(cuda::peak_bytes()) / 1048576.0 : rss_peak - rss_base},
                 {"rss_base_mb", rss_base}, {"rss_peak_mb", rss_peak},
                 {"gflops", flops / (med * 1e-3) / 1e9}, {"tflops", flops / (med * 1e-3) / 1e12}};

@@ -18,6 +18,9 @@ ROUNDS=${ROUNDS:-2}
 STEPS=${STEPS:-5}
 CONFIGS=${CONFIGS:-"vit_tiny_patch16_224:32 vit_small_patch16_224:8 vit_mnist_28:128"}
 METHODS=${METHODS:-"inference full linear_probe lora lora_all adapter_plus vpt_deep"}
+# PEFT methods measured a second time with MLP recomputation on both sides (deltagrad
+# --recompute, PyTorch torch.utils.checkpoint around fc1 + GELU); RECOMPUTE="" skips them.
+RECOMPUTE=${RECOMPUTE-"lora lora_all adapter_plus vpt_deep"}
 
 [ -x build/bench/bench_step ] || bash scripts/build.sh
 ninja -C build bench/bench_step bench/gemm_bench >/dev/null
@@ -64,8 +67,12 @@ echo "cpu_bench: GEMM peak on ViT shapes: Eigen/OpenBLAS $gemm_peak GFLOP/s, PyT
 
 for cfg in $CONFIGS; do
   model=${cfg%%:*} batch=${cfg##*:}
-  for method in $METHODS; do
+  variants=$METHODS
+  for m in $RECOMPUTE; do case " $METHODS " in *" $m "*) variants="$variants $m+recompute" ;; esac; done
+  for variant in $variants; do
+    method=${variant%+recompute}
     args=(--model "$model" --method "$method" --batch "$batch" --device cpu --steps "$STEPS" --warmup 2 --threads "$THREADS")
+    [ "$variant" = "$method" ] || args+=(--recompute)
     for ((r = 0; r < ROUNDS; ++r)); do
       ./build/bench/bench_step "${args[@]}" | tee -a "$out"
       for py in "${PEERS[@]}"; do "$py" bench/torch_peer.py "${args[@]}" | tee -a "$out"; done

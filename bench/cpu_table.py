@@ -23,7 +23,8 @@ for line in open(sys.argv[1]):
     elif "gemm" in r:
         gemm = r
     else:
-        rows.setdefault((r["model"], r["batch"], r["method"]), OrderedDict()).setdefault(r["impl"], []).append(r)
+        method = r["method"] + (" +recompute" if r.get("recompute") else "")
+        rows.setdefault((r["model"], r["batch"], method), OrderedDict()).setdefault(r["impl"], []).append(r)
 
 
 def agg(runs):

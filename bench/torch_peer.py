@@ -6,9 +6,10 @@ one JSON line, like bench_step, with the same memory fields on the CPU (/proc/se
 rss_base_mb after `import torch`, before the model; rss_peak_mb the high-water mark after the
 timed steps; peak_mb their difference).
   torch_peer.py --model vit_small_patch16_224 --method lora --batch 64 --device cuda [--steps 10]
-                [--warmup 3] [--threads N] [--tf32]
+                [--warmup 3] [--threads N] [--tf32] [--recompute]
 Methods: inference, full, linear_probe, lora (r=8 on qkv), lora_all (r=8 on every block Linear),
-adapter_plus, vpt_deep (10 prompts)."""
+adapter_plus, vpt_deep (10 prompts). --recompute wraps each MLP's fc1 + GELU in
+torch.utils.checkpoint (the counterpart of deltagrad's --recompute / --recompute-mlp)."""
 import argparse
 import json
 import math
@@ -17,6 +18,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 PRESETS = {"vit_tiny_patch16_224": (192, 3), "vit_small_patch16_224": (384, 6), "vit_base_patch16_224": (768, 12),
            "vit_mnist_28": (64, 4)}
@@ -45,9 +47,9 @@ class LoraLinear(nn.Linear):  # y = x W^T + b + (x A^T) B^T, alpha = r
 
 
 class Block(nn.Module):
-    def __init__(s, d, h, method):
+    def __init__(s, d, h, method, recompute=False):
         super().__init__()
-        s.h, s.method = h, method
+        s.h, s.method, s.recompute = h, method, recompute
         qkv, rest = method in ("lora", "lora_all"), method == "lora_all"
         s.norm1, s.qkv, s.proj = nn.LayerNorm(d, eps=1e-6), LoraLinear(d, 3 * d, qkv), LoraLinear(d, d, rest)
         s.norm2, s.fc1, s.fc2 = nn.LayerNorm(d, eps=1e-6), LoraLinear(d, 4 * d, rest), LoraLinear(4 * d, d, rest)
@@ -61,18 +63,23 @@ class Block(nn.Module):
         q, k, v = qkv.reshape(B, N, 3, s.h, C // s.h).permute(2, 0, 3, 1, 4).unbind(0)
         a = ((q * (C // s.h) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
         x = x + s.proj((a @ v).transpose(1, 2).reshape(B, N, C))
-        x = x + s.fc2(F.gelu(s.fc1(s.norm2(x))))
+        h = s.norm2(x)
+        if s.recompute and torch.is_grad_enabled():
+            h = torch.utils.checkpoint.checkpoint(lambda t: F.gelu(s.fc1(t)), h, use_reentrant=False)
+        else:
+            h = F.gelu(s.fc1(h))
+        x = x + s.fc2(h)
         return s.adapter(x) if s.method == "adapter_plus" else x
 
 
 class ViT(nn.Module):
-    def __init__(s, d, h, method, depth=12, img=224, patch=16, chans=3, classes=100, prompts=10):
+    def __init__(s, d, h, method, depth=12, img=224, patch=16, chans=3, classes=100, prompts=10, recompute=False):
         super().__init__()
         s.method, s.p = method, prompts
         s.patch_embed = nn.Conv2d(chans, d, patch, patch)
         s.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         s.pos_embed = nn.Parameter(torch.randn(1, 1 + (img // patch) ** 2, d) * 0.02)
-        s.blocks = nn.ModuleList([Block(d, h, method) for _ in range(depth)])
+        s.blocks = nn.ModuleList([Block(d, h, method, recompute) for _ in range(depth)])
         s.norm, s.head = nn.LayerNorm(d, eps=1e-6), nn.Linear(d, classes)
         if method == "vpt_deep":
             s.prompts = nn.Parameter(torch.rand(depth, prompts, d) * 0.1)
@@ -109,6 +116,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--tf32", action="store_true")
+    ap.add_argument("--recompute", action="store_true")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     torch.backends.cudnn.allow_tf32 = a.tf32
@@ -117,7 +125,7 @@ def main():
     rss_base = proc_status_mb("VmRSS:")
     d, h = PRESETS[a.model]
     kw = dict(img=28, patch=4, chans=1, depth=4) if a.model == "vit_mnist_28" else {}
-    m = ViT(d, h, a.method, **kw).to(a.device)
+    m = ViT(d, h, a.method, recompute=a.recompute, **kw).to(a.device)
     infer = a.method == "inference"
     for n, p in m.named_parameters():
         trainable = a.method == "full" or (n.startswith("head") and not infer) or any(
@@ -153,7 +161,7 @@ def main():
     med = ms[len(ms) // 2]
     rss_peak = proc_status_mb("VmHWM:")
     print(json.dumps({"impl": "pytorch " + torch.__version__, "model": a.model, "method": a.method, "batch": a.batch,
-                      "threads": torch.get_num_threads(), "tf32": a.tf32, "ms_median": med, "ms_min": ms[0], "ms_max": ms[-1],
+                      "threads": torch.get_num_threads(), "tf32": a.tf32, "recompute": a.recompute, "ms_median": med, "ms_min": ms[0], "ms_max": ms[-1],
                       "img_per_s": 1000 * a.batch / med,
                       "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if a.device == "cuda" else rss_peak - rss_base,
                       "rss_base_mb": rss_base, "rss_peak_mb": rss_peak}))

@@ -59,7 +59,12 @@ Mlp::Mlp(int64_t dim, int64_t hidden, double drop) {
   fc2 = register_module("fc2", std::make_shared<Linear>(hidden, dim));
   drop2 = register_module("drop2", std::make_shared<Dropout>(drop));
 }
-Tensor Mlp::forward(const Tensor& x) { return (*drop2)((*fc2)((*drop1)((*act)((*fc1)(x))))); }
+Tensor Mlp::forward(const Tensor& x) {
+  Tensor h = recompute && fc1->deltas().empty() && act->deltas().empty()
+                 ? linear_gelu(x, fc1->weight, fc1->bias, true)
+                 : (*act)((*fc1)(x));
+  return (*drop2)((*fc2)((*drop1)(h)));
+}
 
 Attention::Attention(int64_t dim, int64_t h, bool qkv_bias, double ad, double pd) : heads(h) {
   DG_CHECK(dim % h == 0, "Attention: dim ", dim, " is not divisible by num_heads ", h);

@@ -65,6 +65,9 @@ class Mlp : public Module {
   std::shared_ptr<Linear> fc1, fc2;
   std::shared_ptr<GELU> act;
   std::shared_ptr<Dropout> drop1, drop2;
+  // Save fc1's input instead of its 4x wider output and redo the fc1 GEMM in backward
+  // (applies while fc1 and act carry no deltas; VisionTransformer::set_recompute_mlp).
+  bool recompute = false;
 };
 
 // Multi-head self-attention with timm's fused qkv: qkv(x) [B,N,3D] -> [3,B,H,N,hd]

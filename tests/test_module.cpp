@@ -303,3 +303,33 @@ TEST_CASE("module: a ViT with dropout and drop-path trains stochastically and ev
   default_generator().manual_seed(1);
   CHECK(noisy(x).to_vector() == t1);  // same seed, same masks
 }
+
+TEST_CASE("module: MLP recomputation saves fc1's input instead of its output and gives the same gradients") {
+  VisionTransformer m(small_cfg());
+  m.init_weights(3);
+  m.set_trainable("blocks.*.attn.qkv.*", true);  // gradients must flow through every MLP
+  m.set_trainable("head.*", true);
+  Tensor x = Tensor::empty({4, 1, 16, 16});
+  Generator(5).normal_(x);
+  Tensor y = Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 3}, {4});
+  std::vector<std::vector<double>> grads[2];
+  size_t saved[2];
+  double loss[2];
+  for (int rc = 0; rc < 2; ++rc) {
+    m.set_recompute_mlp(rc == 1);
+    for (auto& [n, t] : m.named_parameters()) t.zero_grad();
+    Tensor l = cross_entropy(m(x), y);
+    saved[rc] = tape().saved_bytes();
+    loss[rc] = l.item();
+    tape().backward(l);
+    for (auto& [n, t] : m.named_parameters())
+      if (t.requires_grad()) grads[rc].push_back(t.grad().to_vector());
+  }
+  CHECK(loss[0] == loss[1]);
+  REQUIRE(grads[0].size() == grads[1].size());
+  for (size_t i = 0; i < grads[0].size(); ++i) CHECK(grads[0][i] == grads[1][i]);  // the same GEMMs: bit-identical
+  // per block: fc1's output [4*17, 48] is no longer kept, its input [4*17, 24] is, and the
+  // bias [48] (a parameter: counted by saved_bytes, no new memory)
+  const size_t rows = 4 * 17;
+  CHECK(saved[0] - saved[1] == 2 * (rows * 48 - rows * 24 - 48) * 4);
+}

@@ -29,7 +29,8 @@ json to_json(const RunConfig& c) {
           {"epochs", c.epochs}, {"batch", c.batch}, {"lr", c.lr}, {"weight_decay", c.weight_decay},
           {"min_lr", c.min_lr}, {"label_smoothing", c.label_smoothing}, {"clip_grad", c.clip_grad},
           {"warmup_steps", c.warmup_steps}, {"pad", c.pad}, {"hflip", c.hflip}, {"seed", c.seed},
-          {"device", c.device}, {"out", c.out}, {"max_steps", c.max_steps}, {"eval_every", c.eval_every}, {"log_every", c.log_every}, {"quiet", c.quiet}};
+          {"device", c.device}, {"out", c.out}, {"max_steps", c.max_steps}, {"eval_every", c.eval_every}, {"log_every", c.log_every}, {"quiet", c.quiet},
+          {"recompute_mlp", c.recompute_mlp}};
 }
 
 RunConfig run_config_from_json(const json& j) {
@@ -46,6 +47,7 @@ RunConfig run_config_from_json(const json& j) {
     c.min_lr = base["min_lr"], c.label_smoothing = base["label_smoothing"], c.clip_grad = base["clip_grad"];
     c.warmup_steps = base["warmup_steps"], c.pad = base["pad"], c.hflip = base["hflip"], c.seed = base["seed"];
     c.device = base["device"], c.out = base["out"], c.max_steps = base["max_steps"], c.eval_every = base["eval_every"], c.log_every = base["log_every"], c.quiet = base["quiet"];
+    c.recompute_mlp = base["recompute_mlp"];
   } catch (const json::exception& e) {
     throw Error(str("run config: ", e.what()));
   }
@@ -102,6 +104,7 @@ Trainer::Trainer(const RunConfig& cfg, const data::ImageSet& tr, const data::Ima
            shape_str(tr.images.shape()), " do not fit the model (", mc.in_chans, " channels, ", mc.img_size, " px)");
   model_ = std::make_unique<nn::VisionTransformer>(mc);
   model_->init_weights(cfg.seed);
+  model_->set_recompute_mlp(cfg.recompute_mlp);
   if (!cfg.model.empty()) {
     SafeTensors st = load_safetensors(cfg.model);
     nn::LoadReport r = nn::load_state_dict(*model_, st.tensors, "'" + cfg.model + "'");

@@ -30,6 +30,7 @@ struct RunConfig {
   int64_t eval_every = 1;  // evaluate on the validation set every N epochs (and after the last)
   int64_t log_every = 10;  // plain-text progress lines when stdout is not a terminal
   bool quiet = false;
+  bool recompute_mlp = false;  // redo fc1 in backward instead of keeping its output (less memory)
 };
 
 RunConfig run_config_from_json(const nlohmann::json& j);

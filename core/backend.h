@@ -50,9 +50,9 @@ struct Backend {
   // Fused multi-head attention over packed qkv [B, N, 3*H*hd] (timm's layout: q | k | v,
   // each head-major) -> out [B, N, H*hd], lse [B, H, N] = log-sum-exp of each score row.
   // Backward recomputes the scores from qkv and lse (no probability matrix is stored) and
-  // writes gqkv [B, N, 3*H*hd]. Optional: a backend without it returns false from
-  // has_fused_attention() and the op composes matmul + softmax instead.
-  virtual bool has_fused_attention() const { return false; }
+  // writes gqkv [B, N, 3*H*hd]. Optional: where fused_attention_supported() is false (a
+  // backend without the kernel, or a shape it does not cover) the op composes matmul + softmax.
+  virtual bool fused_attention_supported(const Tensor& qkv, int64_t heads) const { return false; }
   virtual void attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse);
   virtual void attention_backward(const Tensor& qkv, const Tensor& lse, const Tensor& gout, int64_t heads,
                                   double scale, const Tensor& gqkv);

@@ -2,6 +2,7 @@
 // reach directly, and a whole ViT training step with LoRA. Each case skips with one line
 // when no GPU (or no CUDA build) is present.
 #include <chrono>
+#include <cstdlib>
 #include <functional>
 #include <map>
 
@@ -99,6 +100,11 @@ void every_op(double tol_ln) {
   both("index_select", {rnd({6, 5}, 37), Tensor::from_vector(std::vector<int64_t>{5, 0, 5, 2}, {4})},
        [](auto& x) { return index_select(x[0], x[1]); });
   both("patchify", {rnd({2, 3, 8, 12}, 38)}, [](auto& x) { return patchify(x[0], 4); });
+  both("attention", {rnd({2, 11, 3 * 12}, 39)}, [](auto& x) { return attention(x[0], 3, 0.5); });
+  both("linear_gelu", {rnd({2, 9, 16}, 40), rnd({24, 16}, 41), rnd({24}, 42)},
+       [](auto& x) { return linear_gelu(x[0], x[1], x[2], false); });
+  both("linear_gelu recompute", {rnd({2, 9, 16}, 43), rnd({24, 16}, 44), rnd({24}, 45)},
+       [](auto& x) { return linear_gelu(x[0], x[1], x[2], true); });
 }
 
 TEST_CASE("cuda: every op matches the CPU, forward and backward (f32 and f64)") {
@@ -109,6 +115,21 @@ TEST_CASE("cuda: every op matches the CPU, forward and backward (f32 and f64)") 
   g_dt = DType::F64, g_tol = 1e-11;
   every_op(1e-10);
   g_dt = DType::F32, g_tol = 1e-5;
+}
+
+TEST_CASE("cuda: the fused attention kernel (opt-in, DG_CUDA_FUSED_ATTENTION=1) matches the CPU kernel") {
+  if (!gpu()) return;
+  setenv("DG_CUDA_FUSED_ATTENTION", "1", 1);
+  for (DType dt : {DType::F32, DType::F64}) {
+    g_dt = dt;
+    const double tol = dt == DType::F32 ? 1e-5 : 1e-11;
+    // token counts that are not multiples of the 32-row tile; head_dim 64 and 32
+    both("attention hd 64", {rnd({2, 70, 3 * 128}, 50, -2, 2)}, [](auto& x) { return attention(x[0], 2, 0.125); }, tol);
+    both("attention hd 32", {rnd({3, 45, 3 * 96}, 51, -2, 2)}, [](auto& x) { return attention(x[0], 3, 0.18); }, tol);
+    both("attention ViT-S/16", {rnd({2, 197, 3 * 384}, 52)}, [](auto& x) { return attention(x[0], 6, 0.125); }, tol);
+  }
+  g_dt = DType::F32;
+  unsetenv("DG_CUDA_FUSED_ATTENTION");
 }
 
 TEST_CASE("cuda: backend primitives (random streams, copies, AdamW with masks, sum of squares)") {

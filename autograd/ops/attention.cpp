@@ -1,7 +1,7 @@
 // attention: multi-head scaled dot-product attention over a packed qkv tensor.
 //   qkv [B, N, 3*D] (timm's layout: q | k | v, each [H, hd] head-major), D = H * hd
 //   out [B, N, D] = concat over heads of softmax(scale q k^T) v    (the proj input)
-// Fused (backends with has_fused_attention(), the CPU): one kernel per direction; saves qkv
+// Fused (where the backend's fused_attention_supported(), e.g. the CPU): one kernel per direction; saves qkv
 // and the [B, H, N] log-sum-exp, never the [B, H, N, N] probabilities (backward recomputes
 // them). Composed (the others, or fused = false): matmul + softmax + matmul, which saves
 // q, k, v and the probabilities; nn::Attention uses it when attention dropout is active.
@@ -26,7 +26,7 @@ Tensor attention(const Tensor& qkv, int64_t heads, double scale, bool fused) {
   DG_CHECK(qkv.dim() == 3 && heads > 0 && qkv.size(2) % (3 * heads) == 0, "attention: qkv ", qkv.desc(),
            " is not [B, N, 3 * heads * head_dim] for ", heads, " heads");
   Backend& be = backend_of(qkv);
-  if (!fused || !be.has_fused_attention()) return attention_composed(qkv, heads, scale);
+  if (!fused || !be.fused_attention_supported(qkv, heads)) return attention_composed(qkv, heads, scale);
   const int64_t B = qkv.size(0), N = qkv.size(1), D = qkv.size(2) / 3;
   Tensor x = qkv.contiguous();
   Tensor out = Tensor::empty({B, N, D}, qkv.dtype(), qkv.device());

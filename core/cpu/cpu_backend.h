@@ -41,7 +41,7 @@ struct CpuBackend final : Backend {
   void adamw(const AdamW& h, const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
              const Tensor& mask) override;
   double sum_squares(const Tensor& x) override;
-  bool has_fused_attention() const override { return true; }
+  bool fused_attention_supported(const Tensor&, int64_t) const override { return true; }
   void attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse) override;
   void attention_backward(const Tensor& qkv, const Tensor& lse, const Tensor& gout, int64_t heads, double scale,
                           const Tensor& gqkv) override;

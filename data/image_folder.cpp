@@ -23,9 +23,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Refuse to decode more than this many pixels per image (a 16k x 16k photo); stb would
-// otherwise allocate whatever the header claims.
-constexpr int64_t kMaxPixels = int64_t(1) << 28;
+// Refuse to decode more than this many pixels per image (an 8k x 8k photo; a ViT dataset
+// image is far smaller): stb allocates whatever the header claims, before it finds out that
+// a 100-byte file holds no such image. At 4 channels this caps one decode at 256 MiB.
+constexpr int64_t kMaxPixels = int64_t(1) << 26;
 
 bool is_image_file(const fs::directory_entry& e) {
   if (!e.is_regular_file()) return false;

@@ -17,6 +17,7 @@
 #endif
 
 #include "autograd/ops.h"
+#include "data/dataset.h"
 #include "core/random.h"
 #include "core/safetensors.h"
 #include "nn/optim.h"
@@ -141,4 +142,47 @@ TEST_CASE("robustness: 20 CPU training steps are bit-identical for the same seed
   for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(one[i] - a[i]) / std::abs(a[i]));
   MESSAGE("1 thread vs 2 threads: largest relative loss difference over 20 steps ", worst);
   CHECK(worst < 1e-4);
+}
+
+namespace {
+// Peak RSS in MiB since the last reset_peak_rss() (-1 where /proc cannot tell).
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  return bool(f.flush());
+}
+double peak_rss_mb() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return -1;
+}
+}  // namespace
+
+TEST_CASE("robustness: a tiny IDX file whose header claims 10^9 pixels is refused without allocating them") {
+  // Regression for a fuzz/fuzz_idx finding: the reader sized its buffer from the header.
+  const fs::path dir = test::fresh_dir("robust", "idx");
+  const std::string path = (dir / "huge.idx").string();
+  {
+    std::ofstream f(path, std::ios::binary);
+    const unsigned char head[16] = {0, 0, 8, 3, 0, 0, 0x03, 0xE8, 0, 0, 0x03, 0xE8, 0, 0, 0x03, 0xE8};  // 1000^3
+    f.write(reinterpret_cast<const char*>(head), 16);
+    f.write("0123456789", 10);
+  }
+  const bool can_measure = reset_peak_rss();
+  std::string err;
+  try {
+    data::read_idx_images(path);
+  } catch (const Error& e) {
+    err = e.what();
+  }
+  CHECK(err.find("truncated") != std::string::npos);
+  CHECK(err.find("huge.idx") != std::string::npos);
+  if (can_measure) {
+    const double peak = peak_rss_mb();
+    MESSAGE("peak RSS while refusing it: ", peak, " MiB");
+    CHECK(peak < 1024);  // the process itself is ~200 MiB; the old reader touched 1000 MiB more
+  }
+  fs::remove_all(dir);
 }

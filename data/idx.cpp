@@ -96,12 +96,15 @@ Idx read_idx(const std::string& path, uint32_t ndim, const char* what) {
   DG_CHECK(got == head_len, "IDX '", path, "': ", got, " bytes, too short for an IDX ", what, " header (", head_len,
            " bytes)");
   Idx idx;
-  uint64_t total = 1;
+  // `item` (the product of the dims after the first) is bounded too: with 0 images, [0, 2^32-1,
+  // 2^32-1] holds no data but its shape would overflow int64 strides (found by fuzz/fuzz_idx).
+  uint64_t total = 1, item = 1;
   for (uint32_t d = 0; d < ndim; ++d) {
     idx.dims.push_back(be32(head + 4 + 4 * d));
-    total *= idx.dims.back();  // each dim < 2^32 and the product is checked per step: no overflow
-    DG_CHECK(total <= kMaxElements, "IDX '", path, "': implausible dims (", str_dims(idx.dims), "...): more than ",
-             kMaxElements, " elements");
+    total *= idx.dims.back();  // each dim < 2^32 and the products are checked per step: no overflow
+    if (d > 0) item *= idx.dims.back();
+    DG_CHECK(total <= kMaxElements && item <= kMaxElements, "IDX '", path, "': implausible dims (",
+             str_dims(idx.dims), "...): more than ", kMaxElements, " elements");
   }
   for (size_t d = 1; d < idx.dims.size(); ++d)
     DG_CHECK(idx.dims[d] > 0, "IDX '", path, "': implausible dims ", str_dims(idx.dims), " (an image side of 0)");

@@ -1,7 +1,7 @@
 // Image folders in torchvision's ImageFolder layout: root/<class>/*.png|jpg|jpeg|bmp, classes
-// sorted by folder name, files sorted by path. Decoded with stb_image (compiled in
-// data/stb_impl.cpp), converted to 1 or 3 channels, resized (bilinear) to size x size and
-// stored in [0, 1]; the loader normalises with the model's mean/std per batch.
+// sorted by folder name, files sorted by path. Decoded with stb_image (compiled below), converted
+// to 1 or 3 channels, resized (bilinear) to size x size and stored in [0, 1]; the loader
+// normalises with the model's mean/std per batch.
 //
 // A file that cannot be decoded (corrupt, unsupported, absurdly large) is reported once on
 // stderr by path and skipped; the count is kept in ImageSet::skipped. A layout problem (no
@@ -10,11 +10,31 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "core/error.h"
 #include "data/dataset.h"
 
+// stb_image is compiled here, its only user, with every allocation bounded by `decode_limit`:
+// stb trusts the sizes in a file, and an 86-byte PNG whose IDAT chunk claimed 1.5 GB made it
+// allocate 1.5 GB (found by fuzz/fuzz_image). The limit is set before each decode from the
+// file's size and the image size in its header; a larger request fails as "Out of memory".
+namespace {
+thread_local size_t decode_limit = 0;
+void* stb_malloc(size_t n) { return n > decode_limit ? nullptr : std::malloc(n); }
+void* stb_realloc(void* p, size_t n) { return n > decode_limit ? nullptr : std::realloc(p, n); }
+}  // namespace
+#define STBI_MALLOC(n) stb_malloc(n)
+#define STBI_REALLOC(p, n) stb_realloc(p, n)
+#define STBI_FREE(p) std::free(p)
+#define STBI_ONLY_PNG  // the formats the folder takes: stb picks a decoder by content, not by name
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_BMP
+#define STBI_FAILURE_USERMSG
+#define STB_IMAGE_IMPLEMENTATION
 #include <stb_image.h>
 
 namespace dg::data {
@@ -27,6 +47,64 @@ namespace {
 // image is far smaller): stb allocates whatever the header claims, before it finds out that
 // a 100-byte file holds no such image. At 4 channels this caps one decode at 256 MiB.
 constexpr int64_t kMaxPixels = int64_t(1) << 26;
+// ... and no piece of a decode above what such an image takes at 16 bits x 4 channels, plus slack
+constexpr size_t kMaxDecodeAlloc = 8 * size_t(kMaxPixels) + (size_t(64) << 20);
+
+// Larger files are not dataset images (and stb takes an int length).
+constexpr uintmax_t kMaxFileBytes = uintmax_t(1) << 28;
+
+// stb_image 2.27 (Debian 12) writes past a Huffman table when a JPEG DHT segment declares
+// more than 256 codes (found by fuzz/fuzz_image; upstream checks it since 2.28). This walks
+// the marker segments as stb does (bytes outside segments, fill bytes and RSTn skipped) and
+// reads every DHT table the way stb would, so that no such table reaches stb.
+bool jpeg_huffman_tables_ok(const std::string& b) {
+  auto at = [&](size_t k) { return k < b.size() ? uint8_t(b[k]) : uint8_t(0); };  // stb reads 0 past the end
+  size_t i = 0;
+  while (at(i) == 0xFF) ++i;                      // stb takes FF FF ... D8 as the start too
+  if (i == 0 || at(i) != 0xD8) return true;  // not a JPEG
+  for (++i; i + 1 < b.size();) {
+    const uint8_t m = at(i + 1);
+    if (at(i) != 0xFF || m == 0xFF) { ++i; continue; }
+    if (m == 0xD9) break;                                             // EOI: stb reads no further
+    if (m == 0x00 || (m >= 0xD0 && m <= 0xD8)) { i += 2; continue; }  // stuffed 0xFF, RSTn, SOI: no length
+    const size_t len = size_t(at(i + 2)) << 8 | at(i + 3);
+    if (m == 0xC4)  // DHT: tables of [class/id, 16 code counts, the codes] while length is left
+      for (size_t p = i + 4, left = len - std::min<size_t>(len, 2); left > 0;) {
+        size_t n = 0;
+        for (size_t k = 1; k <= 16; ++k) n += at(p + k);
+        if (n > 256) return false;
+        p += 17 + n, left -= std::min(left, 17 + n);
+      }
+    i += 2 + len;
+  }
+  return true;
+}
+
+// stb_image 2.27 takes a PNG chunk's length on trust, and on an empty first IDAT copies 0 bytes
+// to a null buffer (undefined behaviour; found by fuzz/fuzz_image). Walks the chunks as stb
+// does (8-byte signature, then length, type, data, CRC) and refuses both.
+bool png_chunks_ok(const std::string& b) {
+  if (b.compare(0, 8, "\x89PNG\r\n\x1a\n") != 0) return true;  // not a PNG
+  auto be32 = [&](size_t k) { return uint32_t(uint8_t(b[k])) << 24 | uint32_t(uint8_t(b[k + 1])) << 16 |
+                                     uint32_t(uint8_t(b[k + 2])) << 8 | uint8_t(b[k + 3]); };
+  bool have_data = false;
+  for (size_t i = 8; i + 8 <= b.size();) {
+    const uint32_t len = be32(i);
+    const std::string type = b.substr(i + 4, 4);
+    if (len > b.size() - i - 8 || (type == "IDAT" && len == 0 && !have_data)) return false;
+    if (type == "IEND") break;
+    have_data = have_data || (type == "IDAT" && len > 0);
+    i += 12 + size_t(len);
+  }
+  return true;
+}
+
+// Why stb must not see these bytes (nullptr: it may).
+const char* unsafe_for_stb(const std::string& b) {
+  if (!jpeg_huffman_tables_ok(b)) return "corrupt JPEG (a Huffman table of more than 256 codes)";
+  if (!png_chunks_ok(b)) return "corrupt PNG (a chunk past the end of the file, or an empty first IDAT)";
+  return nullptr;
+}
 
 bool is_image_file(const fs::directory_entry& e) {
   if (!e.is_regular_file()) return false;
@@ -84,24 +162,38 @@ ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channe
              "' has no images (.png, .jpg, .jpeg, .bmp)");
     int64_t kept = 0;
     for (const std::string& f : files) {
+      std::string bytes;
+      std::error_code ec;
+      if (fs::file_size(f, ec) <= kMaxFileBytes) {  // (uintmax_t)-1 on error
+        std::ifstream in(f, std::ios::binary);
+        bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      }
+      const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
+      const char* why = bytes.empty() ? "empty, unreadable or larger than 256 MiB" : unsafe_for_stb(bytes);
       int w = 0, h = 0, c = 0;
-      // Header first: refuse absurd sizes before stb allocates for them.
-      if (!stbi_info(f.c_str(), &w, &h, &c)) {
-        std::fprintf(stderr, "image folder: skipping unreadable image '%s': %s\n", f.c_str(), stbi_failure_reason());
+      // Header first: refuse absurd sizes before stb allocates for them. stb holds at most the
+      // compressed data (PNG's IDAT gathered by doubling: < 2x the file) or the image at 16 bits
+      // x 4 channels (JPEG in blocks of up to 32 pixels), one piece at a time, plus its state.
+      decode_limit = 2 * bytes.size() + (size_t(1) << 20);
+      if (why || !stbi_info_from_memory(data, int(bytes.size()), &w, &h, &c)) {
+        std::fprintf(stderr, "image folder: skipping unreadable image '%s': %s\n", f.c_str(), why ? why : stbi_failure_reason());
         ++skipped;
         continue;
       }
-      if (int64_t(w) * h > kMaxPixels || c < 1 || c > 4) {
-        std::fprintf(stderr, "image folder: skipping '%s': %d x %d pixels with %d channels (limits: %lld pixels, 1-4 channels)\n",
+      if (w < 1 || h < 1 || int64_t(w) * h > kMaxPixels || c < 1 || c > 4) {  // 0 rows: found by fuzz/fuzz_image
+        std::fprintf(stderr, "image folder: skipping '%s': %d x %d pixels with %d channels (limits: 1 to %lld pixels, 1-4 channels)\n",
                      f.c_str(), w, h, c, (long long)kMaxPixels);
         ++skipped;
         continue;
       }
       // stb converts 1 (gray), 2 (gray+alpha), 3 (RGB) and 4 (RGBA) to `channels`: gray is
       // replicated, RGB -> gray uses stb's luma weights, alpha is dropped (not composited).
-      unsigned char* img = stbi_load(f.c_str(), &w, &h, &c, int(channels));
-      if (!img) {
-        std::fprintf(stderr, "image folder: skipping unreadable image '%s': %s\n", f.c_str(), stbi_failure_reason());
+      decode_limit = std::min(kMaxDecodeAlloc, decode_limit + 8 * size_t(w + 32) * size_t(h + 32));
+      unsigned char* img = stbi_load_from_memory(data, int(bytes.size()), &w, &h, &c, int(channels));
+      if (!img || w < 1 || h < 1) {
+        std::fprintf(stderr, "image folder: skipping unreadable image '%s': %s\n", f.c_str(),
+                     img ? "no pixels" : stbi_failure_reason());
+        stbi_image_free(img);
         ++skipped;
         continue;
       }

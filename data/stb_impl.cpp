@@ -1,7 +1,4 @@
-// The one translation unit that compiles stb's image reader and writer (header-only
-// libraries from Debian's libstb-dev).
-#define STB_IMAGE_IMPLEMENTATION
-#define STBI_FAILURE_USERMSG
-#include <stb_image.h>
+// The one translation unit that compiles stb's image writer (header-only, from Debian's
+// libstb-dev). The reader, stb_image, is compiled in data/image_folder.cpp, its only user.
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb_image_write.h>

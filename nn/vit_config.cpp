@@ -46,14 +46,21 @@ json to_json(const ViTConfig& c) {
 
 ViTConfig vit_config_from_json(const json& j, const std::string& what) {
   DG_CHECK(j.is_object(), what, ": expected a JSON object");
+  DG_CHECK(!j.contains("preset") || j["preset"].is_string(), what, ": key 'preset' must be a string, got ",
+           j["preset"].dump());
   ViTConfig c = j.contains("preset") ? vit_preset(j["preset"].get<std::string>()) : ViTConfig{};
   json base = to_json(c);
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (it.key() == "preset") continue;
     DG_CHECK(base.contains(it.key()), what, ": unknown key '", it.key(), "'");
-    DG_CHECK(it.value().type() == base[it.key()].type() ||
-                 (it.value().is_number() && base[it.key()].is_number()),
-             what, ": key '", it.key(), "' has the wrong type (", it.value().dump(), ")");
+    const json &v = it.value(), &want = base[it.key()];
+    // Integer keys take whole numbers only: 1e300 converted to int64 was undefined behaviour
+    // (found by fuzz/fuzz_config), and 2.5 was silently truncated.
+    if (want.is_number_integer() && v.is_number())
+      DG_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= (int64_t(1) << 31), what,
+               ": key '", it.key(), "' must be an integer in 0..2^31, got ", v.dump());
+    DG_CHECK(v.type() == want.type() || (v.is_number() && want.is_number()), what, ": key '", it.key(),
+             "' has the wrong type (", v.dump(), ")");
     base[it.key()] = it.value();
   }
   try {

@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <set>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -22,6 +23,9 @@ struct Reader {
   void get(const char* key, T& out) {
     used.insert(key);
     if (!j.contains(key)) return;
+    // 1e300 has no int64 value: converting it was undefined behaviour (found by fuzz/fuzz_config)
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)
+      DG_CHECK(!j.at(key).is_number_float(), where, ": key '", key, "' must be an integer, got ", j.at(key).dump());
     try {
       out = j.at(key).get<T>();
     } catch (const json::exception&) {

@@ -8,7 +8,8 @@ if [ ! -f build-sanitize/build.ninja ]; then
   meson setup build-sanitize -Dsanitize_all=true -Dcuda=disabled --buildtype=debugoptimized >/dev/null || {
     echo "sanitized tests: 0 passed, 1 failed (meson setup failed)"; exit 1; }
 fi
-ninja -C build-sanitize tests/deltagrad_tests || { echo "sanitized tests: 0 passed, 1 failed (build failed)"; exit 1; }
+# everything: the suite also runs the examples and the CLI from this build, sanitized too
+ninja -C build-sanitize || { echo "sanitized tests: 0 passed, 1 failed (build failed)"; exit 1; }
 log=$(mktemp)
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   ./build-sanitize/tests/deltagrad_tests "$@" 2>&1 | tee "$log"

@@ -1,17 +1,21 @@
 // Robustness that crosses process and thread boundaries: a process SIGKILLed in the middle
 // of repeated atomic saves leaves a complete, loadable file; 20 CPU training steps are
 // bit-identical for the same seed and thread count, and agree to fp32 tolerance with
-// another thread count.
+// another thread count. Then the regressions for what fuzz/ found in the readers (inputs in
+// tests/fixtures/fuzz/).
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
+#include <stb_image_write.h>
+#include <zlib.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -23,6 +27,7 @@
 #include "nn/optim.h"
 #include "nn/vit.h"
 #include "peft/peft_model.h"
+#include "train/trainer.h"
 #include "tests/test_util.h"
 
 using namespace dg;
@@ -97,6 +102,7 @@ std::vector<double> train_20_steps(int threads) {
 #ifdef _OPENMP
   const int before = omp_get_max_threads();
   omp_set_num_threads(threads);
+  REQUIRE(omp_get_max_threads() == threads);  // what the CPU backend splits its work by
 #endif
   default_generator().manual_seed(7);
   nn::ViTConfig c = nn::vit_config_from_json(
@@ -145,17 +151,18 @@ TEST_CASE("robustness: 20 CPU training steps are bit-identical for the same seed
 }
 
 namespace {
-// Peak RSS in MiB since the last reset_peak_rss() (-1 where /proc cannot tell).
+// Starts a new peak-RSS window (false where /proc cannot).
 bool reset_peak_rss() {
   std::ofstream f("/proc/self/clear_refs");
   f << "5";
   return bool(f.flush());
 }
-double peak_rss_mb() {
+// A /proc/self/status size in MiB: "VmRSS:" (now) or "VmHWM:" (peak since the reset).
+double status_mb(const std::string& key) {
   std::ifstream f("/proc/self/status");
   std::string line;
   while (std::getline(f, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+    if (line.rfind(key, 0) == 0) return std::stod(line.substr(key.size())) / 1024.0;
   return -1;
 }
 }  // namespace
@@ -171,6 +178,7 @@ TEST_CASE("robustness: a tiny IDX file whose header claims 10^9 pixels is refuse
     f.write("0123456789", 10);
   }
   const bool can_measure = reset_peak_rss();
+  const double before = status_mb("VmRSS:");
   std::string err;
   try {
     data::read_idx_images(path);
@@ -180,9 +188,100 @@ TEST_CASE("robustness: a tiny IDX file whose header claims 10^9 pixels is refuse
   CHECK(err.find("truncated") != std::string::npos);
   CHECK(err.find("huge.idx") != std::string::npos);
   if (can_measure) {
-    const double peak = peak_rss_mb();
-    MESSAGE("peak RSS while refusing it: ", peak, " MiB");
-    CHECK(peak < 1024);  // the process itself is ~200 MiB; the old reader touched 1000 MiB more
+    const double grew = status_mb("VmHWM:") - before;  // not the peak itself: ASan's process is > 1 GiB
+    MESSAGE("peak RSS growth while refusing it: ", grew, " MiB");
+    CHECK(grew < 256);  // the old reader touched 1000 MiB
   }
   fs::remove_all(dir);
+}
+
+TEST_CASE("robustness: an IDX file of 0 images whose image size overflows int64 is refused") {
+  // Regression for a fuzz/fuzz_idx finding (UBSan: signed overflow in the tensor's strides):
+  // dims [0, 4280549375, 4278714624] hold no data, so the element count (0) passed the check.
+  const std::string path = DG_SOURCE_DIR "/tests/fixtures/fuzz/idx_0_images_of_2e19_pixels.idx";
+  REQUIRE(fs::file_size(path) == 16);
+  CHECK_THROWS_WITH_AS(data::read_idx_images(path), doctest::Contains("implausible dims ([0, 4280549375]"), Error);
+}
+
+namespace {
+// Loads an image folder of one good PNG and the file `bad`; the bad file must be skipped.
+// Returns what the loader wrote to stderr (the skipped file and why).
+std::string skip_message(const fs::path& bad) {
+  const fs::path dir = test::fresh_dir("robust", "img"), err = dir / "stderr.txt";
+  fs::create_directories(dir / "cls");
+  fs::copy_file(bad, dir / "cls" / bad.filename());
+  const uint8_t px[4] = {0, 64, 128, 255};
+  REQUIRE(stbi_write_png((dir / "cls" / "good.png").string().c_str(), 2, 2, 1, px, 2));
+  std::fflush(stderr);
+  const int saved = ::dup(2);
+  FILE* f = std::fopen(err.c_str(), "w");
+  REQUIRE(f);
+  ::dup2(::fileno(f), 2);
+  data::ImageSet s;
+  try {
+    s = data::load_image_folder(dir.string(), 4, 1);
+  } catch (...) {
+  }
+  std::fflush(stderr);
+  ::dup2(saved, 2);
+  ::close(saved);
+  std::fclose(f);
+  CHECK(s.size() == 1);
+  CHECK(s.skipped == 1);
+  const std::string msg = read_bytes(err);
+  fs::remove_all(dir);
+  return msg;
+}
+const fs::path fuzz_fixtures = DG_SOURCE_DIR "/tests/fixtures/fuzz";
+}  // namespace
+
+TEST_CASE("robustness: image files that would make stb misbehave are skipped before stb reads them") {
+  // Regressions for fuzz/fuzz_image findings, each a 70..169-byte file: PNG IDAT chunks that
+  // claim 1.5 GB and 1 GB (stb allocated what they claimed), an empty first IDAT (stb_image 2.27
+  // called memcpy on a null buffer) and JPEG Huffman tables of 257 codes, the second after
+  // fill bytes before the start marker (stb_image 2.27 wrote past the table); UBSan reports.
+  for (const char* bad : {"png_idat_claims_1_5GB.png", "png_idat_claims_1GB.png", "png_empty_first_idat.png"})
+    CHECK(skip_message(fuzz_fixtures / bad).find(bad + std::string("': corrupt PNG (")) != std::string::npos);
+  for (const char* bad : {"jpeg_dht_257_codes.jpg", "jpeg_fill_bytes_dht_257_codes.jpg"})
+    CHECK(skip_message(fuzz_fixtures / bad).find(bad + std::string("': corrupt JPEG (a Huffman table of more")) !=
+          std::string::npos);
+  // and a BMP of 0 rows, which stb decodes and the resize read before its (empty) pixels (ASan)
+  CHECK(skip_message(fuzz_fixtures / "bmp_0_rows.bmp").find("bmp_0_rows.bmp': 131074 x 0 pixels") != std::string::npos);
+}
+
+TEST_CASE("robustness: a 2x2 PNG whose pixel data inflates to 16 MB is refused as out of memory") {
+  // stb grows its inflate buffer for as long as the data goes on; the loader caps every decode
+  // allocation by the file's size and the image's, so this 16 KB zlib bomb is not inflated.
+  std::vector<uint8_t> zeros(size_t(16) << 20), z(compressBound(uLong(zeros.size())));
+  uLongf zn = uLongf(z.size());
+  REQUIRE(compress2(z.data(), &zn, zeros.data(), uLong(zeros.size()), 9) == Z_OK);
+  auto chunk = [](const std::string& type, const std::string& data) {  // stb does not check CRCs
+    const auto n = uint32_t(data.size());
+    return std::string{char(n >> 24), char(n >> 16), char(n >> 8), char(n)} + type + data + std::string(4, '\0');
+  };
+  const fs::path dir = test::fresh_dir("robust", "bomb"), png = dir / "bomb.png";
+  std::ofstream(png, std::ios::binary) << "\x89PNG\r\n\x1a\n" + chunk("IHDR", std::string("\0\0\0\2\0\0\0\2\x08\x02\0\0\0", 13)) +
+                                             chunk("IDAT", std::string(z.begin(), z.begin() + long(zn))) + chunk("IEND", "");
+  CHECK(fs::file_size(png) < 32768);
+  CHECK(skip_message(png).find("bomb.png': Out of memory") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("robustness: configs refuse non-integers where integers belong") {
+  // Regression for a fuzz/fuzz_config finding: num_classes 4.4e54 was converted to int64
+  // (undefined behaviour); the same conversion was open in PEFT and run configs.
+  using nlohmann::json;
+  std::ifstream f(DG_SOURCE_DIR "/tests/fixtures/fuzz/vit_config_num_classes_4e54.json");
+  const json j = json::parse(f);
+  CHECK_THROWS_WITH_AS(nn::vit_config_from_json(j), doctest::Contains("'num_classes' must be an integer"), Error);
+  CHECK_THROWS_WITH_AS(nn::vit_config_from_json(json{{"depth", 2.5}}), doctest::Contains("'depth' must be an integer"),
+                       Error);
+  CHECK_THROWS_WITH_AS(nn::vit_config_from_json(json{{"preset", 1}}), doctest::Contains("'preset' must be a string"),
+                       Error);
+  CHECK_THROWS_WITH_AS(peft::parse_peft_config(json{{"deltas", {{{"name", "l"}, {"method", "lora"}, {"r", 1e300}}}}}),
+                       doctest::Contains("'r' must be an integer"), Error);
+  CHECK_THROWS_WITH_AS(train::run_config_from_json(json{{"epochs", 1e300}}), doctest::Contains("'epochs' must be an integer"),
+                       Error);
+  // An integer where a float belongs is still fine.
+  CHECK(nn::vit_config_from_json(json{{"mlp_ratio", 2}}).mlp_ratio == 2.0);
 }

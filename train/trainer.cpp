@@ -38,6 +38,9 @@ RunConfig run_config_from_json(const json& j) {
   json base = to_json(RunConfig{});
   for (auto it = j.begin(); it != j.end(); ++it) {
     DG_CHECK(base.contains(it.key()), "run config: unknown key '", it.key(), "'");
+    // 1e300 has no int64 value: converting it was undefined behaviour (found by fuzz/fuzz_config)
+    DG_CHECK(!base[it.key()].is_number_integer() || !it.value().is_number_float(), "run config: key '", it.key(),
+             "' must be an integer, got ", it.value().dump());
     base[it.key()] = it.value();
   }
   RunConfig c;

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "autograd/ops.h"
 #include "core/safetensors.h"
 #include "train/trainer.h"
 #include "tests/test_util.h"
@@ -99,6 +100,54 @@ TEST_CASE("train: --resume reproduces the losses of an uninterrupted run, step f
   }
   REQUIRE(got.size() == want.size());
   for (size_t i = 0; i < want.size(); ++i) CHECK(got[i] == want[i]);  // bit-identical
+}
+
+TEST_CASE("train: a NaN loss stops training with the step, keeping the last good checkpoint") {
+  fs::path folder = make_folder(), out = tmpdir("nan") / "run";
+  train::RunConfig rc = small_run(folder, out);
+  rc.epochs = 1;
+  auto [tr, va] = train::load_data(rc.data, nn::load_vit_config(rc.model_config), rc.seed);
+  {
+    train::Trainer t(rc, tr, va);
+    t.fit();  // one good epoch: its checkpoint is the last good state
+  }
+  const fs::path ckpt = out / "checkpoint.safetensors";
+  std::ifstream in(ckpt, std::ios::binary);
+  const std::string good((std::istreambuf_iterator<char>(in)), {});
+  REQUIRE(!good.empty());
+  // The second epoch sees images with a NaN pixel: the first step's loss is NaN.
+  data::ImageSet poisoned = tr;
+  poisoned.images = tr.images.clone();
+  for (int64_t i = 0; i < poisoned.size(); ++i) poisoned.images.data<float>()[i * 144 + 5] = std::nanf("");
+  rc.epochs = 2;
+  train::Trainer t(rc, poisoned, va);
+  CHECK_THROWS_WITH_AS(t.fit(true), doctest::Contains("training stopped: the loss is nan at epoch 2 step 0"), Error);
+  std::ifstream again(ckpt, std::ios::binary);
+  CHECK(std::string((std::istreambuf_iterator<char>(again)), {}) == good);  // untouched
+  SafeTensors st = load_safetensors(ckpt.string());
+  CHECK(st.metadata.at("epoch") == "1");
+}
+
+TEST_CASE("train: a non-finite gradient is named with its tensor and step") {
+  // d/dw sum(w * c) = c: the gradients are whatever c holds.
+  auto grads_of = [](float bad) {
+    Tensor w = Tensor::zeros({3, 4}), b = Tensor::zeros({4});
+    w.set_requires_grad(true), b.set_requires_grad(true);
+    Tensor cw = Tensor::ones({3, 4}), cb = Tensor::ones({4});
+    cw.data<float>()[7] = bad;
+    cb.data<float>()[2] = 1e30f;  // large but finite: fine
+    backward(add(sum(mul(w, cw)), sum(mul(b, cb))));
+    return nn::NamedTensors{{"blocks.0.attn.qkv.lora.lora_A", w}, {"head.bias", b}};
+  };
+  CHECK_NOTHROW(train::check_finite_gradients(grads_of(2.0f), 0, 3, "ck.safetensors"));
+  for (float bad : {std::nanf(""), INFINITY, -INFINITY}) {
+    const nn::NamedTensors params = grads_of(bad);
+    REQUIRE(params[0].second.grad().defined());
+    CHECK_THROWS_WITH_AS(train::check_finite_gradients(params, 2, 9, "ck.safetensors"),
+                         doctest::Contains("the gradient of 'blocks.0.attn.qkv.lora.lora_A' is not finite at epoch 3 "
+                                           "step 9 (the last good checkpoint is ck.safetensors)"),
+                         Error);
+  }
 }
 
 TEST_CASE("examples and the CLI run") {

@@ -150,6 +150,15 @@ static void progress(const RunConfig& c, int64_t epoch, int64_t step, int64_t st
   }
 }
 
+void check_finite_gradients(const nn::NamedTensors& params, int64_t epoch, int64_t step, const std::string& ckpt) {
+  for (auto& [n, p] : params)
+    if (p.grad().defined()) {
+      const double ss = backend_of(p).sum_squares(p.grad());  // NaN or Inf anywhere makes it non-finite
+      DG_CHECK(std::isfinite(ss), "training stopped: the gradient of '", n, "' is not finite at epoch ", epoch + 1,
+               " step ", step, " (the last good checkpoint is ", ckpt, ")");
+    }
+}
+
 TrainResult Trainer::fit(bool resume) {
   fs::create_directories(cfg_.out);
   write_file_atomic(cfg_.out + "/run_config.json", to_json(cfg_).dump(2) + "\n");
@@ -214,12 +223,7 @@ TrainResult Trainer::fit(bool resume) {
                " (the last good checkpoint is ", ckpt, ")");
       backward(loss);
       peft_->mask_gradients();
-      for (auto& [n, p] : params)
-        if (p.grad().defined()) {
-          const double ss = backend_of(p).sum_squares(p.grad());
-          DG_CHECK(std::isfinite(ss), "training stopped: the gradient of '", n, "' is not finite at epoch ", epoch + 1,
-                   " step ", step, " (the last good checkpoint is ", ckpt, ")");
-        }
+      check_finite_gradients(params, epoch, step, ckpt);
       if (cfg_.clip_grad > 0) nn::clip_grad_norm(params, cfg_.clip_grad);
       opt.step();
       opt.zero_grad();

@@ -53,6 +53,11 @@ struct TrainResult {
 double evaluate(nn::VisionTransformer& model, const data::ImageSet& set, const std::vector<double>& mean,
                 const std::vector<double>& std, int64_t batch = 256);
 
+// The trainer's NaN/Inf stop for gradients (the loss is checked the same way): throws, naming
+// the tensor, the epoch and step, and the last good checkpoint, when any gradient element of
+// `params` is NaN or Inf. The checkpoint is not touched: it still holds the last good state.
+void check_finite_gradients(const nn::NamedTensors& params, int64_t epoch, int64_t step, const std::string& ckpt);
+
 class Trainer {
  public:
   // `train_set` / `val_set` may come from anywhere (a custom data source); the run config

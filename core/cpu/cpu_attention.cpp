@@ -14,16 +14,13 @@
 #include <vector>
 
 #include "core/cpu/cpu_backend.h"
+#include "core/cpu/gemm_kernel.h"
 
 namespace dg::cpu {
 
 namespace {
 template <class T>
 using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class T>
-using Strided = Eigen::Map<Mat<T>, 0, Eigen::OuterStride<>>;  // rows of a packed [B, N, C] tensor
-template <class T>
-using CStrided = Eigen::Map<const Mat<T>, 0, Eigen::OuterStride<>>;
 
 struct Dims {
   int64_t B, N, H, hd, D;  // D = H * hd
@@ -59,13 +56,11 @@ static void attention_fwd(const Dims& d, double scale, const T* qkv, T* out, T* 
     for (int64_t p = 0; p < pairs; ++p) {
       const int64_t b = p / d.H, h = p % d.H;
       const T* base = qkv + b * d.N * 3 * d.D + h * d.hd;
-      CStrided<T> q(base, d.N, d.hd, Eigen::OuterStride<>(3 * d.D));
-      CStrided<T> k(base + d.D, d.N, d.hd, Eigen::OuterStride<>(3 * d.D));
-      CStrided<T> v(base + 2 * d.D, d.N, d.hd, Eigen::OuterStride<>(3 * d.D));
-      Strided<T> o(out + b * d.N * d.D + h * d.hd, d.N, d.hd, Eigen::OuterStride<>(d.D));
-      S.noalias() = T(scale) * (q * k.transpose());
+      const T *q = base, *k = base + d.D, *v = base + 2 * d.D;  // [N, hd] each, row stride 3D
+      T* o = out + b * d.N * d.D + h * d.hd;                          // [N, hd], row stride D
+      gemm_serial<T>(false, true, d.N, d.N, d.hd, T(scale), q, 3 * d.D, k, 3 * d.D, T(0), S.data(), d.N);
       softmax_rows(S, lse + p * d.N);
-      o.noalias() = S * v;
+      gemm_serial<T>(false, false, d.N, d.hd, d.N, T(1), S.data(), d.N, v, 3 * d.D, T(0), o, d.D);
     }
   }
 }
@@ -81,21 +76,21 @@ static void attention_bwd(const Dims& d, double scale, const T* qkv, const T* ls
       const int64_t b = p / d.H, h = p % d.H;
       const T* base = qkv + b * d.N * 3 * d.D + h * d.hd;
       T* gbase = gqkv + b * d.N * 3 * d.D + h * d.hd;
-      const Eigen::OuterStride<> s3(3 * d.D);
-      CStrided<T> q(base, d.N, d.hd, s3), k(base + d.D, d.N, d.hd, s3), v(base + 2 * d.D, d.N, d.hd, s3);
-      Strided<T> gq(gbase, d.N, d.hd, s3), gk(gbase + d.D, d.N, d.hd, s3), gv(gbase + 2 * d.D, d.N, d.hd, s3);
-      CStrided<T> go(gout + b * d.N * d.D + h * d.hd, d.N, d.hd, Eigen::OuterStride<>(d.D));
+      const int64_t s3 = 3 * d.D;  // row stride of q, k, v and their gradients
+      const T *q = base, *k = base + d.D, *v = base + 2 * d.D;
+      T *gq = gbase, *gk = gbase + d.D, *gv = gbase + 2 * d.D;
+      const T* go = gout + b * d.N * d.D + h * d.hd;  // [N, hd], row stride D
       const T* l = lse + p * d.N;
-      P.noalias() = T(scale) * (q * k.transpose());
+      gemm_serial<T>(false, true, d.N, d.N, d.hd, T(scale), q, s3, k, s3, T(0), P.data(), d.N);
       for (int64_t i = 0; i < d.N; ++i) P.row(i).array() = (P.row(i).array() - l[i]).exp();
-      gv.noalias() = P.transpose() * go;
-      dP.noalias() = go * v.transpose();
+      gemm_serial<T>(true, false, d.N, d.hd, d.N, T(1), P.data(), d.N, go, d.D, T(0), gv, s3);   // dv = P^T do
+      gemm_serial<T>(false, true, d.N, d.N, d.hd, T(1), go, d.D, v, s3, T(0), dP.data(), d.N);  // dP = do v^T
       for (int64_t i = 0; i < d.N; ++i) {
         const T di = (P.row(i).array() * dP.row(i).array()).sum();
         dP.row(i).array() = P.row(i).array() * (dP.row(i).array() - di);  // dS
       }
-      gq.noalias() = T(scale) * (dP * k);
-      gk.noalias() = T(scale) * (dP.transpose() * q);
+      gemm_serial<T>(false, false, d.N, d.hd, d.N, T(scale), dP.data(), d.N, k, s3, T(0), gq, s3);  // dq = s dS k
+      gemm_serial<T>(true, false, d.N, d.hd, d.N, T(scale), dP.data(), d.N, q, s3, T(0), gk, s3);   // dk = s dS^T q
     }
   }
 }

@@ -1,6 +1,7 @@
 #include "autograd/tape.h"
 
 #include <iomanip>
+#include <set>
 #include <sstream>
 #include <unordered_map>
 
@@ -41,6 +42,15 @@ size_t Record::saved_bytes() const {
 size_t Tape::saved_bytes() const {
   size_t n = 0;
   for (const Record& r : records_) n += r.saved_bytes();
+  return n;
+}
+
+size_t Tape::held_bytes() const {
+  std::set<std::pair<const void*, size_t>> seen;  // (first byte, size) of each saved view
+  size_t n = 0;
+  for (const Record& r : records_)
+    for (const SavedTensor& st : r.saved)
+      if (seen.insert({st.t.raw(), st.t.nbytes()}).second) n += st.t.nbytes();
   return n;
 }
 
@@ -145,7 +155,7 @@ std::string Tape::dump() const {
     os << " (" << r.saved_bytes() << " B)\n";
     total += r.saved_bytes();
   }
-  os << "saved total: " << total << " B\n";
+  os << "saved total: " << total << " B (held: " << held_bytes() << " B, shared buffers counted once)\n";
   return os.str();
 }
 

@@ -54,7 +54,8 @@ class Tape {
   void backward(const Tensor& loss, const Tensor& grad_out = Tensor());
   void clear() { records_.clear(); }
   const std::vector<Record>& records() const { return records_; }
-  size_t saved_bytes() const;
+  size_t saved_bytes() const;  // summed over records: a buffer saved by two records counts twice
+  size_t held_bytes() const;   // what the saved tensors hold: each buffer (same view) counted once
   std::string dump() const;  // one line per record: op, shapes, grads wanted, saved tensors
 
  private:

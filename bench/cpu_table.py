@@ -41,6 +41,10 @@ print(f"{meta.get('date', '?')}, commit {meta.get('commit', '?')}, {meta.get('cp
       f"{gemm.get('eigen_openblas_peak', '?')} GFLOP/s, PyTorch matmul {gemm.get('torch_peak', '?')} GFLOP/s "
       f"(% below is of the larger).\n")
 peers = sorted({i for v in rows.values() for i in v if i != "deltagrad"}, reverse=True)
+attn = {p: sorted({r.get("attn", "explicit") for v in rows.values() for r in v.get(p, [])}) for p in peers}
+gemm_lib = sorted({r.get("cpu_gemm", "eigen") for v in rows.values() for r in v.get("deltagrad", [])})
+print(f"deltagrad CPU GEMM: {', '.join(gemm_lib)}; PyTorch attention: "
+      + ", ".join(f"{p} {'/'.join(a)}" for p, a in attn.items()) + ".\n")
 head = ["config", "batch", "method", "deltagrad ms (min-max)"] + [f"{p} ms" for p in peers]
 head += ["time ratio", "deltagrad img/s", "GFLOP/s", "% peak", "deltagrad MB [RSS]"] + [f"{p} MB [RSS]" for p in peers]
 head += ["mem ratio"]

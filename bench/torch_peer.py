@@ -9,7 +9,10 @@ timed steps; peak_mb their difference).
                 [--warmup 3] [--threads N] [--tf32] [--recompute]
 Methods: inference, full, linear_probe, lora (r=8 on qkv), lora_all (r=8 on every block Linear),
 adapter_plus, vpt_deep (10 prompts). --recompute wraps each MLP's fc1 + GELU in
-torch.utils.checkpoint (the counterpart of deltagrad's --recompute / --recompute-mlp)."""
+torch.utils.checkpoint (the counterpart of deltagrad's --recompute / --recompute-mlp).
+Attention is F.scaled_dot_product_attention where the installed torch has it (2.0 and later), as
+timm's Attention does by default (`fused_attn`), and the explicit softmax(q k^T) v otherwise
+(torch 1.13); --attn explicit forces the latter. The JSON line says which ran."""
 import argparse
 import json
 import math
@@ -47,9 +50,9 @@ class LoraLinear(nn.Linear):  # y = x W^T + b + (x A^T) B^T, alpha = r
 
 
 class Block(nn.Module):
-    def __init__(s, d, h, method, recompute=False):
+    def __init__(s, d, h, method, recompute=False, sdpa=False):
         super().__init__()
-        s.h, s.method, s.recompute = h, method, recompute
+        s.h, s.method, s.recompute, s.sdpa = h, method, recompute, sdpa
         qkv, rest = method in ("lora", "lora_all"), method == "lora_all"
         s.norm1, s.qkv, s.proj = nn.LayerNorm(d, eps=1e-6), LoraLinear(d, 3 * d, qkv), LoraLinear(d, d, rest)
         s.norm2, s.fc1, s.fc2 = nn.LayerNorm(d, eps=1e-6), LoraLinear(d, 4 * d, rest), LoraLinear(4 * d, d, rest)
@@ -61,8 +64,11 @@ class Block(nn.Module):
         h = s.norm1(x)
         qkv = s.qkv(h)
         q, k, v = qkv.reshape(B, N, 3, s.h, C // s.h).permute(2, 0, 3, 1, 4).unbind(0)
-        a = ((q * (C // s.h) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
-        x = x + s.proj((a @ v).transpose(1, 2).reshape(B, N, C))
+        if s.sdpa:
+            o = F.scaled_dot_product_attention(q, k, v)
+        else:
+            o = ((q * (C // s.h) ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v
+        x = x + s.proj(o.transpose(1, 2).reshape(B, N, C))
         h = s.norm2(x)
         if s.recompute and torch.is_grad_enabled():
             h = torch.utils.checkpoint.checkpoint(lambda t: F.gelu(s.fc1(t)), h, use_reentrant=False)
@@ -73,13 +79,14 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-    def __init__(s, d, h, method, depth=12, img=224, patch=16, chans=3, classes=100, prompts=10, recompute=False):
+    def __init__(s, d, h, method, depth=12, img=224, patch=16, chans=3, classes=100, prompts=10, recompute=False,
+                 sdpa=False):
         super().__init__()
         s.method, s.p = method, prompts
         s.patch_embed = nn.Conv2d(chans, d, patch, patch)
         s.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         s.pos_embed = nn.Parameter(torch.randn(1, 1 + (img // patch) ** 2, d) * 0.02)
-        s.blocks = nn.ModuleList([Block(d, h, method, recompute) for _ in range(depth)])
+        s.blocks = nn.ModuleList([Block(d, h, method, recompute, sdpa) for _ in range(depth)])
         s.norm, s.head = nn.LayerNorm(d, eps=1e-6), nn.Linear(d, classes)
         if method == "vpt_deep":
             s.prompts = nn.Parameter(torch.rand(depth, prompts, d) * 0.1)
@@ -117,6 +124,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--tf32", action="store_true")
     ap.add_argument("--recompute", action="store_true")
+    ap.add_argument("--attn", choices=["auto", "explicit"], default="auto")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     torch.backends.cudnn.allow_tf32 = a.tf32
@@ -125,7 +133,8 @@ def main():
     rss_base = proc_status_mb("VmRSS:")
     d, h = PRESETS[a.model]
     kw = dict(img=28, patch=4, chans=1, depth=4) if a.model == "vit_mnist_28" else {}
-    m = ViT(d, h, a.method, recompute=a.recompute, **kw).to(a.device)
+    sdpa = a.attn == "auto" and hasattr(F, "scaled_dot_product_attention")
+    m = ViT(d, h, a.method, recompute=a.recompute, sdpa=sdpa, **kw).to(a.device)
     infer = a.method == "inference"
     for n, p in m.named_parameters():
         trainable = a.method == "full" or (n.startswith("head") and not infer) or any(
@@ -161,7 +170,8 @@ def main():
     med = ms[len(ms) // 2]
     rss_peak = proc_status_mb("VmHWM:")
     print(json.dumps({"impl": "pytorch " + torch.__version__, "model": a.model, "method": a.method, "batch": a.batch,
-                      "threads": torch.get_num_threads(), "tf32": a.tf32, "recompute": a.recompute, "ms_median": med, "ms_min": ms[0], "ms_max": ms[-1],
+                      "threads": torch.get_num_threads(), "tf32": a.tf32, "recompute": a.recompute,
+                      "attn": "sdpa" if sdpa else "explicit", "ms_median": med, "ms_min": ms[0], "ms_max": ms[-1],
                       "img_per_s": 1000 * a.batch / med,
                       "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if a.device == "cuda" else rss_peak - rss_base,
                       "rss_base_mb": rss_base, "rss_peak_mb": rss_peak}))

@@ -99,12 +99,36 @@ bool png_chunks_ok(const std::string& b) {
   return true;
 }
 
+// An uncompressed BMP (the only kind stb reads: no RLE) must hold its pixel rows. stb reads
+// zeros past the end, so a 61-byte BMP claiming 66 x 852363 pixels made it decode 56 M pixels
+// of nothing (found by fuzz/fuzz_image: 13 s under ASan, 170 MB). Headers as stb reads them:
+// BITMAPCOREHEADER (12 bytes, 16-bit sizes) or a later one (32-bit signed sizes).
+bool bmp_holds_its_pixels(const std::string& b) {
+  if (b.size() < 2 || b[0] != 'B' || b[1] != 'M') return true;  // not a BMP
+  auto at = [&](size_t k) { return k < b.size() ? uint8_t(b[k]) : uint8_t(0); };
+  auto le16 = [&](size_t k) { return uint32_t(at(k)) | uint32_t(at(k + 1)) << 8; };
+  auto le32 = [&](size_t k) { return le16(k) | le16(k + 2) << 16; };
+  const uint32_t offset = le32(10), hsz = le32(14);
+  int64_t w, h, bpp;
+  if (hsz == 12) w = le16(18), h = le16(20), bpp = le16(24);
+  else w = int32_t(le32(18)), h = int32_t(le32(22)), bpp = le16(28);
+  if (w <= 0 || bpp <= 0 || bpp > 32) return true;  // stb refuses these itself
+  const int64_t stride = (w * bpp + 31) / 32 * 4, rows = h < 0 ? -h : h;  // rows padded to 4 bytes
+  return int64_t(b.size()) >= int64_t(offset) + stride * rows;
+}
+
 // Why stb must not see these bytes (nullptr: it may).
 const char* unsafe_for_stb(const std::string& b) {
   if (!jpeg_huffman_tables_ok(b)) return "corrupt JPEG (a Huffman table of more than 256 codes)";
   if (!png_chunks_ok(b)) return "corrupt PNG (a chunk past the end of the file, or an empty first IDAT)";
+  if (!bmp_holds_its_pixels(b)) return "truncated BMP (the file is shorter than the pixel rows its header declares)";
   return nullptr;
 }
+
+// Beyond 1 M pixels, an image must come with at least one byte per 16384 of them: deflate
+// packs at most ~1032 bytes into one (8256 pixels of a 1-bit PNG), a JPEG block of 64 pixels
+// takes bits; a file far denser than that is truncated data that stb would pad with zeros.
+constexpr int64_t kMaxPixelsPerByte = 16384, kFreePixels = int64_t(1) << 20;
 
 bool is_image_file(const fs::directory_entry& e) {
   if (!e.is_regular_file()) return false;
@@ -177,6 +201,12 @@ ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channe
       decode_limit = 2 * bytes.size() + (size_t(1) << 20);
       if (why || !stbi_info_from_memory(data, int(bytes.size()), &w, &h, &c)) {
         std::fprintf(stderr, "image folder: skipping unreadable image '%s': %s\n", f.c_str(), why ? why : stbi_failure_reason());
+        ++skipped;
+        continue;
+      }
+      if (int64_t(w) * h > std::max(kFreePixels, kMaxPixelsPerByte * int64_t(bytes.size()))) {
+        std::fprintf(stderr, "image folder: skipping '%s': %d x %d pixels cannot come from %zu bytes (truncated)\n",
+                     f.c_str(), w, h, bytes.size());
         ++skipped;
         continue;
       }

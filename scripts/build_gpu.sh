@@ -12,7 +12,7 @@ CXX="g++ -std=c++20 -O2 -march=native -fopenmp -DNDEBUG -DDG_WITH_CUDA=1 -I. -is
 lib_src=$(ls core/*.cpp core/cpu/*.cpp autograd/*.cpp autograd/ops/*.cpp nn/*.cpp peft/*.cpp data/*.cpp train/*.cpp)
 compile() { $CXX -DDG_SOURCE_DIR=\"$PWD\" -DDG_BUILD_DIR=\"$PWD/$OUT\" -c "$1" -o "$OUT/obj/$(echo "$1" | tr / _).o"; }
 export -f compile; export CXX OUT
-printf '%s\n' $lib_src tests/*.cpp tools/*.cpp examples/*.cpp bench/*.cpp | xargs -P "$(nproc)" -I{} bash -c 'compile {}'
+printf '%s\n' $lib_src tests/*.cpp tools/*.cpp examples/*.cpp bench/bench_step.cpp | xargs -P "$(nproc)" -I{} bash -c 'compile {}'
 for f in cuda/*.cu; do
   /usr/local/cuda/bin/nvcc -c "$f" -o "$OUT/obj/$(echo "$f" | tr / _).o" -std=c++20 -O3 -I. -Xcompiler -fopenmp \
     -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90 -DDG_WITH_CUDA=1 &

@@ -247,6 +247,27 @@ TEST_CASE("robustness: image files that would make stb misbehave are skipped bef
           std::string::npos);
   // and a BMP of 0 rows, which stb decodes and the resize read before its (empty) pixels (ASan)
   CHECK(skip_message(fuzz_fixtures / "bmp_0_rows.bmp").find("bmp_0_rows.bmp': 131074 x 0 pixels") != std::string::npos);
+  // a 60-byte BMP whose header claims 66 x 852363 pixels: stb decoded 56 M pixels of zeros (13 s)
+  CHECK(skip_message(fuzz_fixtures / "bmp_truncated_56M_pixels.bmp")
+            .find("bmp_truncated_56M_pixels.bmp': truncated BMP (the file is shorter than the pixel rows") !=
+        std::string::npos);
+}
+
+TEST_CASE("robustness: a 100-byte PNG that claims 4096 x 4096 pixels is skipped as truncated, not decoded") {
+  auto chunk = [](const std::string& type, const std::string& data) {  // stb does not check CRCs
+    const auto n = uint32_t(data.size());
+    return std::string{char(n >> 24), char(n >> 16), char(n >> 8), char(n)} + type + data + std::string(4, '\0');
+  };
+  std::vector<uint8_t> row(4097, 0), z(compressBound(uLong(row.size())));  // one row of data, 4095 missing
+  uLongf zn = uLongf(z.size());
+  REQUIRE(compress2(z.data(), &zn, row.data(), uLong(row.size()), 9) == Z_OK);
+  const fs::path dir = test::fresh_dir("robust", "dense"), png = dir / "dense.png";
+  std::ofstream(png, std::ios::binary) << "\x89PNG\r\n\x1a\n" +
+                                             chunk("IHDR", std::string("\0\0\x10\0\0\0\x10\0\x08\0\0\0\0", 13)) +
+                                             chunk("IDAT", std::string(z.begin(), z.begin() + long(zn))) + chunk("IEND", "");
+  CHECK(fs::file_size(png) < 200);
+  CHECK(skip_message(png).find("dense.png': 4096 x 4096 pixels cannot come from") != std::string::npos);
+  fs::remove_all(dir);
 }
 
 TEST_CASE("robustness: a 2x2 PNG whose pixel data inflates to 16 MB is refused as out of memory") {

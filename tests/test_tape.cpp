@@ -103,3 +103,43 @@ TEST_CASE("split: pieces are slices whose gradients land in their own ranges") {
     for (int c = 0; c < 7; ++c) CHECK(g[size_t(r * 7 + c)] == (c < 2 ? 2.0 : 3.0));
   CHECK_THROWS_WITH_AS(split(x, {3, 3}, 1), doctest::Contains("add up to 6"), Error);
 }
+
+TEST_CASE("tape: LayerNorm before a LoRA branch keeps one buffer for both (CPU), x where w has a zero") {
+  // x -> LN -> frozen Linear + trainable A: the LoRA input is LN's output. Where h = (y - b) / w
+  // is exact enough LN saves y, the same buffer A's record saves; with a zero in w it saves x.
+  for (bool zero_w : {false, true}) {
+    tape().clear();
+    Tensor x = randf({10, 8}, 1, true), w = randf({8}, 2, false), b = randf({8}, 3, false);
+    if (zero_w) w.data<float>()[4] = 0.0f;
+    Tensor W = randf({12, 8}, 4, false), A = randf({2, 8}, 5, true);
+    Tensor h = layer_norm(x, w, b, 1e-6);
+    Tensor out = add(linear(h, W), linear(linear(h, A), randf({12, 2}, 6, false)));
+    const auto& recs = tape().records();
+    REQUIRE(std::string(recs[0].op->name) == "layer_norm");
+    std::vector<std::string> what;
+    for (const SavedTensor& s : recs[0].saved) what.push_back(s.what);
+    INFO(tape().dump());
+    if (!zero_w) {
+      CHECK(what == std::vector<std::string>{"y", "b", "rstd", "w"});
+      CHECK(recs[0].saved[0].t.raw() == h.raw());
+      // the LoRA A linear saved the very same view
+      CHECK(tape().held_bytes() < tape().saved_bytes());
+      CHECK(tape().saved_bytes() - tape().held_bytes() == h.nbytes());
+    } else {
+      CHECK(what == std::vector<std::string>{"x", "mean", "rstd", "w"});
+      CHECK(tape().held_bytes() == tape().saved_bytes());
+    }
+    // the gradient is the same as LayerNorm composed from primitives, either way
+    Tensor loss = sum(mul(out, out));
+    backward(loss);
+    Tensor gx = x.grad(), gA = A.grad();
+    x.zero_grad(), A.zero_grad();
+    Tensor mu = mean(x, {1}, true), xc = sub(x, mu);
+    Tensor var = mean(mul(xc, xc), {1}, true);
+    Tensor h2 = add(mul(div(xc, sqrt(add_scalar(var, 1e-6))), w), b);
+    Tensor out2 = add(linear(h2, W), linear(linear(h2, A), randf({12, 2}, 6, false)));
+    backward(sum(mul(out2, out2)));
+    CHECK(test::max_rel_err(gx, x.grad(), 1e-3) < 1e-4);
+    CHECK(test::max_rel_err(gA, A.grad(), 1e-3) < 1e-4);
+  }
+}

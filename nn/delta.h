@@ -20,6 +20,10 @@ struct Delta {
   // Pre: return the new input (output is undefined). Post: return the new output, given
   // the site's input and output.
   virtual Tensor apply(const Tensor& input, const Tensor& output) = 0;
+  // Whether a Post delta reads the site's input (a parallel adapter at a block's mlp_branch
+  // reads the residual stream that also enters norm2): the module then lets the LayerNorm
+  // keep that input for backward rather than its output, so one buffer serves both.
+  virtual bool reads_site_input() const { return false; }
   // Local names ("lora_A", "down.weight", "scale") -> tensors.
   virtual std::vector<std::pair<std::string, Tensor>> named_parameters() { return {}; }
   virtual void train(bool mode) { training = mode; }

@@ -25,7 +25,7 @@ LayerNorm::LayerNorm(int64_t dim, double e) : eps(e) {
   weight = register_parameter("weight", Tensor::ones({dim}));
   bias = register_parameter("bias", Tensor::zeros({dim}));
 }
-Tensor LayerNorm::forward(const Tensor& x) { return layer_norm(x, weight, bias, eps); }
+Tensor LayerNorm::forward(const Tensor& x) { return layer_norm(x, weight, bias, eps, keep_input); }
 
 Tensor Dropout::forward(const Tensor& x) {
   if (!training() || p == 0) return x;
@@ -110,6 +110,9 @@ Block::Block(int64_t dim, int64_t heads, double mlp_ratio, bool qkv_bias, double
 }
 
 Tensor Block::forward(const Tensor& x) {
+  // a delta reading a branch point's input reads what the LayerNorm reads: share that buffer
+  norm1->keep_input = point_reads_input("attn_branch");
+  norm2->keep_input = point_reads_input("mlp_branch");
   Tensor a = (*drop_path1)((*ls1)((*attn)((*norm1)(x))));
   Tensor y = add(x, point("attn_branch", x, a));
   Tensor m = (*drop_path2)((*ls2)((*mlp)((*norm2)(y))));

@@ -21,6 +21,9 @@ class LayerNorm : public Module {
   Tensor forward(const Tensor& x) override;
   Tensor weight, bias;  // [dim]
   double eps;
+  // Keep the input for backward even where the output would do (autograd/ops/layer_norm.cpp):
+  // set by the block when a delta also reads this LayerNorm's input.
+  bool keep_input = false;
 };
 
 // Inverted dropout; masks come from the default generator (reproducible by seed).

@@ -44,6 +44,14 @@ Tensor Module::point(const std::string& name, const Tensor& input, const Tensor&
   return out;
 }
 
+bool Module::point_reads_input(const std::string& name) const {
+  auto it = deltas_.find(name);
+  if (it == deltas_.end()) return false;
+  for (const auto& d : it->second)
+    if (d->enabled && d->reads_site_input()) return true;
+  return false;
+}
+
 void Module::collect(const std::string& prefix, NamedTensors& out, bool buffers, bool with_deltas) const {
   for (const auto& [n, t] : buffers ? buffers_ : params_) out.emplace_back(join(prefix, n), t);
   if (!buffers && with_deltas)

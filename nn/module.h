@@ -64,6 +64,8 @@ class Module {
   void declare_point(const std::string& point) { points_.push_back(point); }
   // Apply the Post deltas attached at one of this module's inner points.
   Tensor point(const std::string& name, const Tensor& input, const Tensor& output);
+  // Whether an enabled delta at that point reads the point's input (Delta::reads_site_input).
+  bool point_reads_input(const std::string& name) const;
 
  private:
   friend class ModuleAccess;

@@ -67,6 +67,7 @@ class AdapterDelta : public nn::Delta {
   Scale scale;
   Tensor down_w, down_b, up_w, up_b, norm_w, norm_b;  // [d, D], [d], [D, d], [D], [D], [D]
   bool reads_input;
+  bool reads_site_input() const override { return reads_input; }
   double norm_eps;
 };
 

@@ -394,3 +394,38 @@ TEST_CASE("peft: every method adapts a pretrained ViT on real data (Fashion-MNIS
     CHECK(last < 0.6 * first);
   }
 }
+
+TEST_CASE("peft: LayerNorms keep one buffer with the deltas that read the same tensor") {
+  // LoRA on qkv reads norm1's output: norm1 saves y, the buffer LoRA's A saves. A parallel
+  // adapter reads norm2's input (the mlp_branch point's input): norm2 saves x, the buffer the
+  // adapter's down projection saves. Depth 2, only deltas train: block 0's norm1 (and, for the
+  // parallel adapter, block 0's norm2) see no gradient and are not recorded.
+  struct Want {
+    std::string method;
+    int shared, own;  // LayerNorm activations another record also saves / that only it saves
+  };
+  for (const Want& w : {Want{"lora", 1, 3}, Want{"parallel", 1, 2}}) {
+    INFO(w.method);
+    nn::VisionTransformer m(tiny());
+    json d = {{"name", "d"}, {"method", w.method}};
+    if (w.method == "parallel") d["dim"] = 4;
+    peft::PeftModel pm(m, peft::parse_peft_config(json{{"deltas", {d}}}));
+    tape().clear();
+    auto [x, y] = toy_batch(4, 1);
+    Tensor loss = cross_entropy(pm.forward(x), y);
+    std::vector<std::pair<const void*, size_t>> ln;  // the activation each LayerNorm saved
+    std::set<std::pair<const void*, size_t>> other;
+    for (const Record& r : tape().records())
+      for (const SavedTensor& s : r.saved)
+        if (s.t.numel() == 4 * 17 * 24) {  // activations [4, 17, 24] only (not w, b, rstd)
+          if (std::string(r.op->name) == "layer_norm") ln.push_back({s.t.raw(), s.t.nbytes()});
+          else other.insert({s.t.raw(), s.t.nbytes()});
+        }
+    int shared = 0;
+    for (const auto& k : ln) shared += int(other.count(k));
+    INFO(tape().dump());
+    CHECK(shared == w.shared);
+    CHECK(int(ln.size()) - shared == w.own);
+    tape().backward(loss);
+  }
+}

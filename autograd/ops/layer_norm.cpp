@@ -8,7 +8,8 @@
 // what the next op reads, and often saves too (a LoRA branch on qkv or fc1, a trainable
 // Linear, MLP recomputation), so the two records share one buffer and the block keeps one
 // activation fewer. Otherwise (and on CUDA, where the check would need a device sync per
-// call) it saves x and mean. Either way the same kernel runs backward.
+// call) it saves x and mean; also where the caller says x is kept anyway (keep_input: a
+// parallel adapter reads the same residual stream). Either way the same kernel runs backward.
 #include "autograd/gradcheck.h"
 #include "autograd/op_registry.h"
 #include "autograd/ops.h"
@@ -28,7 +29,7 @@ static bool output_recoverable(const Tensor& w, const Tensor& b, Device dev) {
   return true;
 }
 
-Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
+Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps, bool keep_input) {
   const int64_t n = x.size(-1), rows = x.numel() / std::max<int64_t>(n, 1);
   DG_CHECK(!w.defined() || w.shape() == Shape{n}, "layer_norm: weight ", w.desc(), " for input ", x.desc(),
            ": expected [", n, "]");
@@ -40,7 +41,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps)
   Tensor wc = w.defined() ? w.contiguous() : Tensor(), bc = b.defined() ? b.contiguous() : Tensor();
   backend_of(x).layernorm(xc, wc, bc, rows, n, eps, y, mean, rstd);
   if (Record* r = tape().record(kLayerNorm, {x, w, b}, y, str("eps=", eps))) {
-    const bool from_y = output_recoverable(wc, bc, x.device());
+    const bool from_y = !keep_input && output_recoverable(wc, bc, x.device());
     if (from_y) {
       r->save("y", y);
       if (bc.defined()) r->save("b", bc);

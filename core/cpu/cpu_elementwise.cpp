@@ -120,12 +120,35 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Ten
         default: return loop([op](T u, T v) { return binary_value(op, u, v); });
       }
     }
+    // Broadcasting / strided: row by row, the op chosen outside the loop and the common row
+    // shapes (both dense, or one side a broadcast scalar: a bias, a per-channel scale, a per-row
+    // statistic) in loops that vectorise.
     Shape cs = contiguous_strides(out.shape());
-    parallel_for_each_strided<3>(out.shape(), {&cs, &a.strides(), &b.strides()},
-                        [&](int64_t n, const std::array<int64_t, 3>& o, const std::array<int64_t, 3>& st) {
-                          for (int64_t i = 0; i < n; ++i)
-                            y[o[0] + i] = binary_value(op, ap[o[1] + i * st[1]], bp[o[2] + i * st[2]]);
-                        });
+    auto rows = [&](auto f) {
+      parallel_for_each_strided<3>(out.shape(), {&cs, &a.strides(), &b.strides()},
+                                   [&](int64_t n, const std::array<int64_t, 3>& o, const std::array<int64_t, 3>& st) {
+                                     T* yo = y + o[0];
+                                     const T *ao = ap + o[1], *bo = bp + o[2];
+                                     if (st[1] == 1 && st[2] == 1) {
+                                       for (int64_t i = 0; i < n; ++i) yo[i] = f(ao[i], bo[i]);
+                                     } else if (st[1] == 1 && st[2] == 0) {
+                                       const T v = *bo;
+                                       for (int64_t i = 0; i < n; ++i) yo[i] = f(ao[i], v);
+                                     } else if (st[1] == 0 && st[2] == 1) {
+                                       const T u = *ao;
+                                       for (int64_t i = 0; i < n; ++i) yo[i] = f(u, bo[i]);
+                                     } else {
+                                       for (int64_t i = 0; i < n; ++i) yo[i] = f(ao[i * st[1]], bo[i * st[2]]);
+                                     }
+                                   });
+    };
+    switch (op) {
+      case BinaryOp::Add: return rows([](T u, T v) { return u + v; });
+      case BinaryOp::Sub: return rows([](T u, T v) { return u - v; });
+      case BinaryOp::Mul: return rows([](T u, T v) { return u * v; });
+      case BinaryOp::Div: return rows([](T u, T v) { return u / v; });
+      default: return rows([op](T u, T v) { return binary_value(op, u, v); });
+    }
   });
 }
 

@@ -68,9 +68,10 @@ Tensor softmax(const Tensor& x, int64_t dim);      // ops/softmax.cpp
 // fused = false, matmul + softmax + matmul.
 Tensor attention(const Tensor& qkv, int64_t heads, double scale, bool fused = true);
 Tensor log_softmax(const Tensor& x, int64_t dim);  // ops/softmax.cpp
-// Over the last dim; w, b [D] or undefined. Saves x, mean, rstd (and w if x needs grad).
-// keep_input: save x even where y would do (another op saves x anyway); ops/layer_norm.cpp
-Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps, bool keep_input = false);
+// Over the last dim; w, b [D] or undefined. Saves rstd and x, mean or (CPU, where the input is
+// recoverable) y, b; and w. keep_input: save x even where y would do (another op saves x anyway).
+Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
+                  bool keep_input = false);  // ops/layer_norm.cpp
 // Mean over rows of -log softmax(logits)[label], label smoothing eps; labels I64 [N]
 // (label < 0 is ignored; the mean is over the others). Returns a scalar.
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels, double smoothing = 0.0);  // ops/cross_entropy.cpp

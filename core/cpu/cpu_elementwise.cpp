@@ -105,26 +105,28 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Ten
     T* y = out.data<T>();
     const T* ap = static_cast<const T*>(a.raw());
     const T* bp = static_cast<const T*>(b.raw());
+    // run(f) with f the op as its own function, so the op switch stays out of every loop and
+    // each loop vectorises
+    auto with_op = [op](auto run) {
+      switch (op) {
+        case BinaryOp::Add: return run([](T u, T v) { return u + v; });
+        case BinaryOp::Sub: return run([](T u, T v) { return u - v; });
+        case BinaryOp::Mul: return run([](T u, T v) { return u * v; });
+        case BinaryOp::Div: return run([](T u, T v) { return u / v; });
+        default: return run([op](T u, T v) { return binary_value(op, u, v); });
+      }
+    };
     if (a.is_contiguous() && b.is_contiguous() && a.shape() == out.shape() && b.shape() == out.shape()) {
-      // one loop per op so each vectorises (the op switch stays out of the loop)
       const int64_t n = out.numel();
-      auto loop = [&](auto f) {
+      return with_op([&](auto f) {
 #pragma omp parallel for if (n > 32768)
         for (int64_t i = 0; i < n; ++i) y[i] = f(ap[i], bp[i]);
-      };
-      switch (op) {
-        case BinaryOp::Add: return loop([](T u, T v) { return u + v; });
-        case BinaryOp::Sub: return loop([](T u, T v) { return u - v; });
-        case BinaryOp::Mul: return loop([](T u, T v) { return u * v; });
-        case BinaryOp::Div: return loop([](T u, T v) { return u / v; });
-        default: return loop([op](T u, T v) { return binary_value(op, u, v); });
-      }
+      });
     }
-    // Broadcasting / strided: row by row, the op chosen outside the loop and the common row
-    // shapes (both dense, or one side a broadcast scalar: a bias, a per-channel scale, a per-row
+    // Broadcasting / strided: row by row, and the common row shapes (both dense, or one side a broadcast scalar: a bias, a per-channel scale, a per-row
     // statistic) in loops that vectorise.
     Shape cs = contiguous_strides(out.shape());
-    auto rows = [&](auto f) {
+    with_op([&](auto f) {
       parallel_for_each_strided<3>(out.shape(), {&cs, &a.strides(), &b.strides()},
                                    [&](int64_t n, const std::array<int64_t, 3>& o, const std::array<int64_t, 3>& st) {
                                      T* yo = y + o[0];
@@ -141,14 +143,7 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Ten
                                        for (int64_t i = 0; i < n; ++i) yo[i] = f(ao[i * st[1]], bo[i * st[2]]);
                                      }
                                    });
-    };
-    switch (op) {
-      case BinaryOp::Add: return rows([](T u, T v) { return u + v; });
-      case BinaryOp::Sub: return rows([](T u, T v) { return u - v; });
-      case BinaryOp::Mul: return rows([](T u, T v) { return u * v; });
-      case BinaryOp::Div: return rows([](T u, T v) { return u / v; });
-      default: return rows([op](T u, T v) { return binary_value(op, u, v); });
-    }
+    });
   });
 }
 

@@ -34,15 +34,14 @@ using CMap = Eigen::Map<const RowMat<T>, 0, Eigen::OuterStride<>>;
 enum class Lib { Eigen, OpenBLAS };
 
 Lib initial_library() {
+#ifdef DG_HAVE_OPENBLAS
+  // OpenBLAS runs on the thread that calls it (also when chosen later by set_gemm_library):
+  // its own pool would fight our OpenMP threads.
+  openblas_set_num_threads(1);
+#endif
   const char* env = std::getenv("DG_CPU_GEMM");
   if (env && std::string(env) == "eigen") return Lib::Eigen;
-#ifdef DG_HAVE_OPENBLAS
-  // OpenBLAS runs on the thread that calls it; its own pool would fight our OpenMP threads.
-  openblas_set_num_threads(1);
-  return Lib::OpenBLAS;
-#else
-  return Lib::Eigen;
-#endif
+  return have_openblas() ? Lib::OpenBLAS : Lib::Eigen;
 }
 
 std::atomic<Lib>& library() {

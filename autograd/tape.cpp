@@ -5,6 +5,7 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "autograd/autocast.h"
 #include "autograd/op_registry.h"
 #include "core/backend.h"
 
@@ -20,9 +21,18 @@ Tape& tape() {
   return t;
 }
 
-void Record::save(std::string what, const Tensor& t) { saved.push_back({std::move(what), t, t.version()}); }
+void Record::save(std::string what, const Tensor& t) {
+  saved.push_back({std::move(what), t, t.defined() ? t.version() : 0, t.defined() ? t.dtype() : DType::F32});
+}
 
-const Tensor& Record::saved_tensor(const std::string& what) const {
+void Record::save_activation(std::string what, const Tensor& t) {
+  const bool parameter = t.impl()->is_leaf && !t.name().empty();
+  if (!autocast_on() || t.dtype() != DType::F32 || parameter) return save(std::move(what), t);
+  Tensor low = to_lowp(t);
+  saved.push_back({std::move(what), low, low.version(), t.dtype()});
+}
+
+const Tensor& Record::saved_stored(const std::string& what) const {
   for (const SavedTensor& s : saved) {
     if (s.what != what) continue;
     DG_CHECK(s.t.version() == s.version, "backward of '", op->name, "': saved tensor '", what, "' (",
@@ -31,6 +41,14 @@ const Tensor& Record::saved_tensor(const std::string& what) const {
     return s.t;
   }
   throw Error(str("backward of '", op->name, "': nothing saved under '", what, "' (an op bug)"));
+}
+
+Tensor Record::saved_tensor(const std::string& what) const {
+  const Tensor& t = saved_stored(what);
+  if (!t.defined() || t.dtype() != DType::BF16) return t;
+  for (const SavedTensor& s : saved)
+    if (s.what == what && s.dtype != DType::BF16) return t.to(s.dtype);
+  return t;
 }
 
 size_t Record::saved_bytes() const {

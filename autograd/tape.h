@@ -22,8 +22,9 @@ struct OpDef;  // autograd/op_registry.h
 
 struct SavedTensor {
   std::string what;  // e.g. "x" or "mean"
-  Tensor t;
+  Tensor t;          // as kept: under autocast an activation is its bf16 copy
   uint64_t version;  // storage version at save time: a later in-place write is an error
+  DType dtype;       // the dtype the forward saw (what saved_tensor returns)
 };
 
 struct Record {
@@ -41,8 +42,14 @@ struct Record {
   std::function<std::vector<Tensor>(Record& r, const Tensor& grad_out)> backward;
 
   bool needs_grad(size_t i) const { return needs[i]; }
-  void save(std::string what, const Tensor& t);
-  const Tensor& saved_tensor(const std::string& what) const;  // checks the version
+  void save(std::string what, const Tensor& t);  // kept as it is
+  // An activation: under autocast (autograd/autocast.h) an f32 one is kept as its bf16 copy;
+  // parameters (named leaves) are kept as they are.
+  void save_activation(std::string what, const Tensor& t);
+  // In the dtype the forward saw (a bf16-kept activation comes back widened); checks the version.
+  Tensor saved_tensor(const std::string& what) const;
+  // As kept (bf16 under autocast): for GEMM operands, which are multiplied in bf16 anyway.
+  const Tensor& saved_stored(const std::string& what) const;
   size_t saved_bytes() const;
 };
 

@@ -61,6 +61,8 @@ struct Backend {
   // op(A) is [M,K], op(B) is [K,N], C is [M,N] contiguous per batch.
   // A's stored matrix is [M,K] (or [K,M] if ta) with leading dimension lda;
   // batch strides in elements (0 broadcasts one matrix over the batch).
+  // dtypes: A, B, C all F32 or all F64; or mixed precision: A and B BF16, C F32 (products of
+  // bf16 values accumulated in f32, as a tensor-core bf16 GEMM does).
   struct Gemm {
     bool ta = false, tb = false;
     int64_t batch = 1, M = 0, N = 0, K = 0;

@@ -1,5 +1,6 @@
 // Element types and devices. Compute runs in F32/F64; F16/BF16 are storage types
-// (converted on load), I64/I32 hold labels and indices.
+// (F16 converted on load; BF16 also holds mixed-precision GEMM operands and saved activations,
+// see autograd/autocast.h), I64/I32 hold labels and indices.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -6,13 +6,20 @@
 namespace dg::cuda {
 
 void CudaBackend::gemm(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& C) {
-  DG_CHECK(A.dtype() == B.dtype() && A.dtype() == C.dtype(), "gemm (cuda): dtypes ", A.desc(), ", ", B.desc(), ", ",
-           C.desc());
+  const bool mixed = A.dtype() == DType::BF16 && B.dtype() == DType::BF16 && C.dtype() == DType::F32;
+  DG_CHECK(mixed || (A.dtype() == B.dtype() && A.dtype() == C.dtype()), "gemm (cuda): dtypes ", A.desc(), ", ",
+           B.desc(), ", ", C.desc(), ": expected all f32, all f64, or bf16 operands with an f32 result");
   if (g.M == 0 || g.N == 0 || g.batch == 0) return;
   const cublasOperation_t opa = g.tb ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLAS's A is our B
   const cublasOperation_t opb = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
   const int m = int(g.N), n = int(g.M), k = int(g.K);
-  if (C.dtype() == DType::F32) {
+  if (mixed) {  // bf16 tensor-core GEMM, f32 accumulation and result (autograd/autocast.h)
+    const float alpha = float(g.alpha), beta = float(g.beta);
+    DG_CUBLAS(cublasGemmStridedBatchedEx(cublas(), opa, opb, m, n, k, &alpha, B.raw(), CUDA_R_16BF, int(g.ldb),
+                                         g.stride_b, A.raw(), CUDA_R_16BF, int(g.lda), g.stride_a, &beta, C.raw(),
+                                         CUDA_R_32F, int(g.ldc), g.stride_c, int(g.batch), CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT));
+  } else if (C.dtype() == DType::F32) {
     const float alpha = float(g.alpha), beta = float(g.beta);
     DG_CUBLAS(cublasGemmStridedBatchedEx(
         cublas(), opa, opb, m, n, k, &alpha, B.raw(), CUDA_R_32F, int(g.ldb), g.stride_b, A.raw(), CUDA_R_32F,

@@ -1,5 +1,7 @@
 // CUDA: device context (stream, cuBLAS), the caching allocator, copies and fills, and the
 // backend's registration (only when a GPU is present).
+#include <cuda_bf16.h>
+
 #include <map>
 #include <mutex>
 #include <vector>
@@ -129,6 +131,24 @@ void CudaBackend::free(void* p, size_t nbytes) {
 void CudaBackend::synchronize() { DG_CUDA(cudaStreamSynchronize(stream())); }
 
 // ---- copies ----
+// Element conversion; bf16 goes through f32 (round to nearest even, as the CPU's f32_to_bf16).
+template <class D, class S>
+__device__ D convert(S v) {
+  return D(v);
+}
+template <>
+__device__ __nv_bfloat16 convert<__nv_bfloat16, float>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+__device__ float convert<float, __nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <>
+__device__ __nv_bfloat16 convert<__nv_bfloat16, __nv_bfloat16>(__nv_bfloat16 v) {
+  return v;
+}
+
 template <class S, class D>
 __global__ void copy_kernel(const S* src, Strided ss, D* dst, Strided ds, long long n) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
@@ -139,7 +159,7 @@ __global__ void copy_kernel(const S* src, Strided ss, D* dst, Strided ds, long l
       so += k * ss.stride[d];
       dof += k * ds.stride[d];
     }
-    dst[dof] = D(src[so]);
+    dst[dof] = convert<D>(src[so]);
   }
 }
 
@@ -154,7 +174,7 @@ static void launch_copy(const Tensor& src, const Tensor& dst) {
   DG_LAUNCH_CHECK();
 }
 
-// device -> device, any strides, dtype conversion among f32/f64/i64/i32
+// device -> device, any strides, dtype conversion among f32/f64/i64/i32, and f32 <-> bf16
 static void device_copy(const Tensor& src, const Tensor& dst) {
   if (src.dtype() == dst.dtype() && src.is_contiguous() && dst.is_contiguous()) {
     DG_CUDA(cudaMemcpyAsync(dst.raw(), src.raw(), src.nbytes(), cudaMemcpyDeviceToDevice, stream()));
@@ -169,6 +189,9 @@ static void device_copy(const Tensor& src, const Tensor& dst) {
   DG_ROW(double, DType::F64)
   DG_ROW(long long, DType::I64)
   DG_ROW(int, DType::I32)
+  DG_PAIR(float, DType::F32, __nv_bfloat16, DType::BF16)  // mixed precision (autograd/autocast.h)
+  DG_PAIR(__nv_bfloat16, DType::BF16, float, DType::F32)
+  DG_PAIR(__nv_bfloat16, DType::BF16, __nv_bfloat16, DType::BF16)
 #undef DG_ROW
 #undef DG_PAIR
   throw Error(str("cuda copy: ", dtype_name(src.dtype()), " -> ", dtype_name(dst.dtype()), " is not supported"));

@@ -5,6 +5,7 @@
 // and the [B, H, N] log-sum-exp, never the [B, H, N, N] probabilities (backward recomputes
 // them). Composed (the others, or fused = false): matmul + softmax + matmul, which saves
 // q, k, v and the probabilities; nn::Attention uses it when attention dropout is active.
+#include "autograd/autocast.h"
 #include "autograd/gradcheck.h"
 #include "autograd/op_registry.h"
 #include "autograd/ops.h"
@@ -28,15 +29,19 @@ Tensor attention(const Tensor& qkv, int64_t heads, double scale, bool fused) {
   Backend& be = backend_of(qkv);
   if (!fused || !be.fused_attention_supported(qkv, heads)) return attention_composed(qkv, heads, scale);
   const int64_t B = qkv.size(0), N = qkv.size(1), D = qkv.size(2) / 3;
-  Tensor x = qkv.contiguous();
-  Tensor out = Tensor::empty({B, N, D}, qkv.dtype(), qkv.device());
-  Tensor lse = Tensor::empty({B, heads, N}, qkv.dtype(), qkv.device());
+  // Under autocast q, k and v are GEMM operands: rounded to bf16 (kept so for backward), and the
+  // kernel runs in f32 on the rounded values; the scores, lse and output stay f32.
+  const bool lowp = lowp_gemm(qkv, qkv);
+  Tensor low = lowp ? to_lowp(qkv) : Tensor();
+  Tensor x = lowp ? low.to(DType::F32) : qkv.contiguous();
+  Tensor out = Tensor::empty({B, N, D}, x.dtype(), x.device());
+  Tensor lse = Tensor::empty({B, heads, N}, x.dtype(), x.device());
   be.attention(x, heads, scale, out, lse);
   if (Record* r = tape().record(kAttention, {qkv}, out, str("heads=", heads))) {
-    r->save("qkv", x);
+    r->save_activation("qkv", lowp ? qkv : x);  // under autocast: `low` again (to_lowp's cache)
     r->save("lse", lse);
     r->backward = [heads, scale](Record& r, const Tensor& gy) {
-      const Tensor& x = r.saved_tensor("qkv");
+      const Tensor x = r.saved_tensor("qkv");  // f32 (widened if autocast kept it in bf16)
       Tensor gx = Tensor::empty(x.shape(), x.dtype(), x.device());
       backend_of(x).attention_backward(x, r.saved_tensor("lse"), gy.contiguous(), heads, scale, gx);
       return std::vector<Tensor>{gx};

@@ -47,8 +47,8 @@ Tensor sub(const Tensor& a, const Tensor& b) {
 Tensor mul(const Tensor& a, const Tensor& b) {
   Tensor y = binary_raw(BinaryOp::Mul, a, b);
   if (Record* r = tape().record(kMul, {a, b}, y)) {
-    if (r->needs_grad(0)) r->save("b", b);
-    if (r->needs_grad(1)) r->save("a", a);
+    if (r->needs_grad(0)) r->save_activation("b", b);  // bf16 under autocast, unless a parameter
+    if (r->needs_grad(1)) r->save_activation("a", a);
     r->backward = [](Record& r, const Tensor& gy) {
       std::vector<Tensor> g(2);
       if (r.needs_grad(0)) g[0] = sum_to(binary_raw(BinaryOp::Mul, gy, r.saved_tensor("b")), r.in_shapes[0]);

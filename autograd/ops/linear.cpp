@@ -2,6 +2,9 @@
 //   dx = dy @ W          (only if x needs grad; reads W)
 //   dW = dy^T @ x        (only if W is trainable; reads x)  <- the GEMM a frozen weight skips
 //   db = sum_rows(dy)    (only if b is trainable)
+// Under autocast (autograd/autocast.h) x and W enter the GEMMs as bf16 copies, and those copies
+// are what is saved; y and every gradient are f32.
+#include "autograd/autocast.h"
 #include "autograd/gradcheck.h"
 #include "autograd/op_registry.h"
 #include "autograd/ops.h"
@@ -16,14 +19,16 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
            W.desc(), ": expected x [..., ", W.dim() == 2 ? W.size(1) : -1, "]");
   DG_CHECK(!b.defined() || (b.dim() == 1 && b.size(0) == W.size(0)), "linear: bias ", b.desc(), " for weight ",
            W.desc());
-  DG_CHECK(x.dtype() == W.dtype() && x.device() == W.device(), "linear: input ", x.desc(), " and weight ",
-           W.desc(), " differ in dtype or device");
+  const bool lowp = lowp_gemm(x, W);  // autocast: bf16 operands, f32 result (autograd/autocast.h)
+  DG_CHECK((lowp || x.dtype() == W.dtype()) && x.device() == W.device(), "linear: input ", x.desc(),
+           " and weight ", W.desc(), " differ in dtype or device");
   const int64_t in = W.size(1), out_f = W.size(0);
-  Tensor xc = x.contiguous();
+  Tensor xc = lowp ? to_lowp(x) : x.contiguous();
+  Tensor Wc = lowp ? to_lowp(W) : W.contiguous();
   const int64_t rows = xc.numel() / in;
   Shape os = x.shape();
   os.back() = out_f;
-  Tensor y = Tensor::empty(os, x.dtype(), x.device());
+  Tensor y = Tensor::empty(os, lowp ? DType::F32 : x.dtype(), x.device());
   Backend& be = backend_of(x);
   Backend::Gemm g;
   g.tb = true;
@@ -37,16 +42,17 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
     be.copy(view::expand(b, {rows, out_f}), view::reshape(y, {rows, out_f}));
     g.beta = 1;
   }
-  be.gemm(g, xc, W.contiguous(), y);
+  be.gemm(g, xc, Wc, y);
   if (Record* r = tape().record(kLinear, {x, W, b}, y)) {
-    if (r->needs_grad(1)) r->save("x", x);
-    if (r->needs_grad(0)) r->save("W", W);
+    // under autocast both are the bf16 operands the GEMM read (one buffer with any other save of them)
+    if (r->needs_grad(1)) r->save("x", lowp ? xc : x);
+    if (r->needs_grad(0)) r->save("W", lowp ? Wc : W);
     r->backward = [in, out_f](Record& r, const Tensor& gy) {
       std::vector<Tensor> g(3);
       const int64_t rows = gy.numel() / out_f;
       Tensor gy2 = view::reshape(gy, {rows, out_f});
-      if (r.needs_grad(0)) g[0] = view::reshape(matmul(gy2, r.saved_tensor("W")), r.in_shapes[0]);
-      if (r.needs_grad(1)) g[1] = matmul(gy2, view::reshape(r.saved_tensor("x"), {rows, in}), true, false);
+      if (r.needs_grad(0)) g[0] = view::reshape(matmul(gy2, r.saved_stored("W")), r.in_shapes[0]);
+      if (r.needs_grad(1)) g[1] = matmul(gy2, view::reshape(r.saved_stored("x"), {rows, in}), true, false);
       if (r.needs_grad(2)) g[2] = sum(gy2, {0});
       return g;
     };

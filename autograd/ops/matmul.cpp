@@ -1,6 +1,8 @@
 // matmul: C = op(A) @ op(B) over broadcast batch dims, one (batched) GEMM.
 //   dA = dC @ op(B)^T and dB = op(A)^T @ dC, written with the same GEMM and flags,
 //   then summed over any batch dims that were broadcast.
+// Under autocast (autograd/autocast.h) the operands are multiplied, and saved, as bf16 copies.
+#include "autograd/autocast.h"
 #include "autograd/gradcheck.h"
 #include "autograd/op_registry.h"
 #include "autograd/ops.h"
@@ -14,8 +16,12 @@ static const OpDef kMatmul("matmul");
 static Tensor matmul_raw(const Tensor& a, const Tensor& b, bool ta, bool tb, double alpha = 1.0) {
   DG_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: operands must be at least 2-d, got ", a.desc(), " and ",
            b.desc());
-  DG_CHECK(a.dtype() == b.dtype() && a.device() == b.device(), "matmul: ", a.desc(), " and ", b.desc(),
-           " differ in dtype or device");
+  const bool lowp = lowp_gemm(a, b);  // autocast: bf16 operands, f32 result (autograd/autocast.h)
+  DG_CHECK((lowp || a.dtype() == b.dtype()) && a.device() == b.device(), "matmul: ", a.desc(), " and ",
+           b.desc(), " differ in dtype or device");
+  if (lowp && (a.dtype() != DType::BF16 || b.dtype() != DType::BF16))
+    return matmul_raw(to_lowp(a), to_lowp(b), ta, tb, alpha);
+  const DType out_dtype = lowp ? DType::F32 : a.dtype();
   const int64_t M = ta ? a.size(-1) : a.size(-2), K = ta ? a.size(-2) : a.size(-1);
   const int64_t Kb = tb ? b.size(-1) : b.size(-2), N = tb ? b.size(-2) : b.size(-1);
   DG_CHECK(K == Kb, "matmul: inner dimensions differ: ", a.desc(), (ta ? " (transposed)" : ""), " @ ", b.desc(),
@@ -35,7 +41,7 @@ static Tensor matmul_raw(const Tensor& a, const Tensor& b, bool ta, bool tb, dou
     const int64_t rows = ac.numel() / K;
     Shape os = a.shape();
     os.back() = N;
-    Tensor out = Tensor::empty(os, a.dtype(), a.device());
+    Tensor out = Tensor::empty(os, out_dtype, a.device());
     Tensor bc = b.contiguous();
     g.M = rows;
     g.lda = K;
@@ -64,7 +70,7 @@ static Tensor matmul_raw(const Tensor& a, const Tensor& b, bool ta, bool tb, dou
   Shape os = batch;
   os.push_back(M);
   os.push_back(N);
-  Tensor out = Tensor::empty(os, a.dtype(), a.device());
+  Tensor out = Tensor::empty(os, out_dtype, a.device());
   g.batch = nb;
   g.lda = a.size(-1);
   g.ldb = b.size(-1);
@@ -75,19 +81,21 @@ static Tensor matmul_raw(const Tensor& a, const Tensor& b, bool ta, bool tb, dou
 }
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb, double alpha) {
-  Tensor out = matmul_raw(a, b, ta, tb, alpha);
+  const bool lowp = lowp_gemm(a, b);
+  const Tensor al = lowp ? to_lowp(a) : a, bl = lowp ? to_lowp(b) : b;  // bf16 under autocast
+  Tensor out = matmul_raw(al, bl, ta, tb, alpha);
   if (Record* r = tape().record(kMatmul, {a, b}, out, str(ta ? "ta " : "", tb ? "tb " : "", alpha != 1 ? str("alpha=", alpha) : ""))) {
-    if (r->needs_grad(1)) r->save("a", a);  // dB reads A
-    if (r->needs_grad(0)) r->save("b", b);  // dA reads B
+    if (r->needs_grad(1)) r->save("a", al);  // dB reads A (under autocast: the bf16 copy the GEMM read)
+    if (r->needs_grad(0)) r->save("b", bl);  // dA reads B
     r->backward = [ta, tb, alpha](Record& r, const Tensor& gc) {
       std::vector<Tensor> g(2);
       if (r.needs_grad(0)) {
-        const Tensor& b = r.saved_tensor("b");
+        const Tensor& b = r.saved_stored("b");
         Tensor ga = !ta ? matmul_raw(gc, b, false, !tb, alpha) : matmul_raw(b, gc, tb, true, alpha);
         g[0] = sum_to(ga, r.in_shapes[0]);
       }
       if (r.needs_grad(1)) {
-        const Tensor& a = r.saved_tensor("a");
+        const Tensor& a = r.saved_stored("a");
         Tensor gb = !tb ? matmul_raw(a, gc, !ta, false, alpha) : matmul_raw(gc, a, true, ta, alpha);
         g[1] = sum_to(gb, r.in_shapes[1]);
       }

@@ -20,7 +20,10 @@ static Tensor softmax_impl(const OpDef& def, const Tensor& x, int64_t dim, bool 
   backend_of(x).softmax(xl, rows, n, log, yl);
   Tensor y = last ? yl : view::transpose(yl, dim, -1).contiguous();
   if (Record* r = tape().record(def, {x}, y, str("dim=", dim))) {
-    r->save("y", y);
+    // softmax's y (probabilities) is kept in bf16 under autocast; log_softmax's y stays f32:
+    // exp(y) would turn bf16's absolute error on large negative log-probabilities into percents
+    if (log) r->save("y", y);
+    else r->save_activation("y", y);
     r->backward = [dim, last, log](Record& r, const Tensor& gy) {
       const Tensor& y = r.saved_tensor("y");
       Tensor yl = last ? y : view::transpose(y, dim, -1).contiguous();

@@ -21,8 +21,8 @@ static Tensor unary_op(const OpDef& def, UnaryOp op, Reads reads, const Tensor& 
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   backend_of(x).unary(op, x, y, alpha);
   if (Record* r = tape().record(def, {x}, y, alpha != 0 ? str(alpha) : std::string())) {
-    if (reads == Reads::X) r->save("x", x);
-    if (reads == Reads::Y) r->save("y", y);
+    if (reads == Reads::X) r->save_activation("x", x);  // bf16 under autocast
+    if (reads == Reads::Y) r->save_activation("y", y);
     r->backward = [op, reads, alpha](Record& r, const Tensor& gy) {
       Tensor x = reads == Reads::X ? r.saved_tensor("x").contiguous() : Tensor();
       Tensor y = reads == Reads::Y ? r.saved_tensor("y") : Tensor();

@@ -15,18 +15,23 @@ namespace dg::cpu {
 Backend* make_cpu_backend_impl() { return new CpuBackend(); }
 
 // ---- copy / fill ----
-template <class S, class D>
-static void copy_typed(const Tensor& src, const Tensor& dst) {
+// cvt(s) turns one source element into a destination element (a cast, or a bf16 rounding).
+template <class S, class D, class Cvt>
+static void copy_typed(const Tensor& src, const Tensor& dst, Cvt cvt) {
   const S* s = static_cast<const S*>(src.raw());
   D* d = static_cast<D*>(dst.raw());
   parallel_for_each_strided<2>(dst.shape(), {&dst.strides(), &src.strides()},
                                [&](int64_t n, const std::array<int64_t, 2>& o, const std::array<int64_t, 2>& st) {
                                  if (st[0] == 1 && st[1] == 1) {
-                                   for (int64_t i = 0; i < n; ++i) d[o[0] + i] = D(s[o[1] + i]);
+                                   for (int64_t i = 0; i < n; ++i) d[o[0] + i] = cvt(s[o[1] + i]);
                                  } else {
-                                   for (int64_t i = 0; i < n; ++i) d[o[0] + i * st[0]] = D(s[o[1] + i * st[1]]);
+                                   for (int64_t i = 0; i < n; ++i) d[o[0] + i * st[0]] = cvt(s[o[1] + i * st[1]]);
                                  }
                                });
+}
+template <class S, class D>
+static void copy_typed(const Tensor& src, const Tensor& dst) {
+  copy_typed<S, D>(src, dst, [](S v) { return D(v); });
 }
 
 // Load any dtype as double / store double as any dtype (the slow, general path).
@@ -73,6 +78,12 @@ void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
   if (src.dtype() == DType::F64 && dst.dtype() == DType::F64) return copy_typed<double, double>(src, dst);
   if (src.dtype() == DType::F32 && dst.dtype() == DType::F64) return copy_typed<float, double>(src, dst);
   if (src.dtype() == DType::F64 && dst.dtype() == DType::F32) return copy_typed<double, float>(src, dst);
+  // mixed precision: f32 <-> bf16 (round to nearest even), bf16 views made contiguous
+  if (src.dtype() == DType::F32 && dst.dtype() == DType::BF16)
+    return copy_typed<float, uint16_t>(src, dst, [](float v) { return f32_to_bf16(v); });
+  if (src.dtype() == DType::BF16 && dst.dtype() == DType::F32)
+    return copy_typed<uint16_t, float>(src, dst, [](uint16_t v) { return bf16_to_f32(v); });
+  if (src.dtype() == DType::BF16 && dst.dtype() == DType::BF16) return copy_typed<uint16_t, uint16_t>(src, dst);
   const void* s = src.raw();
   void* d = dst.raw();
   for_each_strided<2>(dst.shape(), {&dst.strides(), &src.strides()},

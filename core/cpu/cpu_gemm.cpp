@@ -114,9 +114,33 @@ void set_gemm_library(const std::string& name) {
   library().store(Lib::OpenBLAS);
 }
 
+// Elements of a stored operand that a GEMM reads: batches of rows x cols with leading dim ld.
+static int64_t footprint(int64_t batch, int64_t stride, int64_t rows, int64_t cols, int64_t ld) {
+  if (rows == 0 || cols == 0) return 0;
+  return (batch - 1) * stride + (rows - 1) * ld + cols;
+}
+
+// bf16 operand -> f32 copy of the span the GEMM reads (same layout, so g's strides still apply).
+// bf16 -> f32 is exact and a product of two bf16 values is exact in f32: the f32 GEMM on the
+// widened operands is the bf16 GEMM with f32 accumulation. No CPU here multiplies bf16 natively.
+static Tensor widen_operand(const Tensor& t, int64_t n) {
+  Tensor w = Tensor::empty({n}, DType::F32, Device::CPU);
+  const uint16_t* s = static_cast<const uint16_t*>(t.raw());
+  float* d = w.data<float>();
+#pragma omp parallel for if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) d[i] = bf16_to_f32(s[i]);
+  return w;
+}
+
 void CpuBackend::gemm(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& C) {
+  if (A.dtype() == DType::BF16 && B.dtype() == DType::BF16 && C.dtype() == DType::F32) {
+    if (g.M == 0 || g.N == 0 || g.batch == 0) return;
+    const int64_t na = footprint(g.batch, g.stride_a, g.ta ? g.K : g.M, g.ta ? g.M : g.K, g.lda);
+    const int64_t nb = footprint(g.batch, g.stride_b, g.tb ? g.N : g.K, g.tb ? g.K : g.N, g.ldb);
+    return gemm(g, widen_operand(A, na), widen_operand(B, nb), C);
+  }
   DG_CHECK(A.dtype() == B.dtype() && A.dtype() == C.dtype(), "gemm: dtypes ", A.desc(), ", ", B.desc(), ", ",
-           C.desc());
+           C.desc(), ": expected all f32, all f64, or bf16 operands with an f32 result");
   float_dispatch(C.dtype(), "gemm", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* a = static_cast<const T*>(A.raw());

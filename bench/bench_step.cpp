@@ -4,6 +4,7 @@
 // A training step is forward + backward + AdamW; `inference` is a no-grad forward in eval mode.
 //   bench_step --model vit_tiny_patch16_224 --method lora --batch 32 --device cpu [--steps 10]
 //              [--warmup 3] [--threads N] [--tf32] [--recompute] [--gemm eigen|openblas]
+//              [--precision f32|bf16]   (bf16: mixed precision, autograd/autocast.h)
 // Methods: inference, full, linear_probe, lora (r=8 on qkv), lora_all (r=8 on every block
 // Linear), adapter_plus, vpt_deep (10 prompts). CPU memory is read from /proc/self/status:
 // rss_base_mb before the model exists, rss_peak_mb the high-water mark after the timed steps
@@ -19,6 +20,7 @@
 #include <omp.h>
 #endif
 
+#include "autograd/autocast.h"
 #include "autograd/ops.h"
 #include "core/backend.h"
 #include "core/cpu/gemm_kernel.h"
@@ -72,7 +74,7 @@ static double proc_status_mb(const char* key) {
 
 int main(int argc, char** argv) {
   try {
-    cli::Args a = cli::parse_args(argc, argv, 1, {"model", "method", "batch", "device", "steps", "warmup", "threads", "gemm"}, {"tf32", "recompute"});
+    cli::Args a = cli::parse_args(argc, argv, 1, {"model", "method", "batch", "device", "steps", "warmup", "threads", "gemm", "precision"}, {"tf32", "recompute"});
     const std::string model = a.get("model", "vit_small_patch16_224"), method = a.get("method", "lora");
     const int64_t B = int64_t(a.num("batch", 64)), steps = int64_t(a.num("steps", 10)), warmup = int64_t(a.num("warmup", 3));
     const Device dev = a.get("device", "cuda") == "cuda" ? Device::CUDA : Device::CPU;
@@ -84,6 +86,8 @@ int main(int argc, char** argv) {
 #endif
     if (a.has("tf32")) cuda::set_tf32(true);
     if (a.has("gemm")) cpu::set_gemm_library(a.get("gemm", ""));
+    const std::string precision = a.get("precision", "f32");
+    AutocastGuard autocast(parse_precision(precision, "--precision"));
     const double rss_base = proc_status_mb("VmRSS:");
     nn::ViTConfig c = nn::vit_preset(model);
     c.num_classes = 100;
@@ -126,7 +130,7 @@ int main(int argc, char** argv) {
     const double flops = step_flops(c, B, method), rss_peak = proc_status_mb("VmHWM:");
     json out = {{"impl", "deltagrad"}, {"model", model}, {"method", method}, {"batch", B},
                 {"device", dev == Device::CUDA ? cuda::device_name() : "cpu"}, {"threads", threads},
-                {"cpu_gemm", cpu::gemm_library()}, {"tf32", a.has("tf32")},
+                {"cpu_gemm", cpu::gemm_library()}, {"tf32", a.has("tf32")}, {"precision", precision},
                 {"recompute", a.has("recompute")}, {"ms_median", med}, {"ms_min", ms.front()}, {"ms_max", ms.back()}, {"img_per_s", 1000.0 * double(B) / med},
                 {"peak_mb", dev == Device::CUDA ? double(cuda::peak_bytes()) / 1048576.0 : rss_peak - rss_base},
                 {"rss_base_mb", rss_base}, {"rss_peak_mb", rss_peak},

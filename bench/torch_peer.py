@@ -125,6 +125,8 @@ def main():
     ap.add_argument("--tf32", action="store_true")
     ap.add_argument("--recompute", action="store_true")
     ap.add_argument("--attn", choices=["auto", "explicit"], default="auto")
+    # bf16: torch.autocast (bf16 matmuls and activations, f32 weights and optimizer), deltagrad's --precision bf16
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     torch.backends.cudnn.allow_tf32 = a.tf32
@@ -146,13 +148,17 @@ def main():
     x = torch.randn(a.batch, kw.get("chans", 3), kw.get("img", 224), kw.get("img", 224), device=a.device)
     y = torch.arange(a.batch, device=a.device) % 100
 
+    amp = torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.precision == "bf16")
+
     def step():
         if infer:
-            with torch.no_grad():
+            with torch.no_grad(), amp:
                 m(x)
         else:
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(m(x), y).backward()
+            with amp:
+                loss = F.cross_entropy(m(x), y)
+            loss.backward()
             opt.step()
         if a.device == "cuda":
             torch.cuda.synchronize()
@@ -170,7 +176,8 @@ def main():
     med = ms[len(ms) // 2]
     rss_peak = proc_status_mb("VmHWM:")
     print(json.dumps({"impl": "pytorch " + torch.__version__, "model": a.model, "method": a.method, "batch": a.batch,
-                      "threads": torch.get_num_threads(), "tf32": a.tf32, "recompute": a.recompute,
+                      "threads": torch.get_num_threads(), "tf32": a.tf32, "precision": a.precision,
+                      "recompute": a.recompute,
                       "attn": "sdpa" if sdpa else "explicit", "ms_median": med, "ms_min": ms[0], "ms_max": ms[-1],
                       "img_per_s": 1000 * a.batch / med,
                       "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if a.device == "cuda" else rss_peak - rss_base,

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "autograd/autocast.h"
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
 #include "core/backend.h"
@@ -166,38 +167,71 @@ TEST_CASE("cuda: backend primitives (random streams, copies, AdamW with masks, s
   CHECK(cuda::peak_bytes() > 0);
 }
 
-TEST_CASE("cuda: a ViT training step with LoRA on the GPU matches the CPU step") {
-  if (!gpu()) return;
+namespace {
+// Three AdamW steps of a small LoRA ViT on `dev` in `precision`: the losses, the saved bytes of
+// the first step, and the trainable tensors afterwards.
+struct LoraRun {
+  std::vector<double> losses;
+  size_t held = 0;
+  std::map<std::string, std::vector<double>> after;
+};
+LoraRun lora_steps(Device dev, DType precision) {
   json mc = {{"img_size", 32}, {"patch_size", 8}, {"in_chans", 3}, {"embed_dim", 48}, {"depth", 3}, {"num_heads", 4},
              {"num_classes", 7}};
   json pc = {{"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 4}, {"init", "random"}}}}, {"trainable", {"head.*"}}};
-  std::vector<double> losses[2];
-  std::map<std::string, std::vector<double>> after[2];
   Tensor x = rnd({4, 3, 32, 32}, 50);
   Tensor y = Tensor::from_vector(std::vector<int64_t>{1, 6, 0, 3}, {4});
-  for (int d = 0; d < 2; ++d) {
-    const Device dev = d ? Device::CUDA : Device::CPU;
-    tape().clear();
-    nn::VisionTransformer m(nn::vit_config_from_json(mc));
-    peft::PeftModel pm(m, peft::parse_peft_config(pc), 3);
-    nn::move_to(m, dev);
-    m.eval();
-    nn::AdamW opt(pm.trainable_parameters(), 1e-2, 0.05);
-    for (int s = 0; s < 3; ++s) {
-      opt.zero_grad();
-      Tensor loss = cross_entropy(pm.forward(x.to(dev)), y.to(dev));
-      losses[d].push_back(loss.item());
-      backward(loss);
-      opt.step();
-    }
-    for (auto& [n, t] : pm.trainable_parameters()) after[d][n] = t.to(Device::CPU).to_vector();
+  LoraRun r;
+  tape().clear();
+  nn::VisionTransformer m(nn::vit_config_from_json(mc));
+  peft::PeftModel pm(m, peft::parse_peft_config(pc), 3);
+  nn::move_to(m, dev);
+  m.eval();
+  nn::AdamW opt(pm.trainable_parameters(), 1e-2, 0.05);
+  AutocastGuard ac(precision);
+  for (int s = 0; s < 3; ++s) {
+    opt.zero_grad();
+    Tensor loss = cross_entropy(pm.forward(x.to(dev)), y.to(dev));
+    r.losses.push_back(loss.item());
+    if (s == 0) r.held = tape().held_bytes();
+    backward(loss);
+    opt.step();
   }
-  for (int s = 0; s < 3; ++s) CHECK(losses[1][size_t(s)] == doctest::Approx(losses[0][size_t(s)]).epsilon(1e-5));
-  for (auto& [n, v] : after[0]) {
+  for (auto& [n, t] : pm.trainable_parameters()) r.after[n] = t.to(Device::CPU).to_vector();
+  return r;
+}
+// relative error of every trainable tensor of b against a, at most tol
+void same_tensors(const LoraRun& b, const LoraRun& a, double tol) {
+  for (auto& [n, v] : a.after) {
     INFO(n);
-    Tensor a = Tensor::from_vector(v, {int64_t(v.size())}), b = Tensor::from_vector(after[1][n], {int64_t(v.size())});
-    CHECK(test::rel_err(b, a) < 1e-4);
+    REQUIRE(b.after.count(n));
+    Tensor ta = Tensor::from_vector(v, {int64_t(v.size())}), tb = Tensor::from_vector(b.after.at(n), {int64_t(v.size())});
+    CHECK(test::rel_err(tb, ta) < tol);
   }
+}
+}  // namespace
+
+TEST_CASE("cuda: a ViT training step with LoRA on the GPU matches the CPU step") {
+  if (!gpu()) return;
+  LoraRun c = lora_steps(Device::CPU, DType::F32), g = lora_steps(Device::CUDA, DType::F32);
+  for (size_t s = 0; s < 3; ++s) CHECK(g.losses[s] == doctest::Approx(c.losses[s]).epsilon(1e-5));
+  same_tensors(g, c, 1e-4);
+}
+
+TEST_CASE("cuda: bf16 mixed precision: a LoRA ViT step under autocast matches the CPU's autocast step") {
+  if (!gpu()) return;
+  LoraRun c16 = lora_steps(Device::CPU, DType::BF16), g16 = lora_steps(Device::CUDA, DType::BF16),
+          g32 = lora_steps(Device::CUDA, DType::F32);
+  MESSAGE("losses cpu bf16 ", c16.losses[2], ", gpu bf16 ", g16.losses[2], ", gpu f32 ", g32.losses[2],
+          "; saved bytes gpu bf16 ", g16.held, " vs f32 ", g32.held);
+  for (size_t s = 0; s < 3; ++s) {
+    // both sides multiply the same bf16 operands; a different f32 summation order can move a value
+    // across a bf16 rounding boundary, hence more room than the f32 test's 1e-5
+    CHECK(g16.losses[s] == doctest::Approx(c16.losses[s]).epsilon(2e-3));
+    CHECK(g16.losses[s] == doctest::Approx(g32.losses[s]).epsilon(1e-2));
+  }
+  CHECK(double(g16.held) < 0.6 * double(g32.held));
+  same_tensors(g16, c16, 2e-2);
 }
 
 // ---- every Backend method called directly, f32 and f64, against the CPU backend ----
@@ -389,6 +423,21 @@ TEST_CASE("cuda backend: reduce (sum, max) and argmax over [outer, n, inner], lo
     }
 }
 
+namespace {
+// A batched GEMM with padded leading dims (A +3, B +2), B shared by the batch if bcast, alpha/beta.
+Backend::Gemm gemm_case(bool ta, bool tb, bool bcast, int64_t M, int64_t N, int64_t K, int64_t B) {
+  Backend::Gemm g;
+  g.ta = ta, g.tb = tb, g.batch = B, g.M = M, g.N = N, g.K = K;
+  const int64_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+  g.lda = ac + 3, g.ldb = bc + 2, g.ldc = N;
+  g.stride_a = ar * g.lda, g.stride_b = bcast ? 0 : br * g.ldb, g.stride_c = M * N;
+  g.alpha = 1.3, g.beta = 0.5;
+  return g;
+}
+int64_t a_elems(const Backend::Gemm& g) { return g.batch * (g.ta ? g.K : g.M) * g.lda; }
+int64_t b_elems(const Backend::Gemm& g) { return (g.stride_b ? g.batch : 1) * (g.tb ? g.N : g.K) * g.ldb; }
+}  // namespace
+
 TEST_CASE("cuda backend: gemm, every transpose, padded leading dims, batch strides (0 broadcasts), alpha/beta, TF32") {
   if (!gpu()) return;
   const int64_t M = 37, N = 29, K = 53, B = 3;
@@ -397,13 +446,8 @@ TEST_CASE("cuda backend: gemm, every transpose, padded leading dims, batch strid
       for (int tb = 0; tb < 2; ++tb)
         for (int bcast = 0; bcast < 2; ++bcast) {
           INFO("ta=", ta, " tb=", tb, " broadcast B=", bcast);
-          Backend::Gemm g;
-          g.ta = ta, g.tb = tb, g.batch = B, g.M = M, g.N = N, g.K = K;
-          const int64_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
-          g.lda = ac + 3, g.ldb = bc + 2, g.ldc = N;
-          g.stride_a = ar * g.lda, g.stride_b = bcast ? 0 : br * g.ldb, g.stride_c = M * N;
-          g.alpha = 1.3, g.beta = 0.5;
-          Tensor A = R({B * ar * g.lda}, dt, 700), Bm = R({(bcast ? 1 : B) * br * g.ldb}, dt, 701), Cm = R({B * M * N}, dt, 702);
+          const Backend::Gemm g = gemm_case(ta, tb, bcast, M, N, K, B);
+          Tensor A = R({a_elems(g)}, dt, 700), Bm = R({b_elems(g)}, dt, 701), Cm = R({B * M * N}, dt, 702);
           Tensor Cg = D(Cm), Cc = Cm.clone();
           C().gemm(g, A, Bm, Cc);
           G().gemm(g, D(A), D(Bm), Cg);
@@ -422,6 +466,36 @@ TEST_CASE("cuda backend: gemm, every transpose, padded leading dims, batch strid
   G().gemm(g, D(A), D(Bm), Cg);
   const double e_f32 = close("gemm", DType::F32, Cg, Cc, 1e-5, 0);
   MESSAGE("gemm 64x64x512 error vs CPU: tf32 ", e_tf32, ", f32 ", e_f32);
+}
+
+TEST_CASE("cuda backend: bf16 copies round as the CPU's; the bf16 GEMM (f32 result) matches the CPU's") {
+  if (!gpu()) return;
+  // f32 -> bf16 on the device: bit for bit the CPU's rounding, contiguous and transposed sources
+  Tensor v = R({37, 53}, DType::F32, 720, -300, 300);
+  for (bool tr : {false, true}) {
+    Tensor vd = D(v);
+    Tensor host = tr ? view::transpose(v, 0, 1) : v, dev = tr ? view::transpose(vd, 0, 1) : vd;
+    same("copy f32->bf16", DType::F32, dev.to(DType::BF16).to(DType::F32), host.to(DType::BF16).to(DType::F32));
+  }
+  // bf16 -> f32 back on the device, and a bf16 strided copy
+  Tensor b16 = v.to(DType::BF16);
+  same("copy bf16->f32", DType::F32, D(b16).to(DType::F32), b16.to(DType::F32));
+  same("copy bf16 strided", DType::F32, view::transpose(D(b16), 0, 1).contiguous().to(DType::F32),
+       view::transpose(b16, 0, 1).contiguous().to(DType::F32));
+  const int64_t M = 37, N = 29, K = 53, B = 3;
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb)
+      for (int bcast = 0; bcast < 2; ++bcast) {
+        INFO("bf16 ta=", ta, " tb=", tb, " broadcast B=", bcast);
+        const Backend::Gemm g = gemm_case(ta, tb, bcast, M, N, K, B);
+        Tensor A = R({a_elems(g)}, DType::F32, 730).to(DType::BF16);
+        Tensor Bm = R({b_elems(g)}, DType::F32, 731).to(DType::BF16);
+        Tensor Cm = R({B * M * N}, DType::F32, 732);
+        Tensor Cg = D(Cm), Cc = Cm.clone();
+        C().gemm(g, A, Bm, Cc);  // exact products, f32 sums
+        G().gemm(g, D(A), D(Bm), Cg);
+        close("gemm bf16", DType::F32, Cg, Cc, 1e-5, 0);
+      }
 }
 
 TEST_CASE("cuda backend: softmax / log_softmax, forward and backward") {

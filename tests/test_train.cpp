@@ -72,6 +72,34 @@ TEST_CASE("train: an image folder trains end to end and writes its run directory
     CHECK_MESSAGE(fs::exists(out / f), f);
 }
 
+TEST_CASE("train: precision bf16 trains as f32 does, within bf16's error; a bad precision is refused") {
+  fs::path folder = make_folder(), base = tmpdir("precision");
+  std::vector<double> losses[2];
+  std::vector<double> acc[2];
+  for (int p = 0; p < 2; ++p) {
+    train::RunConfig rc = small_run(folder, base / (p ? "bf16" : "f32"));
+    rc.epochs = 10;
+    rc.precision = p ? "bf16" : "f32";
+    auto [tr, va] = train::load_data(rc.data, nn::load_vit_config(rc.model_config), rc.seed);
+    train::Trainer t(rc, tr, va);
+    train::TrainResult r = t.fit();
+    losses[p] = r.step_losses;
+    for (const auto& e : r.epochs) acc[p].push_back(e.val_acc);
+    std::ifstream f(base / (p ? "bf16" : "f32") / "run_config.json");
+    CHECK(json::parse(f)["precision"] == rc.precision);
+  }
+  REQUIRE(losses[0].size() == losses[1].size());
+  MESSAGE("first loss f32 ", losses[0].front(), " bf16 ", losses[1].front(), "; last f32 ", losses[0].back(),
+          " bf16 ", losses[1].back(), "; val acc f32 ", acc[0].back(), " bf16 ", acc[1].back());
+  CHECK(losses[1].front() != losses[0].front());  // it did run in bf16
+  CHECK(std::abs(losses[1].front() - losses[0].front()) < 1e-2 * losses[0].front());
+  CHECK(losses[1].back() < 0.8 * losses[1].front());  // bf16 learns
+  CHECK(std::abs(losses[1].back() - losses[0].back()) < 0.25 * losses[0].back());
+  json bad = train::to_json(small_run(folder, base / "bad"));
+  bad["precision"] = "f16";
+  CHECK_THROWS_WITH(train::run_config_from_json(bad), doctest::Contains("key 'precision': precision 'f16'"));
+}
+
 TEST_CASE("train: --resume reproduces the losses of an uninterrupted run, step for step") {
   fs::path folder = make_folder(), base = tmpdir("resume");
   auto load = [&](const train::RunConfig& rc) { return train::load_data(rc.data, nn::load_vit_config(rc.model_config), rc.seed); };

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "autograd/autocast.h"
 #include "autograd/ops.h"
 #include "core/safetensors.h"
 #include "peft/peft_model.h"
@@ -65,13 +66,14 @@ int cmd_train(int argc, char** argv) {
       "                [--epochs N] [--batch B] [--lr LR] [--weight-decay WD] [--warmup STEPS] [--seed S]\n"
       "                [--device cpu|cuda] [--out RUN_DIR] [--config RUN.json] [--resume RUN_DIR] [--quiet]\n"
       "                [--recompute-mlp]   (redo each MLP's fc1 in backward: ~1/4 less memory, one more GEMM)\n"
+      "                [--precision f32|bf16]  (bf16: mixed precision, bf16 GEMMs and saved activations)\n"
       "  SPEC: fashion-mnist[:classes=5-9][:n=1000]  or an ImageFolder path root/<class>/*.png[:val=0.1]\n"
       "  Every option is also a key of the run config JSON (saved as RUN_DIR/run_config.json).\n"
       "  Ctrl-C stops after the current step with a checkpoint; --resume continues it exactly.\n";
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2,
                       {"model-config", "model", "peft", "data", "epochs", "batch", "lr", "weight-decay", "warmup", "seed",
-                       "device", "out", "config", "resume"},
+                       "device", "out", "config", "resume", "precision"},
                       {"quiet", "recompute-mlp"});
   json rc = json::object();
   if (a.has("resume")) rc = read_json_file(a.get("resume") + "/run_config.json", "run config");
@@ -90,6 +92,7 @@ int cmd_train(int argc, char** argv) {
   if (a.has("out")) rc["out"] = a.get("out");
   if (a.has("quiet")) rc["quiet"] = true;
   if (a.has("recompute-mlp")) rc["recompute_mlp"] = true;
+  if (a.has("precision")) rc["precision"] = a.get("precision");
   if (!a.has("resume") && !a.has("config") && !a.has("data")) throw UsageError("missing required option --data");
   train::RunConfig cfg = train::run_config_from_json(rc);
   nn::ViTConfig mc = nn::load_vit_config(cfg.model_config);
@@ -105,9 +108,12 @@ int cmd_train(int argc, char** argv) {
 }
 
 int cmd_eval(int argc, char** argv) {
-  const char* help = "deltagrad eval --model-config C --model W.safetensors [--deltas D.safetensors] --data SPEC\n";
+  const char* help =
+      "deltagrad eval --model-config C --model W.safetensors [--deltas D.safetensors] --data SPEC\n"
+      "               [--precision f32|bf16]\n";
   if (wants_help(argc, argv, help)) return 0;
-  Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "data", "seed"});
+  Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "data", "seed", "precision"});
+  AutocastGuard autocast(parse_precision(a.get("precision", "f32"), "--precision"));
   nn::ViTConfig mc = nn::load_vit_config(a.need("model-config"));
   auto [tr, va] = train::load_data(a.need("data"), mc, uint64_t(a.num("seed", 0)));
   auto m = load_model(a, tr.num_classes);

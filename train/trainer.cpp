@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "autograd/autocast.h"
 #include "autograd/ops.h"
 #include "core/backend.h"
 #include "core/random.h"
@@ -30,7 +31,7 @@ json to_json(const RunConfig& c) {
           {"min_lr", c.min_lr}, {"label_smoothing", c.label_smoothing}, {"clip_grad", c.clip_grad},
           {"warmup_steps", c.warmup_steps}, {"pad", c.pad}, {"hflip", c.hflip}, {"seed", c.seed},
           {"device", c.device}, {"out", c.out}, {"max_steps", c.max_steps}, {"eval_every", c.eval_every}, {"log_every", c.log_every}, {"quiet", c.quiet},
-          {"recompute_mlp", c.recompute_mlp}};
+          {"recompute_mlp", c.recompute_mlp}, {"precision", c.precision}};
 }
 
 RunConfig run_config_from_json(const json& j) {
@@ -51,11 +52,13 @@ RunConfig run_config_from_json(const json& j) {
     c.warmup_steps = base["warmup_steps"], c.pad = base["pad"], c.hflip = base["hflip"], c.seed = base["seed"];
     c.device = base["device"], c.out = base["out"], c.max_steps = base["max_steps"], c.eval_every = base["eval_every"], c.log_every = base["log_every"], c.quiet = base["quiet"];
     c.recompute_mlp = base["recompute_mlp"];
+    c.precision = base["precision"];
   } catch (const json::exception& e) {
     throw Error(str("run config: ", e.what()));
   }
   DG_CHECK(c.epochs >= 1 && c.batch >= 1 && c.lr > 0, "run config: epochs, batch and lr must be positive");
   DG_CHECK(c.device == "cpu" || c.device == "cuda", "run config: device must be cpu or cuda, got '", c.device, "'");
+  parse_precision(c.precision, "run config: key 'precision'");
   return c;
 }
 
@@ -205,6 +208,7 @@ TrainResult Trainer::fit(bool resume) {
   const auto t0 = std::chrono::steady_clock::now();
   g_stop = false;
   loader.start(epoch0, step0);
+  AutocastGuard autocast(parse_precision(cfg_.precision, "run config: key 'precision'"));  // f32: off
   for (int64_t epoch = epoch0; epoch < cfg_.epochs; ++epoch) {
     model_->train();
     double loss_sum = 0;

@@ -31,6 +31,9 @@ struct RunConfig {
   int64_t log_every = 10;  // plain-text progress lines when stdout is not a terminal
   bool quiet = false;
   bool recompute_mlp = false;  // redo fc1 in backward instead of keeping its output (less memory)
+  // "f32", or "bf16": mixed precision (autograd/autocast.h) for forward, backward and evaluation;
+  // weights, deltas, gradients and optimizer state stay f32
+  std::string precision = "f32";
 };
 
 RunConfig run_config_from_json(const nlohmann::json& j);

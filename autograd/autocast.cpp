@@ -29,6 +29,7 @@ namespace {
 // source's weak pointer tells a reused address from the tensor that was cached.
 struct Entry {
   std::weak_ptr<TensorImpl> src;
+  const Storage* storage;  // move_to_ swaps an impl's storage: a copy of the old one is stale
   uint64_t version;
   std::weak_ptr<TensorImpl> low;
 };
@@ -52,12 +53,12 @@ Tensor to_lowp(const Tensor& t) {
   auto it = g_cache.map.find(t.impl());
   if (it != g_cache.map.end()) {
     Entry& e = it->second;
-    if (e.src.lock() == t.impl_ptr() && e.version == t.version())
+    if (e.src.lock() == t.impl_ptr() && e.storage == t.impl()->storage.get() && e.version == t.version())
       if (auto low = e.low.lock()) return Tensor(low);
   }
   Tensor low = Tensor::empty(t.shape(), DType::BF16, t.device());
   backend_of(t).copy(t, low);
-  g_cache.map[t.impl()] = Entry{t.impl_ptr(), t.version(), low.impl_ptr()};
+  g_cache.map[t.impl()] = Entry{t.impl_ptr(), t.impl()->storage.get(), t.version(), low.impl_ptr()};
   if (g_cache.map.size() >= g_cache.sweep_at) g_cache.sweep();
   return low;
 }

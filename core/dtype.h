@@ -56,9 +56,9 @@ inline float bf16_to_f32(uint16_t h) {
 inline uint16_t f32_to_bf16(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // NaN stays NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;  // NaN stays NaN (quiet)
+  return uint16_t(nan ? (u >> 16) | 0x40u : rounded);  // a select, not a branch: loops vectorise
 }
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);

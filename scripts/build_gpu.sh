@@ -13,11 +13,13 @@ lib_src=$(ls core/*.cpp core/cpu/*.cpp autograd/*.cpp autograd/ops/*.cpp nn/*.cp
 compile() { $CXX -DDG_SOURCE_DIR=\"$PWD\" -DDG_BUILD_DIR=\"$PWD/$OUT\" -c "$1" -o "$OUT/obj/$(echo "$1" | tr / _).o"; }
 export -f compile; export CXX OUT
 printf '%s\n' $lib_src tests/*.cpp tools/*.cpp examples/*.cpp bench/bench_step.cpp | xargs -P "$(nproc)" -I{} bash -c 'compile {}'
+pids=()
 for f in cuda/*.cu; do
   /usr/local/cuda/bin/nvcc -c "$f" -o "$OUT/obj/$(echo "$f" | tr / _).o" -std=c++20 -O3 -I. -Xcompiler -fopenmp \
     -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90 -DDG_WITH_CUDA=1 &
+  pids+=($!)
 done
-wait
+for p in "${pids[@]}"; do wait "$p"; done  # a plain `wait` would hide an nvcc failure
 libobjs=$(for f in $lib_src cuda/*.cu; do echo "$OUT/obj/$(echo "$f" | tr / _).o"; done)
 LINK="-L/usr/local/cuda/lib64 -lcudart -lcublas $ZLIB -fopenmp -Wl,-rpath,/usr/local/cuda/lib64"
 g++ -o $OUT/tests/deltagrad_tests $OUT/obj/tests_*.o $libobjs $LINK

@@ -44,6 +44,13 @@ TEST_CASE("autocast: f32 <-> bf16 copies round to nearest even, strided and broa
   CHECK(back[2] == 1.0);
   CHECK(back[3] == 1.015625);
   CHECK(back[4] == 3.140625);
+  // NaN stays a (quiet) NaN, infinities stay, the largest f32 rounds up to infinity as RNE says
+  Tensor special = Tensor::from_vector(std::vector<float>{NAN, -INFINITY, INFINITY, 3.4028235e38f}, {4});
+  std::vector<double> sp = special.to(DType::BF16).to_vector();
+  CHECK(std::isnan(sp[0]));
+  CHECK(sp[1] == -INFINITY);
+  CHECK(sp[2] == INFINITY);
+  CHECK(sp[3] == INFINITY);
   // a transposed and a broadcast source go through the strided path
   Tensor m = rnd({5, 7}, 1);
   Tensor mt = view::transpose(m, 0, 1);

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Everything a session with a lent GPU should run, in two steps that each fit one device call
+# (10 min): prepare with `bash scripts/gpu_prepare.sh` here, then on the device
+#   bash scripts/gpu_check.sh tests   # build (sm_90), the CUDA tests, the fused attention kernel
+#   bash scripts/gpu_check.sh bench   # GPU benchmark vs PyTorch: f32, TF32, bf16 mixed precision
+# Output is printed and copied to $OUT (the device tool's return folder) when it is set.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+what=${1:?tests or bench}
+OUTDIR=${OUT:-bench/results}
+mkdir -p "$OUTDIR"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
+[ -x build-gpu/tests/deltagrad_tests ] || bash scripts/build_gpu.sh 2>&1 | tail -5
+case $what in
+  tests)
+    # every CUDA case, then the opt-in fused attention kernel against the CPU kernel and in a step
+    ./build-gpu/tests/deltagrad_tests -tc='cuda*' 2>&1 | tee "$OUTDIR/gpu_tests.txt" | grep -E 'ERROR|MESSAGE|skipped|tests:|Status' | head -80
+    DG_CUDA_FUSED_ATTENTION=1 ./build-gpu/tests/deltagrad_tests -tc='cuda*' 2>&1 |
+      tee "$OUTDIR/gpu_tests_fused_attention.txt" | grep -E 'ERROR|skipped|tests:|Status' | head -40
+    ;;
+  bench)
+    for extra in "" "--tf32" "--precision bf16"; do
+      echo "## GPU step, batch 64 ${extra:-(f32)}"
+      bash bench/gpu_bench.sh build-gpu/bench/bench_step $extra 2>&1 | tee -a "$OUTDIR/gpu_bench.md"
+    done
+    ;;
+  *) echo "gpu_check.sh: expected 'tests' or 'bench', got '$what'" >&2; exit 2 ;;
+esac

@@ -6,163 +6,19 @@
 // pass) with its HD-vectors in registers; the block stages TILE rows of the other side in
 // shared memory, which every thread then reads at the same address (a broadcast).
 // Plain FP32/FP64 FMA code (no tensor cores): the point is the memory it does not use.
-// Status: compiled in CI; enabled only with DG_CUDA_FUSED_ATTENTION=1 until it has run on
-// a GPU (tests/test_cuda.cpp compares it with the CPU kernel when a GPU is present).
+// The kernels are in cuda/attention_kernels.cuh. Status: compiled in CI and run on the host under
+// a CUDA thread-model emulation against the CPU kernel (tests/test_cuda_attention_host.cpp);
+// enabled only with DG_CUDA_FUSED_ATTENTION=1 until it has run on a GPU (tests/test_cuda.cpp
+// compares it with the CPU kernel when a GPU is present).
 #include <cstdlib>
 #include <cstring>
 
+#include "cuda/attention_kernels.cuh"
 #include "cuda/cuda_backend.h"
 
 namespace dg::cuda {
 
-namespace {
-constexpr int TILE = 32;
-
-template <class T, int HD>
-__device__ __forceinline__ T dot(const T* a, const T* b) {
-  T s = 0;
-#pragma unroll
-  for (int d = 0; d < HD; ++d) s += a[d] * b[d];
-  return s;
-}
-
-// Stage rows [j0, j0 + TILE) of the column block `col` (q: 0, k: D, v: 2D) into sh; zeros past N.
-template <class T, int HD>
-__device__ __forceinline__ void stage(T (*sh)[HD], const T* base, long long rs, int col, int j0, int N) {
-  for (int e = threadIdx.x; e < TILE * HD; e += blockDim.x) {
-    const int r = e / HD, d = e % HD, j = j0 + r;
-    sh[r][d] = j < N ? base[j * rs + col + d] : T(0);
-  }
-}
-}  // namespace
-
-// grid (ceil(N / TILE), B * H), TILE threads: one query row each.
-template <class T, int HD>
-__global__ void attn_fwd_kernel(const T* qkv, T* out, T* lse, int N, int H, T scale) {
-  __shared__ T ks[TILE][HD], vs[TILE][HD];
-  const int p = blockIdx.y, b = p / H, h = p % H, D = H * HD, i = blockIdx.x * TILE + threadIdx.x;
-  const long long rs = 3LL * D;
-  const T* base = qkv + (long long)b * N * rs + h * HD;
-  const bool valid = i < N;
-  T q[HD], o[HD];
-#pragma unroll
-  for (int d = 0; d < HD; ++d) q[d] = valid ? base[i * rs + d] * scale : T(0), o[d] = 0;
-  T m = T(-INFINITY), l = 0;
-  for (int j0 = 0; j0 < N; j0 += TILE) {
-    stage<T, HD>(ks, base, rs, D, j0, N);
-    stage<T, HD>(vs, base, rs, 2 * D, j0, N);
-    __syncthreads();
-    T s[TILE], tm = m;
-#pragma unroll
-    for (int r = 0; r < TILE; ++r) {
-      s[r] = j0 + r < N ? dot<T, HD>(q, ks[r]) : T(-INFINITY);
-      tm = s[r] > tm ? s[r] : tm;
-    }
-    const T corr = exp(m - tm);  // rescale what the earlier tiles summed (0 on the first tile)
-    l *= corr;
-#pragma unroll
-    for (int d = 0; d < HD; ++d) o[d] *= corr;
-#pragma unroll
-    for (int r = 0; r < TILE; ++r) {
-      const T pr = exp(s[r] - tm);
-      l += pr;
-#pragma unroll
-      for (int d = 0; d < HD; ++d) o[d] += pr * vs[r][d];
-    }
-    m = tm;
-    __syncthreads();
-  }
-  if (!valid) return;
-  T* orow = out + ((long long)b * N + i) * D + h * HD;
-#pragma unroll
-  for (int d = 0; d < HD; ++d) orow[d] = o[d] / l;
-  lse[(long long)p * N + i] = m + log(l);
-}
-
-// dq, and Drow[i] = sum_j P_ij dP_ij (= rowsum(do * o)) for the dk/dv pass.
-// grid (ceil(N / TILE), B * H), TILE threads: one query row each; two sweeps over the keys.
-template <class T, int HD>
-__global__ void attn_bwd_dq_kernel(const T* qkv, const T* lse, const T* gout, T* gqkv, T* Drow, int N, int H,
-                                   T scale) {
-  __shared__ T ks[TILE][HD], vs[TILE][HD];
-  const int p = blockIdx.y, b = p / H, h = p % H, D = H * HD, i = blockIdx.x * TILE + threadIdx.x;
-  const long long rs = 3LL * D;
-  const T* base = qkv + (long long)b * N * rs + h * HD;
-  const bool valid = i < N;
-  T q[HD], go[HD], dq[HD];
-  const T* grow = gout + ((long long)b * N + (valid ? i : 0)) * D + h * HD;
-#pragma unroll
-  for (int d = 0; d < HD; ++d) q[d] = valid ? base[i * rs + d] : T(0), go[d] = valid ? grow[d] : T(0), dq[d] = 0;
-  const T li = valid ? lse[(long long)p * N + i] : T(0);
-  T Di = 0;
-  for (int sweep = 0; sweep < 2; ++sweep) {
-    for (int j0 = 0; j0 < N; j0 += TILE) {
-      stage<T, HD>(ks, base, rs, D, j0, N);
-      stage<T, HD>(vs, base, rs, 2 * D, j0, N);
-      __syncthreads();
-      for (int r = 0; r < TILE && j0 + r < N; ++r) {
-        const T P = exp(scale * dot<T, HD>(q, ks[r]) - li), dP = dot<T, HD>(go, vs[r]);
-        if (sweep == 0) {
-          Di += P * dP;
-        } else {
-          const T dS = P * (dP - Di) * scale;
-#pragma unroll
-          for (int d = 0; d < HD; ++d) dq[d] += dS * ks[r][d];
-        }
-      }
-      __syncthreads();
-    }
-  }
-  if (!valid) return;
-  T* gq = gqkv + ((long long)b * N + i) * rs + h * HD;
-#pragma unroll
-  for (int d = 0; d < HD; ++d) gq[d] = dq[d];
-  Drow[(long long)p * N + i] = Di;
-}
-
-// dk, dv. grid (ceil(N / TILE), B * H), TILE threads: one key row each; one sweep over the queries.
-template <class T, int HD>
-__global__ void attn_bwd_dkv_kernel(const T* qkv, const T* lse, const T* gout, const T* Drow, T* gqkv, int N, int H,
-                                    T scale) {
-  __shared__ T qs[TILE][HD], gos[TILE][HD];
-  __shared__ T ls[TILE], Ds[TILE];
-  const int p = blockIdx.y, b = p / H, h = p % H, D = H * HD, j = blockIdx.x * TILE + threadIdx.x;
-  const long long rs = 3LL * D;
-  const T* base = qkv + (long long)b * N * rs + h * HD;
-  const T* gbase = gout + (long long)b * N * D + h * HD;
-  const bool valid = j < N;
-  T k[HD], v[HD], dk[HD], dv[HD];
-#pragma unroll
-  for (int d = 0; d < HD; ++d) {
-    k[d] = valid ? base[j * rs + D + d] : T(0);
-    v[d] = valid ? base[j * rs + 2 * D + d] : T(0);
-    dk[d] = 0, dv[d] = 0;
-  }
-  for (int i0 = 0; i0 < N; i0 += TILE) {
-    stage<T, HD>(qs, base, rs, 0, i0, N);
-    for (int e = threadIdx.x; e < TILE * HD; e += blockDim.x) {
-      const int r = e / HD, d = e % HD, i = i0 + r;
-      gos[r][d] = i < N ? gbase[(long long)i * D + d] : T(0);
-    }
-    if (threadIdx.x < TILE) {
-      const int i = i0 + threadIdx.x;
-      ls[threadIdx.x] = i < N ? lse[(long long)p * N + i] : T(0);
-      Ds[threadIdx.x] = i < N ? Drow[(long long)p * N + i] : T(0);
-    }
-    __syncthreads();
-    for (int r = 0; r < TILE && i0 + r < N; ++r) {
-      const T P = exp(scale * dot<T, HD>(qs[r], k) - ls[r]), dP = dot<T, HD>(gos[r], v);
-      const T dS = P * (dP - Ds[r]) * scale;
-#pragma unroll
-      for (int d = 0; d < HD; ++d) dv[d] += P * gos[r][d], dk[d] += dS * qs[r][d];
-    }
-    __syncthreads();
-  }
-  if (!valid) return;
-  T* g = gqkv + ((long long)b * N + j) * rs + h * HD;
-#pragma unroll
-  for (int d = 0; d < HD; ++d) g[D + d] = dk[d], g[2 * D + d] = dv[d];
-}
+using namespace attn;
 
 bool CudaBackend::fused_attention_supported(const Tensor& qkv, int64_t heads) const {
   const char* on = std::getenv("DG_CUDA_FUSED_ATTENTION");

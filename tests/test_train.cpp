@@ -100,34 +100,43 @@ TEST_CASE("train: precision bf16 trains as f32 does, within bf16's error; a bad 
   CHECK_THROWS_WITH(train::run_config_from_json(bad), doctest::Contains("key 'precision': precision 'f16'"));
 }
 
-TEST_CASE("train: --resume reproduces the losses of an uninterrupted run, step for step") {
-  fs::path folder = make_folder(), base = tmpdir("resume");
-  auto load = [&](const train::RunConfig& rc) { return train::load_data(rc.data, nn::load_vit_config(rc.model_config), rc.seed); };
-  train::RunConfig full = small_run(folder, base / "full");
-  auto [tr, va] = load(full);
-  std::vector<double> want;
-  {
-    train::Trainer t(full, tr, va);
-    want = t.fit().step_losses;
+TEST_CASE("train: --resume reproduces the losses of an uninterrupted run, step for step (f32 and bf16)") {
+  fs::path folder = make_folder();
+  for (const char* precision : {"f32", "bf16"}) {
+    INFO(precision);
+    fs::path base = tmpdir(std::string("resume_") + precision);
+    auto load = [&](const train::RunConfig& rc) { return train::load_data(rc.data, nn::load_vit_config(rc.model_config), rc.seed); };
+    auto run_config = [&](const fs::path& out) {
+      train::RunConfig rc = small_run(folder, out);
+      rc.precision = precision;
+      return rc;
+    };
+    train::RunConfig full = run_config(base / "full");
+    auto [tr, va] = load(full);
+    std::vector<double> want;
+    {
+      train::Trainer t(full, tr, va);
+      want = t.fit().step_losses;
+    }
+    // the same run, stopped after 2 of 4 epochs (a checkpoint per epoch), then resumed
+    train::RunConfig first = run_config(base / "split");
+    first.max_steps = 7;  // stops mid-epoch, as Ctrl-C would
+    std::vector<double> got;
+    {
+      train::Trainer t(first, tr, va);
+      train::TrainResult r = t.fit();
+      CHECK(r.interrupted);
+      got = r.step_losses;
+    }
+    train::RunConfig second = run_config(base / "split");
+    {
+      train::Trainer t(second, tr, va);
+      std::vector<double> rest = t.fit(true).step_losses;
+      got.insert(got.end(), rest.begin(), rest.end());
+    }
+    REQUIRE(got.size() == want.size());
+    for (size_t i = 0; i < want.size(); ++i) CHECK(got[i] == want[i]);  // bit-identical
   }
-  // the same run, stopped after 2 of 4 epochs (a checkpoint per epoch), then resumed
-  train::RunConfig first = small_run(folder, base / "split");
-  first.max_steps = 7;  // stops mid-epoch, as Ctrl-C would
-  std::vector<double> got;
-  {
-    train::Trainer t(first, tr, va);
-    train::TrainResult r = t.fit();
-    CHECK(r.interrupted);
-    got = r.step_losses;
-  }
-  train::RunConfig second = small_run(folder, base / "split");
-  {
-    train::Trainer t(second, tr, va);
-    std::vector<double> rest = t.fit(true).step_losses;
-    got.insert(got.end(), rest.begin(), rest.end());
-  }
-  REQUIRE(got.size() == want.size());
-  for (size_t i = 0; i < want.size(); ++i) CHECK(got[i] == want[i]);  // bit-identical
 }
 
 TEST_CASE("train: a NaN loss stops training with the step, keeping the last good checkpoint") {

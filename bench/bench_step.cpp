@@ -130,7 +130,7 @@ int main(int argc, char** argv) {
     const double flops = step_flops(c, B, method), rss_peak = proc_status_mb("VmHWM:");
     json out = {{"impl", "deltagrad"}, {"model", model}, {"method", method}, {"batch", B},
                 {"device", dev == Device::CUDA ? cuda::device_name() : "cpu"}, {"threads", threads},
-                {"cpu_gemm", cpu::gemm_library()}, {"tf32", a.has("tf32")}, {"precision", precision},
+                {"cpu_gemm", cpu::gemm_library()}, {"tf32", a.has("tf32")}, {"precision", precision}, {"lt_epilogue", cuda::lt_epilogue()},
                 {"recompute", a.has("recompute")}, {"ms_median", med}, {"ms_min", ms.front()}, {"ms_max", ms.back()}, {"img_per_s", 1000.0 * double(B) / med},
                 {"peak_mb", dev == Device::CUDA ? double(cuda::peak_bytes()) / 1048576.0 : rss_peak - rss_base},
                 {"rss_base_mb", rss_base}, {"rss_peak_mb", rss_peak},

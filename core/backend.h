@@ -71,6 +71,13 @@ struct Backend {
     double alpha = 1, beta = 0;
   };
   virtual void gemm(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& C) = 0;
+  // Optional: C = alpha * op(A) @ op(B) + bias, bias [N] (f32, contiguous) added to every row, in
+  // the GEMM's epilogue (batch 1; g.beta is not used). Returns false where the backend has no such
+  // path or not for these operands; the caller then writes the bias into C and runs gemm() with
+  // beta = 1, which is what it costs without the epilogue.
+  virtual bool gemm_bias(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& bias, const Tensor& C) {
+    return false;
+  }
 
   // rows of length n: out = softmax(x) or log_softmax(x)
   virtual void softmax(const Tensor& x, int64_t rows, int64_t n, bool log, const Tensor& out) = 0;

@@ -9,6 +9,12 @@
 #include <cmath>
 #endif
 
+#ifdef __CUDACC__
+#define DG_UNROLL _Pragma("unroll")
+#else
+#define DG_UNROLL  // g++ (the host emulation) has no #pragma unroll
+#endif
+
 namespace dg::cuda::attn {
 
 #ifndef __CUDACC__
@@ -21,7 +27,7 @@ constexpr int TILE = 32;
 template <class T, int HD>
 __device__ __forceinline__ T dot(const T* a, const T* b) {
   T s = 0;
-#pragma unroll
+DG_UNROLL
   for (int d = 0; d < HD; ++d) s += a[d] * b[d];
   return s;
 }
@@ -44,7 +50,7 @@ __global__ void attn_fwd_kernel(const T* qkv, T* out, T* lse, int N, int H, T sc
   const T* base = qkv + (long long)b * N * rs + h * HD;
   const bool valid = i < N;
   T q[HD], o[HD];
-#pragma unroll
+DG_UNROLL
   for (int d = 0; d < HD; ++d) q[d] = valid ? base[i * rs + d] * scale : T(0), o[d] = 0;
   T m = T(-INFINITY), l = 0;
   for (int j0 = 0; j0 < N; j0 += TILE) {
@@ -52,20 +58,20 @@ __global__ void attn_fwd_kernel(const T* qkv, T* out, T* lse, int N, int H, T sc
     stage<T, HD>(vs, base, rs, 2 * D, j0, N);
     __syncthreads();
     T s[TILE], tm = m;
-#pragma unroll
+DG_UNROLL
     for (int r = 0; r < TILE; ++r) {
       s[r] = j0 + r < N ? dot<T, HD>(q, ks[r]) : T(-INFINITY);
       tm = s[r] > tm ? s[r] : tm;
     }
     const T corr = exp(m - tm);  // rescale what the earlier tiles summed (0 on the first tile)
     l *= corr;
-#pragma unroll
+DG_UNROLL
     for (int d = 0; d < HD; ++d) o[d] *= corr;
-#pragma unroll
+DG_UNROLL
     for (int r = 0; r < TILE; ++r) {
       const T pr = exp(s[r] - tm);
       l += pr;
-#pragma unroll
+DG_UNROLL
       for (int d = 0; d < HD; ++d) o[d] += pr * vs[r][d];
     }
     m = tm;
@@ -73,7 +79,7 @@ __global__ void attn_fwd_kernel(const T* qkv, T* out, T* lse, int N, int H, T sc
   }
   if (!valid) return;
   T* orow = out + ((long long)b * N + i) * D + h * HD;
-#pragma unroll
+DG_UNROLL
   for (int d = 0; d < HD; ++d) orow[d] = o[d] / l;
   lse[(long long)p * N + i] = m + log(l);
 }
@@ -90,7 +96,7 @@ __global__ void attn_bwd_dq_kernel(const T* qkv, const T* lse, const T* gout, T*
   const bool valid = i < N;
   T q[HD], go[HD], dq[HD];
   const T* grow = gout + ((long long)b * N + (valid ? i : 0)) * D + h * HD;
-#pragma unroll
+DG_UNROLL
   for (int d = 0; d < HD; ++d) q[d] = valid ? base[i * rs + d] : T(0), go[d] = valid ? grow[d] : T(0), dq[d] = 0;
   const T li = valid ? lse[(long long)p * N + i] : T(0);
   T Di = 0;
@@ -105,7 +111,7 @@ __global__ void attn_bwd_dq_kernel(const T* qkv, const T* lse, const T* gout, T*
           Di += P * dP;
         } else {
           const T dS = P * (dP - Di) * scale;
-#pragma unroll
+DG_UNROLL
           for (int d = 0; d < HD; ++d) dq[d] += dS * ks[r][d];
         }
       }
@@ -114,7 +120,7 @@ __global__ void attn_bwd_dq_kernel(const T* qkv, const T* lse, const T* gout, T*
   }
   if (!valid) return;
   T* gq = gqkv + ((long long)b * N + i) * rs + h * HD;
-#pragma unroll
+DG_UNROLL
   for (int d = 0; d < HD; ++d) gq[d] = dq[d];
   Drow[(long long)p * N + i] = Di;
 }
@@ -131,7 +137,7 @@ __global__ void attn_bwd_dkv_kernel(const T* qkv, const T* lse, const T* gout, c
   const T* gbase = gout + (long long)b * N * D + h * HD;
   const bool valid = j < N;
   T k[HD], v[HD], dk[HD], dv[HD];
-#pragma unroll
+DG_UNROLL
   for (int d = 0; d < HD; ++d) {
     k[d] = valid ? base[j * rs + D + d] : T(0);
     v[d] = valid ? base[j * rs + 2 * D + d] : T(0);
@@ -152,14 +158,14 @@ __global__ void attn_bwd_dkv_kernel(const T* qkv, const T* lse, const T* gout, c
     for (int r = 0; r < TILE && i0 + r < N; ++r) {
       const T P = exp(scale * dot<T, HD>(qs[r], k) - ls[r]), dP = dot<T, HD>(gos[r], v);
       const T dS = P * (dP - Ds[r]) * scale;
-#pragma unroll
+DG_UNROLL
       for (int d = 0; d < HD; ++d) dv[d] += P * gos[r][d], dk[d] += dS * qs[r][d];
     }
     __syncthreads();
   }
   if (!valid) return;
   T* g = gqkv + ((long long)b * N + j) * rs + h * HD;
-#pragma unroll
+DG_UNROLL
   for (int d = 0; d < HD; ++d) g[D + d] = dk[d], g[2 * D + d] = dv[d];
 }
 

@@ -63,6 +63,8 @@ struct CudaBackend final : Backend {
   void reduce(ReduceOp op, const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Tensor& out) override;
   void argmax(const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Tensor& out) override;
   void gemm(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& C) override;
+  // cuda_gemm_lt.cu: cuBLASLt's bias epilogue (opt-in, cuda::set_lt_epilogue)
+  bool gemm_bias(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& bias, const Tensor& C) override;
   // cuda_attention.cu (opt-in with DG_CUDA_FUSED_ATTENTION=1 until it has run on a GPU)
   bool fused_attention_supported(const Tensor& qkv, int64_t heads) const override;
   void attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse) override;

@@ -21,7 +21,7 @@ for f in cuda/*.cu; do
 done
 for p in "${pids[@]}"; do wait "$p"; done  # a plain `wait` would hide an nvcc failure
 libobjs=$(for f in $lib_src cuda/*.cu; do echo "$OUT/obj/$(echo "$f" | tr / _).o"; done)
-LINK="-L/usr/local/cuda/lib64 -lcudart -lcublas $ZLIB -fopenmp -Wl,-rpath,/usr/local/cuda/lib64"
+LINK="-L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt $ZLIB -fopenmp -Wl,-rpath,/usr/local/cuda/lib64"
 g++ -o $OUT/tests/deltagrad_tests $OUT/obj/tests_*.o $libobjs $LINK
 g++ -o $OUT/tools/deltagrad $OUT/obj/tools_*.o $libobjs $LINK
 for e in train_mlp lora_timm custom_data switch_deltas; do g++ -o $OUT/examples/$e $OUT/obj/examples_$e.cpp.o $libobjs $LINK; done

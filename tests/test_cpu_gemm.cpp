@@ -119,7 +119,7 @@ TEST_CASE("cpu gemm: the fused attention kernel gives the same result under both
   const int64_t B = 2, N = 13, H = 3, hd = 8;
   Tensor qkv = randn({B, N, 3 * H * hd}, DType::F32, 7), gout = randn({B, N, H * hd}, DType::F32, 8);
   std::vector<std::vector<double>> outs, grads;
-  for (const std::string& lib : {"eigen", "openblas"}) {
+  for (const char* lib : {"eigen", "openblas"}) {
     cpu::set_gemm_library(lib);
     Tensor out = Tensor::empty({B, N, H * hd}), lse = Tensor::empty({B, H, N}), g = Tensor::empty(qkv.shape());
     Backend& be = backend(Device::CPU);

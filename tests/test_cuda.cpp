@@ -468,6 +468,49 @@ TEST_CASE("cuda backend: gemm, every transpose, padded leading dims, batch strid
   MESSAGE("gemm 64x64x512 error vs CPU: tf32 ", e_tf32, ", f32 ", e_f32);
 }
 
+TEST_CASE("cuda backend: the cuBLASLt bias epilogue (opt-in) matches the unfused path, f32 and bf16") {
+  if (!gpu()) return;
+  struct Restore {
+    bool was = cuda::lt_epilogue();
+    ~Restore() { cuda::set_lt_epilogue(was); }
+  } restore;
+  const int64_t M = 37, N = 29, K = 53;
+  int ran = 0, cases = 0;
+  for (bool bf16 : {false, true})
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb)
+        for (int64_t offset : {0, 1}) {  // offset 1: A's pointer 4 (f32) or 2 (bf16) bytes off alignment
+          INFO("bf16 ", bf16, " ta ", ta, " tb ", tb, " offset ", offset);
+          Backend::Gemm g = gemm_case(ta, tb, false, M, N, K, 1);
+          g.beta = 0;
+          const DType in = bf16 ? DType::BF16 : DType::F32;
+          Tensor Ah = R({offset + a_elems(g)}, DType::F32, 740).to(in), Bh = R({b_elems(g)}, DType::F32, 741).to(in);
+          Tensor bias = R({N}, DType::F32, 742);
+          Tensor A = view::slice(D(Ah), 0, offset, offset + a_elems(g)), Bm = D(Bh);
+          // the unfused path, as linear() runs it without the epilogue
+          Tensor want = D(view::expand(bias, {M, N}).contiguous());
+          Backend::Gemm g1 = g;
+          g1.beta = 1;
+          G().gemm(g1, A, Bm, want);
+          cuda::set_lt_epilogue(false);
+          Tensor C = Tensor::empty({M, N}, DType::F32, Device::CUDA);
+          CHECK_FALSE(G().gemm_bias(g, A, Bm, D(bias), C));  // off: the caller's path
+          cuda::set_lt_epilogue(true);
+          ++cases;
+          if (G().gemm_bias(g, A, Bm, D(bias), C)) {
+            ++ran;
+            close("gemm_bias", DType::F32, C, want.to(Device::CPU), 1e-5, 0);
+          }
+        }
+  MESSAGE("cuBLASLt bias epilogue ran for ", ran, " of ", cases, " operand layouts (the rest fell back)");
+  CHECK(ran > 0);
+  // a whole LoRA step with the epilogue on still matches the CPU step
+  cuda::set_lt_epilogue(true);
+  LoraRun c = lora_steps(Device::CPU, DType::F32), gl = lora_steps(Device::CUDA, DType::F32);
+  for (size_t s = 0; s < 3; ++s) CHECK(gl.losses[s] == doctest::Approx(c.losses[s]).epsilon(1e-5));
+  same_tensors(gl, c, 1e-4);
+}
+
 TEST_CASE("cuda backend: bf16 copies round as the CPU's; the bf16 GEMM (f32 result) matches the CPU's") {
   if (!gpu()) return;
   // f32 -> bf16 on the device: bit for bit the CPU's rounding, contiguous and transposed sources

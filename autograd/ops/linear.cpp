@@ -38,11 +38,15 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
   g.lda = in;
   g.ldb = in;
   g.ldc = out_f;
-  if (b.defined()) {  // C = broadcast bias, then GEMM accumulates onto it
-    be.copy(view::expand(b, {rows, out_f}), view::reshape(y, {rows, out_f}));
-    g.beta = 1;
+  // the bias in the GEMM's epilogue where the backend has one (cuBLASLt, opt-in), else
+  // C = broadcast bias and the GEMM accumulates onto it
+  if (!b.defined() || !be.gemm_bias(g, xc, Wc, b.contiguous(), y)) {
+    if (b.defined()) {
+      be.copy(view::expand(b, {rows, out_f}), view::reshape(y, {rows, out_f}));
+      g.beta = 1;
+    }
+    be.gemm(g, xc, Wc, y);
   }
-  be.gemm(g, xc, Wc, y);
   if (Record* r = tape().record(kLinear, {x, W, b}, y)) {
     // under autocast both are the bf16 operands the GEMM read (one buffer with any other save of them)
     if (r->needs_grad(1)) r->save("x", lowp ? xc : x);

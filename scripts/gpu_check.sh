@@ -14,10 +14,15 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || 
 [ -x build-gpu/tests/deltagrad_tests ] || bash scripts/build_gpu.sh 2>&1 | tail -5
 case $what in
   tests)
-    # every CUDA case, then the opt-in fused attention kernel against the CPU kernel and in a step
-    ./build-gpu/tests/deltagrad_tests -tc='cuda*' 2>&1 | tee "$OUTDIR/gpu_tests.txt" | grep -E 'ERROR|MESSAGE|skipped|tests:|Status' | head -80
-    DG_CUDA_FUSED_ATTENTION=1 ./build-gpu/tests/deltagrad_tests -tc='cuda*' 2>&1 |
+    # every CUDA case but the opt-in paths first, so that a crash in one of those (they have not
+    # run on a GPU yet) cannot hide the others; then the fused attention kernel and the cuBLASLt
+    # bias epilogue, each in a run of its own
+    ./build-gpu/tests/deltagrad_tests -tc='cuda*' -tce='*cuBLASLt*' 2>&1 | tee "$OUTDIR/gpu_tests.txt" |
+      grep -E 'ERROR|MESSAGE|skipped|tests:|Status' | head -80
+    DG_CUDA_FUSED_ATTENTION=1 ./build-gpu/tests/deltagrad_tests -tc='cuda*' -tce='*cuBLASLt*' 2>&1 |
       tee "$OUTDIR/gpu_tests_fused_attention.txt" | grep -E 'ERROR|skipped|tests:|Status' | head -40
+    ./build-gpu/tests/deltagrad_tests -tc='*cuBLASLt*' 2>&1 | tee "$OUTDIR/gpu_tests_lt_epilogue.txt" |
+      grep -E 'ERROR|MESSAGE|tests:|Status' | head -40
     ;;
   bench)  # the two that matter most: f32 and bf16 mixed precision (about 8 minutes)
     for extra in "" "--precision bf16"; do

@@ -32,23 +32,22 @@ void Record::save_activation(std::string what, const Tensor& t) {
   saved.push_back({std::move(what), low, low.version(), t.dtype()});
 }
 
-const Tensor& Record::saved_stored(const std::string& what) const {
+const SavedTensor& Record::find_saved(const std::string& what) const {
   for (const SavedTensor& s : saved) {
     if (s.what != what) continue;
     DG_CHECK(s.t.version() == s.version, "backward of '", op->name, "': saved tensor '", what, "' (",
              s.t.desc(), ") was modified in place after the forward pass (version ", s.version, " -> ",
              s.t.version(), "); clone it before writing, or write after backward");
-    return s.t;
+    return s;
   }
   throw Error(str("backward of '", op->name, "': nothing saved under '", what, "' (an op bug)"));
 }
 
+const Tensor& Record::saved_stored(const std::string& what) const { return find_saved(what).t; }
+
 Tensor Record::saved_tensor(const std::string& what) const {
-  const Tensor& t = saved_stored(what);
-  if (!t.defined() || t.dtype() != DType::BF16) return t;
-  for (const SavedTensor& s : saved)
-    if (s.what == what && s.dtype != DType::BF16) return t.to(s.dtype);
-  return t;
+  const SavedTensor& s = find_saved(what);
+  return s.t.defined() && s.t.dtype() != s.dtype ? s.t.to(s.dtype) : s.t;  // widen a bf16-kept activation
 }
 
 size_t Record::saved_bytes() const {

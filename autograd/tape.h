@@ -51,6 +51,9 @@ struct Record {
   // As kept (bf16 under autocast): for GEMM operands, which are multiplied in bf16 anyway.
   const Tensor& saved_stored(const std::string& what) const;
   size_t saved_bytes() const;
+
+ private:
+  const SavedTensor& find_saved(const std::string& what) const;  // checks the version
 };
 
 class Tape {

@@ -13,18 +13,16 @@ void CudaBackend::gemm(const Gemm& g, const Tensor& A, const Tensor& B, const Te
   const cublasOperation_t opa = g.tb ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLAS's A is our B
   const cublasOperation_t opb = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
   const int m = int(g.N), n = int(g.M), k = int(g.K);
-  if (mixed) {  // bf16 tensor-core GEMM, f32 accumulation and result (autograd/autocast.h)
+  if (C.dtype() == DType::F32) {
+    // f32 operands (TF32 tensor cores if enabled), or bf16 operands on bf16 tensor cores
+    // (mixed precision, autograd/autocast.h); f32 accumulation and result either way
     const float alpha = float(g.alpha), beta = float(g.beta);
-    DG_CUBLAS(cublasGemmStridedBatchedEx(cublas(), opa, opb, m, n, k, &alpha, B.raw(), CUDA_R_16BF, int(g.ldb),
-                                         g.stride_b, A.raw(), CUDA_R_16BF, int(g.lda), g.stride_a, &beta, C.raw(),
-                                         CUDA_R_32F, int(g.ldc), g.stride_c, int(g.batch), CUBLAS_COMPUTE_32F,
-                                         CUBLAS_GEMM_DEFAULT));
-  } else if (C.dtype() == DType::F32) {
-    const float alpha = float(g.alpha), beta = float(g.beta);
-    DG_CUBLAS(cublasGemmStridedBatchedEx(
-        cublas(), opa, opb, m, n, k, &alpha, B.raw(), CUDA_R_32F, int(g.ldb), g.stride_b, A.raw(), CUDA_R_32F,
-        int(g.lda), g.stride_a, &beta, C.raw(), CUDA_R_32F, int(g.ldc), g.stride_c, int(g.batch),
-        tf32_enabled() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    const cudaDataType_t in = mixed ? CUDA_R_16BF : CUDA_R_32F;
+    const cublasComputeType_t compute =
+        !mixed && tf32_enabled() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    DG_CUBLAS(cublasGemmStridedBatchedEx(cublas(), opa, opb, m, n, k, &alpha, B.raw(), in, int(g.ldb), g.stride_b,
+                                         A.raw(), in, int(g.lda), g.stride_a, &beta, C.raw(), CUDA_R_32F,
+                                         int(g.ldc), g.stride_c, int(g.batch), compute, CUBLAS_GEMM_DEFAULT));
   } else if (C.dtype() == DType::F64) {
     const double alpha = g.alpha, beta = g.beta;
     DG_CUBLAS(cublasDgemmStridedBatched(cublas(), opa, opb, m, n, k, &alpha, static_cast<const double*>(B.raw()),

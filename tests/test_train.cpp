@@ -10,8 +10,7 @@
 #include "core/safetensors.h"
 #include "train/trainer.h"
 #include "tests/test_util.h"
-
-#include <stb_image_write.h>
+#include "tests/train_util.h"
 
 using namespace dg;
 using nlohmann::json;
@@ -19,38 +18,8 @@ namespace fs = std::filesystem;
 
 namespace {
 fs::path tmpdir(const std::string& name) { return test::fresh_dir("train", name); }
-// 3 classes of 12x12 grayscale images over a noisy background: horizontal stripes,
-// vertical stripes, or a checkerboard.
-fs::path make_folder() {
-  fs::path d = tmpdir("images");
-  for (int c = 0; c < 3; ++c) {
-    fs::create_directories(d / ("class" + std::to_string(c)));
-    for (int i = 0; i < 16; ++i) {
-      std::vector<unsigned char> px(144);
-      for (int p = 0; p < 144; ++p) px[size_t(p)] = (unsigned char)((p * 37 + i * 11) % 60);
-      for (int y = 0; y < 12; ++y)
-        for (int x = 0; x < 12; ++x) {
-          const bool on = c == 0 ? y % 2 == 0 : c == 1 ? x % 2 == 0 : (x + y) % 2 == 0;
-          if (on) px[size_t(y * 12 + x)] = 230;
-        }
-      stbi_write_png((d / ("class" + std::to_string(c)) / (std::to_string(i) + ".png")).string().c_str(), 12, 12, 1,
-                     px.data(), 12);
-    }
-  }
-  return d;
-}
-train::RunConfig small_run(const fs::path& folder, const fs::path& out) {
-  fs::path cfg = out.parent_path() / "model.json";
-  std::ofstream(cfg) << json{{"img_size", 12}, {"patch_size", 4}, {"in_chans", 1}, {"embed_dim", 16}, {"depth", 2},
-                             {"num_heads", 2}, {"num_classes", 3}, {"mean", {0.3}}, {"std", {0.3}},
-                             {"drop_path_rate", 0.1}}.dump();
-  train::RunConfig rc;
-  rc.model_config = cfg.string();
-  rc.peft = {{"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 2}, {"lora_dropout", 0.1}}}}, {"trainable", {"head.*"}}};
-  rc.data = folder.string() + ":val=0.25";
-  rc.epochs = 4, rc.batch = 8, rc.lr = 1e-2, rc.seed = 5, rc.out = out.string(), rc.quiet = true, rc.pad = 1;
-  return rc;
-}
+fs::path make_folder() { return test::make_stripes_folder(tmpdir("images")); }
+train::RunConfig small_run(const fs::path& folder, const fs::path& out) { return test::small_run(folder, out); }
 }  // namespace
 
 TEST_CASE("train: an image folder trains end to end and writes its run directory") {
@@ -176,11 +145,11 @@ TEST_CASE("train: a non-finite gradient is named with its tensor and step") {
     backward(add(sum(mul(w, cw)), sum(mul(b, cb))));
     return nn::NamedTensors{{"blocks.0.attn.qkv.lora.lora_A", w}, {"head.bias", b}};
   };
-  CHECK_NOTHROW(train::check_finite_gradients(grads_of(2.0f), 0, 3, "ck.safetensors"));
+  CHECK_NOTHROW(train::check_finite_gradients(grads_of(2.0f), 0, 3, "the last good checkpoint is ck.safetensors"));
   for (float bad : {std::nanf(""), INFINITY, -INFINITY}) {
     const nn::NamedTensors params = grads_of(bad);
     REQUIRE(params[0].second.grad().defined());
-    CHECK_THROWS_WITH_AS(train::check_finite_gradients(params, 2, 9, "ck.safetensors"),
+    CHECK_THROWS_WITH_AS(train::check_finite_gradients(params, 2, 9, "the last good checkpoint is ck.safetensors"),
                          doctest::Contains("the gradient of 'blocks.0.attn.qkv.lora.lora_A' is not finite at epoch 3 "
                                            "step 9 (the last good checkpoint is ck.safetensors)"),
                          Error);

@@ -49,6 +49,25 @@ std::unique_ptr<peft::PeftModel> attach_peft(nn::VisionTransformer& m, const Arg
 
 void on_sigint(int) { train::Trainer::request_stop(); }
 
+bool same_path(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  return std::filesystem::weakly_canonical(a, ec) == std::filesystem::weakly_canonical(b, ec);
+}
+
+std::string absolute_if_file(const std::string& p) {
+  std::error_code ec;
+  return std::filesystem::is_regular_file(p, ec) ? std::filesystem::absolute(p).lexically_normal().string() : p;
+}
+
+// SPEC's path part (before the first ':'), made absolute where it names something on disk.
+std::string absolute_data_path(const std::string& spec) {
+  const size_t colon = spec.find(':');
+  const std::string path = spec.substr(0, colon), rest = colon == std::string::npos ? "" : spec.substr(colon);
+  std::error_code ec;
+  if (path == "fashion-mnist" || !std::filesystem::exists(path, ec)) return spec;
+  return std::filesystem::absolute(path).lexically_normal().string() + rest;
+}
+
 }  // namespace
 
 bool wants_help(int argc, char** argv, const char* text) {
@@ -68,20 +87,35 @@ int cmd_train(int argc, char** argv) {
       "                [--recompute-mlp]   (redo each MLP's fc1 in backward: ~1/4 less memory, one more GEMM)\n"
       "                [--precision f32|bf16]  (bf16: mixed precision, bf16 GEMMs and saved activations)\n"
       "  SPEC: fashion-mnist[:classes=5-9][:n=1000]  or an ImageFolder path root/<class>/*.png[:val=0.1]\n"
+      "                [--checkpoint-every STEPS] [--checkpoint-minutes M]  (checkpoints inside an epoch too)\n"
       "  Every option is also a key of the run config JSON (saved as RUN_DIR/run_config.json).\n"
-      "  Ctrl-C stops after the current step with a checkpoint; --resume continues it exactly.\n";
+      "  RUN_DIR is locked while a run writes it: a second run on it is refused.\n"
+      "  Ctrl-C stops after the current step with a checkpoint; --resume RUN_DIR continues that run in place,\n"
+      "  exactly, after checking that base weights, model, PEFT config, data and batch are the same.\n";
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2,
                       {"model-config", "model", "peft", "data", "epochs", "batch", "lr", "weight-decay", "warmup", "seed",
-                       "device", "out", "config", "resume", "precision"},
+                       "device", "out", "config", "resume", "precision", "checkpoint-every", "checkpoint-minutes"},
                       {"quiet", "recompute-mlp"});
   json rc = json::object();
-  if (a.has("resume")) rc = read_json_file(a.get("resume") + "/run_config.json", "run config");
-  else if (a.has("config")) rc = read_json_file(a.get("config"), "run config");
-  if (a.has("model-config")) rc["model_config"] = a.get("model-config");
-  if (a.has("model")) rc["model"] = a.get("model");
+  if (a.has("resume")) {
+    // A run dir is resumed in place: whatever `out` its run config recorded (a copied or
+    // moved run dir records another), DIR is read and written.
+    const std::string dir = a.get("resume");
+    if (a.has("out") && !same_path(a.get("out"), dir))
+      throw UsageError(str("--resume continues '", dir, "' in place; --out '", a.get("out"), "' names another dir"));
+    if (a.has("config")) throw UsageError("--resume takes its run config from RUN_DIR/run_config.json; drop --config");
+    rc = read_json_file(dir + "/run_config.json", "run config");
+    DG_CHECK(rc.is_object(), "run config '", dir, "/run_config.json': expected a JSON object");
+    rc["out"] = dir;
+  } else if (a.has("config")) {
+    rc = read_json_file(a.get("config"), "run config");
+  }
+  // Paths given here are recorded absolute, so a run dir resumes from any working directory.
+  if (a.has("model-config")) rc["model_config"] = absolute_if_file(a.get("model-config"));
+  if (a.has("model")) rc["model"] = absolute_if_file(a.get("model"));
   if (a.has("peft")) rc["peft"] = read_json_file(a.get("peft"), "peft config");
-  if (a.has("data")) rc["data"] = a.get("data");
+  if (a.has("data")) rc["data"] = absolute_data_path(a.get("data"));
   if (a.has("epochs")) rc["epochs"] = int64_t(a.num("epochs", 1));
   if (a.has("batch")) rc["batch"] = int64_t(a.num("batch", 64));
   if (a.has("lr")) rc["lr"] = a.num("lr", 1e-3);
@@ -93,6 +127,8 @@ int cmd_train(int argc, char** argv) {
   if (a.has("quiet")) rc["quiet"] = true;
   if (a.has("recompute-mlp")) rc["recompute_mlp"] = true;
   if (a.has("precision")) rc["precision"] = a.get("precision");
+  if (a.has("checkpoint-every")) rc["checkpoint_every"] = int64_t(a.num("checkpoint-every", 0));
+  if (a.has("checkpoint-minutes")) rc["checkpoint_minutes"] = a.num("checkpoint-minutes", 0);
   if (!a.has("resume") && !a.has("config") && !a.has("data")) throw UsageError("missing required option --data");
   train::RunConfig cfg = train::run_config_from_json(rc);
   nn::ViTConfig mc = nn::load_vit_config(cfg.model_config);

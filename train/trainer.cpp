@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -30,7 +31,8 @@ json to_json(const RunConfig& c) {
           {"epochs", c.epochs}, {"batch", c.batch}, {"lr", c.lr}, {"weight_decay", c.weight_decay},
           {"min_lr", c.min_lr}, {"label_smoothing", c.label_smoothing}, {"clip_grad", c.clip_grad},
           {"warmup_steps", c.warmup_steps}, {"pad", c.pad}, {"hflip", c.hflip}, {"seed", c.seed},
-          {"device", c.device}, {"out", c.out}, {"max_steps", c.max_steps}, {"eval_every", c.eval_every}, {"log_every", c.log_every}, {"quiet", c.quiet},
+          {"device", c.device}, {"out", c.out}, {"max_steps", c.max_steps},
+          {"checkpoint_every", c.checkpoint_every}, {"checkpoint_minutes", c.checkpoint_minutes}, {"eval_every", c.eval_every}, {"log_every", c.log_every}, {"quiet", c.quiet},
           {"recompute_mlp", c.recompute_mlp}, {"precision", c.precision}};
 }
 
@@ -50,13 +52,20 @@ RunConfig run_config_from_json(const json& j) {
     c.epochs = base["epochs"], c.batch = base["batch"], c.lr = base["lr"], c.weight_decay = base["weight_decay"];
     c.min_lr = base["min_lr"], c.label_smoothing = base["label_smoothing"], c.clip_grad = base["clip_grad"];
     c.warmup_steps = base["warmup_steps"], c.pad = base["pad"], c.hflip = base["hflip"], c.seed = base["seed"];
-    c.device = base["device"], c.out = base["out"], c.max_steps = base["max_steps"], c.eval_every = base["eval_every"], c.log_every = base["log_every"], c.quiet = base["quiet"];
+    c.device = base["device"], c.out = base["out"], c.max_steps = base["max_steps"],
+    c.checkpoint_every = base["checkpoint_every"], c.checkpoint_minutes = base["checkpoint_minutes"], c.eval_every = base["eval_every"], c.log_every = base["log_every"], c.quiet = base["quiet"];
     c.recompute_mlp = base["recompute_mlp"];
     c.precision = base["precision"];
   } catch (const json::exception& e) {
     throw Error(str("run config: ", e.what()));
   }
   DG_CHECK(c.epochs >= 1 && c.batch >= 1 && c.lr > 0, "run config: epochs, batch and lr must be positive");
+  for (auto [key, v] : {std::pair{"lr", c.lr}, {"weight_decay", c.weight_decay}, {"min_lr", c.min_lr},
+                        {"label_smoothing", c.label_smoothing}, {"clip_grad", c.clip_grad},
+                        {"checkpoint_minutes", c.checkpoint_minutes}})
+    DG_CHECK(std::isfinite(v) && v >= 0, "run config: key '", key, "' must be a finite number >= 0, got ", v);
+  DG_CHECK(c.checkpoint_every >= 0 && c.max_steps >= 0 && c.warmup_steps >= 0,
+           "run config: checkpoint_every, max_steps and warmup_steps must be >= 0");
   DG_CHECK(c.device == "cpu" || c.device == "cuda", "run config: device must be cpu or cuda, got '", c.device, "'");
   parse_precision(c.precision, "run config: key 'precision'");
   return c;
@@ -117,21 +126,83 @@ Trainer::Trainer(const RunConfig& cfg, const data::ImageSet& tr, const data::Ima
     if (!r.head_loaded) model_->reset_head(cfg.seed + 1);
   }
   peft_ = std::make_unique<peft::PeftModel>(*model_, peft::parse_peft_config(cfg.peft, "peft config"), cfg.seed + 2);
+  // Which weights this run starts from, before any step: what a resume must find again.
+  base_identity_ = peft::base_identity(*model_);
+  base_hash_ = weights_hash(model_->named_parameters(false));
   if (cfg.device == "cuda") {
     DG_CHECK(backend_available(Device::CUDA), "--device cuda: ", "no CUDA device, or a build without CUDA");
     peft_->to(Device::CUDA);
   }
 }
 
-void Trainer::save_checkpoint(const std::string& path, nn::Optimizer& opt, int64_t epoch, int64_t step) const {
+// A checkpoint: the trainable tensors, the optimizer state, the position with the epoch's
+// running sums (loss_sum as a hex float: exact), the generator, the run config and the
+// base's identity and content hash.
+void Trainer::save_checkpoint(const std::string& path, nn::Optimizer& opt, const RunPosition& pos) const {
   std::map<std::string, Tensor> t;
   for (auto& [n, p] : peft_->trainable_parameters()) t["param." + n] = p;
   for (auto& [k, v] : opt.state_dict()) t["optim." + k] = v;
   const Generator& g = default_generator();
+  char loss_sum[64];
+  std::snprintf(loss_sum, sizeof loss_sum, "%a", pos.loss_sum);
   save_safetensors(path, t,
-                   {{"epoch", std::to_string(epoch)}, {"step", std::to_string(step)},
+                   {{"checkpoint_version", "2"}, {"epoch", std::to_string(pos.epoch)}, {"step", std::to_string(pos.step)},
+                    {"loss_sum", loss_sum}, {"correct", std::to_string(pos.correct)}, {"seen", std::to_string(pos.seen)},
                     {"gen_seed", std::to_string(g.seed())}, {"gen_offset", std::to_string(g.offset())},
-                    {"run_config", to_json(cfg_).dump()}});
+                    {"run_config", to_json(cfg_).dump()}, {"base_identity", base_identity_},
+                    {"base_weights_hash", base_hash_}});
+}
+
+RunPosition Trainer::load_checkpoint(const std::string& path, nn::Optimizer& opt, int64_t steps_per_epoch) const {
+  DG_CHECK(fs::exists(path), "cannot resume '", cfg_.out, "': it has no checkpoint.safetensors (the run stopped before ",
+           "its first checkpoint); start it again without --resume");
+  SafeTensors st = load_safetensors(path);
+  auto meta = [&](const char* key, bool required = true) -> std::string {
+    auto it = st.metadata.find(key);
+    DG_CHECK(it != st.metadata.end() || !required, "checkpoint '", path, "': metadata '", key, "' is missing");
+    return it == st.metadata.end() ? std::string() : it->second;
+  };
+  auto number = [&](const char* key, const char* fallback = nullptr) -> double {
+    const std::string v = fallback && !st.metadata.count(key) ? fallback : meta(key);
+    char* end = nullptr;
+    const double d = std::strtod(v.c_str(), &end);
+    DG_CHECK(!v.empty() && end == v.c_str() + v.size() && std::isfinite(d), "checkpoint '", path, "': metadata '", key,
+             "' is not a number");
+    return d;
+  };
+  auto whole = [&](const char* key) -> uint64_t {
+    const std::string v = meta(key);
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long u = std::strtoull(v.c_str(), &end, 10);
+    DG_CHECK(!v.empty() && v[0] != '-' && errno == 0 && end == v.c_str() + v.size(), "checkpoint '", path,
+             "': metadata '", key, "' is not a whole number");
+    return u;
+  };
+  json then = json::parse(meta("run_config"), nullptr, false);
+  DG_CHECK(then.is_object(), "checkpoint '", path, "': metadata 'run_config' is not a JSON object");
+  check_resume_matches(path, then, to_json(cfg_), meta("base_identity", false), base_identity_,
+                       meta("base_weights_hash", false), base_hash_);
+  check_finite({st.tensors.begin(), st.tensors.end()}, str("checkpoint '", path, "' cannot be resumed"));
+  RunPosition pos;
+  pos.epoch = int64_t(number("epoch")), pos.step = int64_t(number("step"));
+  pos.loss_sum = number("loss_sum", "0"), pos.correct = int64_t(number("correct", "0"));
+  pos.seen = int64_t(number("seen", "0"));
+  DG_CHECK(pos.epoch >= 0 && pos.step >= 0 && pos.step <= steps_per_epoch, "checkpoint '", path, "': position epoch ",
+           pos.epoch, " step ", pos.step, " is outside an epoch of ", steps_per_epoch, " steps");
+  std::map<std::string, Tensor> optim;
+  for (auto& [k, t] : st.tensors)
+    if (k.rfind("optim.", 0) == 0) optim[k.substr(6)] = t;
+  NoGradGuard ng;
+  for (auto& [n, p] : peft_->trainable_parameters()) {
+    auto it = st.tensors.find("param." + n);
+    DG_CHECK(it != st.tensors.end(), "checkpoint '", path, "': missing 'param.", n, "'");
+    Tensor dst = p;
+    dst.copy_(it->second);
+  }
+  opt.load_state_dict(optim);
+  default_generator().set_state(whole("gen_seed"), whole("gen_offset"));
+  return pos;
 }
 
 // One line of progress: a bar on a terminal, plain lines otherwise (CI, pipes).
@@ -153,18 +224,18 @@ static void progress(const RunConfig& c, int64_t epoch, int64_t step, int64_t st
   }
 }
 
-void check_finite_gradients(const nn::NamedTensors& params, int64_t epoch, int64_t step, const std::string& ckpt) {
+void check_finite_gradients(const nn::NamedTensors& params, int64_t epoch, int64_t step, const std::string& last_good) {
   for (auto& [n, p] : params)
     if (p.grad().defined()) {
       const double ss = backend_of(p).sum_squares(p.grad());  // NaN or Inf anywhere makes it non-finite
       DG_CHECK(std::isfinite(ss), "training stopped: the gradient of '", n, "' is not finite at epoch ", epoch + 1,
-               " step ", step, " (the last good checkpoint is ", ckpt, ")");
+               " step ", step, " (", last_good, ")");
     }
 }
 
 TrainResult Trainer::fit(bool resume) {
   fs::create_directories(cfg_.out);
-  write_file_atomic(cfg_.out + "/run_config.json", to_json(cfg_).dump(2) + "\n");
+  RunDirLock lock(cfg_.out);  // one writer per run dir, for the whole call
   const std::string ckpt = cfg_.out + "/checkpoint.safetensors";
   const nn::ViTConfig& mc = model_->cfg;
   data::LoaderOptions lo;
@@ -176,25 +247,19 @@ TrainResult Trainer::fit(bool resume) {
   nn::AdamW opt(params, cfg_.lr, cfg_.weight_decay);
   for (auto& [n, m] : peft_->masks()) opt.set_mask(n, m);
   default_generator().manual_seed(cfg_.seed + 3);
-  int64_t epoch0 = 0, step0 = 0;
   TrainResult res;
+  RunPosition pos;
+  // Named by every NaN/Inf stop: only a checkpoint that exists and was checked finite.
+  std::string last_good = "no checkpoint was written yet";
   if (resume) {
-    SafeTensors st = load_safetensors(ckpt);
-    std::map<std::string, Tensor> optim;
-    for (auto& [k, t] : st.tensors)
-      if (k.rfind("optim.", 0) == 0) optim[k.substr(6)] = t;
-    NoGradGuard ng;
-    for (auto& [n, p] : params) {
-      auto it = st.tensors.find("param." + n);
-      DG_CHECK(it != st.tensors.end(), "checkpoint '", ckpt, "': missing 'param.", n, "'");
-      Tensor dst = p;
-      dst.copy_(it->second);
-    }
-    opt.load_state_dict(optim);
-    epoch0 = std::stoll(st.metadata.at("epoch"));
-    step0 = std::stoll(st.metadata.at("step"));
-    default_generator().set_state(std::stoull(st.metadata.at("gen_seed")), std::stoull(st.metadata.at("gen_offset")));
+    pos = load_checkpoint(ckpt, opt, spe);
+    last_good = "the last good checkpoint is " + ckpt;
+    std::printf("resuming %s at epoch %lld/%lld step %lld/%lld: base %s (weights %s), data '%s', batch %lld\n",
+                  cfg_.out.c_str(), (long long)std::min(pos.epoch + 1, cfg_.epochs), (long long)cfg_.epochs,
+                  (long long)pos.step, (long long)spe, cfg_.model.empty() ? "random init" : cfg_.model.c_str(),
+                  base_hash_.c_str(), cfg_.data.c_str(), (long long)cfg_.batch);
   }
+  write_file_atomic(cfg_.out + "/run_config.json", to_json(cfg_).dump(2) + "\n");
   res.trainable_params = 0;
   for (auto& [n, p] : params) {
     auto it = peft_->masks().find(n);
@@ -202,20 +267,40 @@ TrainResult Trainer::fit(bool resume) {
     else for (double v : it->second.to_vector()) res.trainable_params += v != 0;
   }
   res.total_params = peft_->base_parameter_count();
-  std::ofstream csv(cfg_.out + "/metrics.csv", resume ? std::ios::app : std::ios::trunc);
-  if (!resume) csv << "kind,epoch,step,loss,acc,lr,val_acc\n";
+  MetricsLog csv(cfg_.out + "/metrics.csv", resume ? &pos : nullptr, spe);
   Device dev = cfg_.device == "cuda" ? Device::CUDA : Device::CPU;
   const auto t0 = std::chrono::steady_clock::now();
+  auto last_ckpt = t0;
+  // Rows first, then the checkpoint: every row before a checkpoint's position is on disk
+  // when the checkpoint is, and a resume cuts the rows after it.
+  auto checkpoint = [&](const RunPosition& at) {
+    try {
+      check_finite(params, str("training stopped at epoch ", at.epoch + 1, " step ", at.step,
+                               ": the parameters are not finite, so no checkpoint was written ("));
+    } catch (const Error& e) {
+      throw Error(str(e.what(), "; ", last_good, ")"));
+    }
+    csv.flush();
+    save_checkpoint(ckpt, opt, at);
+    last_good = "the last good checkpoint is " + ckpt;
+    last_ckpt = std::chrono::steady_clock::now();
+  };
   g_stop = false;
-  loader.start(epoch0, step0);
+  if (pos.epoch < cfg_.epochs) loader.start(pos.epoch + (pos.step == spe), pos.step == spe ? 0 : pos.step);
+  else
+    std::printf("%s is already finished (%lld of %lld epochs); its deltas and curves are rewritten from the checkpoint. "
+                "Give --epochs N (more than %lld) to train longer.\n", cfg_.out.c_str(), (long long)pos.epoch,
+                (long long)cfg_.epochs, (long long)pos.epoch);
+  res.already_finished = pos.epoch >= cfg_.epochs;
   AutocastGuard autocast(parse_precision(cfg_.precision, "run config: key 'precision'"));  // f32: off
-  for (int64_t epoch = epoch0; epoch < cfg_.epochs; ++epoch) {
+  for (int64_t epoch = pos.epoch; epoch < cfg_.epochs; ++epoch) {
     model_->train();
-    double loss_sum = 0;
-    int64_t correct = 0, seen = 0;
+    const bool resumed = epoch == pos.epoch;  // the epoch's sums so far come from the checkpoint
+    double loss_sum = resumed ? pos.loss_sum : 0;
+    int64_t correct = resumed ? pos.correct : 0, seen = resumed ? pos.seen : 0, seen_here = 0;
     const auto te = std::chrono::steady_clock::now();
     double ips = 0;
-    for (int64_t step = epoch == epoch0 ? step0 : 0; step < spe; ++step) {
+    for (int64_t step = resumed ? pos.step : 0; step < spe; ++step) {
       data::Batch b = loader.next();
       const int64_t gstep = epoch * spe + step;
       const double lr = nn::cosine_lr(gstep, total, cfg_.lr, cfg_.warmup_steps, cfg_.min_lr);
@@ -223,72 +308,69 @@ TrainResult Trainer::fit(bool resume) {
       Tensor logits = peft_->forward(b.images.to(dev));
       Tensor loss = cross_entropy(logits, b.labels.to(dev), cfg_.label_smoothing);
       const double lv = loss.item();
-      DG_CHECK(std::isfinite(lv), "training stopped: the loss is ", lv, " at epoch ", epoch + 1, " step ", step,
-               " (the last good checkpoint is ", ckpt, ")");
+      DG_CHECK(std::isfinite(lv), "training stopped: the loss is ", lv, " at epoch ", epoch + 1, " step ", step, " (",
+               last_good, ")");
       backward(loss);
       peft_->mask_gradients();
-      check_finite_gradients(params, epoch, step, ckpt);
+      check_finite_gradients(params, epoch, step, last_good);
       if (cfg_.clip_grad > 0) nn::clip_grad_norm(params, cfg_.clip_grad);
       opt.step();
       opt.zero_grad();
       std::vector<double> pred = argmax(logits, 1).to_vector(), lab = b.labels.to_vector();
       for (size_t i = 0; i < pred.size(); ++i) correct += pred[i] == lab[i];
-      seen += int64_t(pred.size());
+      seen += int64_t(pred.size()), seen_here += int64_t(pred.size());
       loss_sum += lv * double(pred.size());
       res.step_losses.push_back(lv);
-      csv << "step," << epoch + 1 << "," << gstep << "," << lv << ",," << lr << ",\n";
-      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
-      ips = double(seen) / std::max(dt, 1e-9);
+      csv.add(str("step,", epoch + 1, ",", gstep, ",", lv, ",,", lr, ","));
+      const auto now = std::chrono::steady_clock::now();
+      ips = double(seen_here) / std::max(std::chrono::duration<double>(now - te).count(), 1e-9);
       const double eta = double(total - gstep - 1) * double(cfg_.batch) / std::max(ips, 1e-9);
       progress(cfg_, epoch, step + 1, spe, loss_sum / double(seen), double(correct) / double(seen), ips, eta, false);
+      const RunPosition here{epoch, step + 1, loss_sum, correct, seen};
       if (g_stop || (cfg_.max_steps > 0 && int64_t(res.step_losses.size()) >= cfg_.max_steps)) {
-        save_checkpoint(ckpt, opt, step + 1 == spe ? epoch + 1 : epoch, (step + 1) % spe);
+        checkpoint(here);
         if (!cfg_.quiet) std::printf("\ninterrupted: checkpoint written to %s\n", ckpt.c_str());
         res.interrupted = true;
         res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         return res;
       }
+      // inside the epoch only: its end writes one anyway
+      if (step + 1 < spe && checkpoint_due(gstep + 1, cfg_.checkpoint_every, cfg_.checkpoint_minutes,
+                                           std::chrono::duration<double>(now - last_ckpt).count()))
+        checkpoint(here);
     }
     const bool do_eval = (epoch + 1) % std::max<int64_t>(cfg_.eval_every, 1) == 0 || epoch + 1 == cfg_.epochs;
     EpochResult er{epoch + 1, loss_sum / double(std::max<int64_t>(seen, 1)),
                    double(correct) / double(std::max<int64_t>(seen, 1)),
                    do_eval ? evaluate(*model_, val_set_, mc.mean, mc.std) : -1.0};
     res.epochs.push_back(er);
-    csv << "epoch," << er.epoch << "," << (epoch + 1) * spe << "," << er.train_loss << "," << er.train_acc << ","
-        << opt.lr() << "," << er.val_acc << "\n";
-    csv.flush();
+    // the lr of the epoch's last step (not opt.lr(): a run resumed at the epoch's end has set none)
+    const double last_lr = nn::cosine_lr((epoch + 1) * spe - 1, total, cfg_.lr, cfg_.warmup_steps, cfg_.min_lr);
+    csv.add(str("epoch,", er.epoch, ",", (epoch + 1) * spe, ",", er.train_loss, ",", er.train_acc, ",", last_lr, ",",
+                er.val_acc));
     if (!cfg_.quiet) {
       progress(cfg_, epoch, spe, spe, er.train_loss, er.train_acc, ips, 0, true);
       if (do_eval)
         std::printf("epoch %lld: train loss %.4f, train acc %.1f%%, val acc %.2f%%\n", (long long)er.epoch,
                     er.train_loss, 100 * er.train_acc, 100 * er.val_acc);
     }
-    save_checkpoint(ckpt, opt, epoch + 1, 0);
+    checkpoint({epoch + 1, 0, 0, 0, 0});
   }
+  csv.flush();
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   peft_->save(cfg_.out + "/deltas.safetensors");
+  // The curves of the whole run, resumed parts included: from metrics.csv.
   std::vector<double> all_losses;
-  {
-    std::ifstream in(cfg_.out + "/metrics.csv");
-    std::string line;
-    while (std::getline(in, line))
-      if (line.rfind("step,", 0) == 0) {
-        size_t a = line.find(',', 5), b2 = line.find(',', a + 1), c2 = line.find(',', b2 + 1);
-        all_losses.push_back(std::stod(line.substr(b2 + 1, c2 - b2 - 1)));
-      }
-  }
   std::vector<EpochResult> all_epochs;
-  {
-    std::ifstream in(cfg_.out + "/metrics.csv");
-    std::string line;
-    while (std::getline(in, line))
-      if (line.rfind("epoch,", 0) == 0) {
-        std::vector<std::string> f;
-        size_t s = 0, e;
-        while ((e = line.find(',', s)) != std::string::npos) f.push_back(line.substr(s, e - s)), s = e + 1;
-        f.push_back(line.substr(s));
-        all_epochs.push_back({std::stoll(f[1]), std::stod(f[3]), std::stod(f[4]), std::stod(f[6])});
-      }
+  std::ifstream in(cfg_.out + "/metrics.csv");
+  for (std::string line; std::getline(in, line);) {
+    std::vector<std::string> f;
+    size_t s = 0, e;
+    while ((e = line.find(',', s)) != std::string::npos) f.push_back(line.substr(s, e - s)), s = e + 1;
+    f.push_back(line.substr(s));
+    if (f.size() != 7) continue;
+    if (f[0] == "step") all_losses.push_back(std::stod(f[3]));
+    if (f[0] == "epoch") all_epochs.push_back({std::stoll(f[1]), std::stod(f[3]), std::stod(f[4]), std::stod(f[6])});
   }
   write_curves_svg(cfg_.out + "/curves.svg", all_losses, all_epochs);
   return res;

@@ -10,6 +10,7 @@
 #include "data/loader.h"
 #include "nn/optim.h"
 #include "peft/peft_model.h"
+#include "train/run_dir.h"
 
 namespace dg::train {
 
@@ -27,6 +28,8 @@ struct RunConfig {
   std::string device = "cpu";
   std::string out = "runs/train";
   int64_t max_steps = 0;   // stop (with a checkpoint, as Ctrl-C does) after this many steps of this process
+  int64_t checkpoint_every = 0;   // also checkpoint every N global steps inside an epoch (0: at epoch ends only)
+  double checkpoint_minutes = 0;  // also checkpoint when this many minutes passed since the last one (0: off)
   int64_t eval_every = 1;  // evaluate on the validation set every N epochs (and after the last)
   int64_t log_every = 10;  // plain-text progress lines when stdout is not a terminal
   bool quiet = false;
@@ -50,6 +53,7 @@ struct TrainResult {
   double seconds = 0;
   int64_t trainable_params = 0, total_params = 0;
   bool interrupted = false;
+  bool already_finished = false;  // resumed a run whose every epoch was done: only its outputs were rewritten
 };
 
 // Accuracy of `model` on a set (eval mode, no gradients), in batches.
@@ -57,16 +61,20 @@ double evaluate(nn::VisionTransformer& model, const data::ImageSet& set, const s
                 const std::vector<double>& std, int64_t batch = 256);
 
 // The trainer's NaN/Inf stop for gradients (the loss is checked the same way): throws, naming
-// the tensor, the epoch and step, and the last good checkpoint, when any gradient element of
-// `params` is NaN or Inf. The checkpoint is not touched: it still holds the last good state.
-void check_finite_gradients(const nn::NamedTensors& params, int64_t epoch, int64_t step, const std::string& ckpt);
+// the tensor, the epoch and step, and `last_good` (which checkpoint still holds the last good
+// state, or that none was written), when any gradient element of `params` is NaN or Inf.
+void check_finite_gradients(const nn::NamedTensors& params, int64_t epoch, int64_t step, const std::string& last_good);
 
 class Trainer {
  public:
   // `train_set` / `val_set` may come from anywhere (a custom data source); the run config
   // says how to build the model and what to train.
   Trainer(const RunConfig& cfg, const data::ImageSet& train_set, const data::ImageSet& val_set);
-  // Continue from RUN_DIR/checkpoint.safetensors if `resume`.
+  // Train in cfg.out (locked for the call: a second run on it throws). With `resume`,
+  // continue from cfg.out/checkpoint.safetensors after checking that it was trained on the
+  // same base weights, model, PEFT config, data and batch, and holds finite values; the
+  // metrics log is cut back to the checkpoint's position, so the finished run dir equals an
+  // uninterrupted run's.
   TrainResult fit(bool resume = false);
   nn::VisionTransformer& model() { return *model_; }
   peft::PeftModel& peft() { return *peft_; }
@@ -79,7 +87,9 @@ class Trainer {
   const data::ImageSet& val_set_;
   std::unique_ptr<nn::VisionTransformer> model_;
   std::unique_ptr<peft::PeftModel> peft_;
-  void save_checkpoint(const std::string& path, nn::Optimizer& opt, int64_t epoch, int64_t step) const;
+  std::string base_identity_, base_hash_;  // of the base weights as loaded, before any step
+  RunPosition load_checkpoint(const std::string& path, nn::Optimizer& opt, int64_t steps_per_epoch) const;
+  void save_checkpoint(const std::string& path, nn::Optimizer& opt, const RunPosition& pos) const;
 };
 
 // Load the data a spec names: (train, val) sets; for Fashion-MNIST val is the test split

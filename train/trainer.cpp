@@ -32,7 +32,8 @@ json to_json(const RunConfig& c) {
           {"min_lr", c.min_lr}, {"label_smoothing", c.label_smoothing}, {"clip_grad", c.clip_grad},
           {"warmup_steps", c.warmup_steps}, {"pad", c.pad}, {"hflip", c.hflip}, {"seed", c.seed},
           {"device", c.device}, {"out", c.out}, {"max_steps", c.max_steps},
-          {"checkpoint_every", c.checkpoint_every}, {"checkpoint_minutes", c.checkpoint_minutes}, {"eval_every", c.eval_every}, {"log_every", c.log_every}, {"quiet", c.quiet},
+          {"checkpoint_every", c.checkpoint_every}, {"checkpoint_minutes", c.checkpoint_minutes},
+          {"eval_every", c.eval_every}, {"log_every", c.log_every}, {"quiet", c.quiet},
           {"recompute_mlp", c.recompute_mlp}, {"precision", c.precision}};
 }
 
@@ -53,7 +54,8 @@ RunConfig run_config_from_json(const json& j) {
     c.min_lr = base["min_lr"], c.label_smoothing = base["label_smoothing"], c.clip_grad = base["clip_grad"];
     c.warmup_steps = base["warmup_steps"], c.pad = base["pad"], c.hflip = base["hflip"], c.seed = base["seed"];
     c.device = base["device"], c.out = base["out"], c.max_steps = base["max_steps"],
-    c.checkpoint_every = base["checkpoint_every"], c.checkpoint_minutes = base["checkpoint_minutes"], c.eval_every = base["eval_every"], c.log_every = base["log_every"], c.quiet = base["quiet"];
+    c.checkpoint_every = base["checkpoint_every"], c.checkpoint_minutes = base["checkpoint_minutes"];
+    c.eval_every = base["eval_every"], c.log_every = base["log_every"], c.quiet = base["quiet"];
     c.recompute_mlp = base["recompute_mlp"];
     c.precision = base["precision"];
   } catch (const json::exception& e) {

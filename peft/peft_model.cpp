@@ -1,5 +1,6 @@
 #include "peft/peft_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -225,9 +226,18 @@ std::string PeftModel::report() const {
   return os.str();
 }
 
+void PeftModel::keep_base_tensor(const std::string& name) {
+  bool found = false;
+  for (auto& [n, t] : base_.named_parameters(false)) found |= n == name;
+  DG_CHECK(found, "keep_base_tensor: the base has no tensor '", name, "'");
+  kept_.insert(name);
+}
+
 void PeftModel::save(const std::string& path) const {
   std::map<std::string, Tensor> t;
   for (auto& [n, p] : trainable_parameters()) t[n] = p;
+  for (auto& [n, p] : base_.named_parameters(false))
+    if (kept_.count(n)) t[n] = p;
   for (const auto& [name, list] : deltas_)  // fixed (non-trainable) delta tensors too, e.g. a fixed scale
     for (const auto& [site, d] : list)
       for (auto& [pn, p] : d->named_parameters()) t[site + "." + name + "." + pn] = p;
@@ -256,8 +266,12 @@ void PeftModel::load(const std::string& path) {
     for (const auto& [site, d] : list)
       for (auto& [pn, p] : d->named_parameters()) mine[site + "." + name + "." + pn] = p;
   for (const auto& [n, m] : masks_) mine["mask." + n] = m;
-  for (const auto& [n, t] : st.tensors)
+  std::map<std::string, Tensor> base_tensors;  // a frozen base tensor the file keeps (keep_base_tensor)
+  for (auto& [n, p] : base_.named_parameters(false)) base_tensors[n] = p;
+  for (const auto& [n, t] : st.tensors) {
+    if (!mine.count(n) && base_tensors.count(n)) mine[n] = base_tensors[n], kept_.insert(n);
     DG_CHECK(mine.count(n), "delta file '", path, "': tensor '", n, "' has no place in this PEFT model");
+  }
   NoGradGuard ng;
   for (auto& [n, p] : mine) {
     auto it = st.tensors.find(n);
@@ -335,14 +349,36 @@ void PeftModel::export_hf(const std::string& dir, const std::string& delta_name)
     alpha = l->scaling() * double(r_total);
     dropout_p = l->cfg.lora_dropout;
   }
+  // Trained base tensors (a head, BitFit biases, LayerNorms) and kept ones (a fresh head) go
+  // as peft's modules_to_save: whole modules, every tensor of each.
+  std::set<std::string> modules;
+  auto base_params = base_.named_parameters(false);
+  for (auto& [n, p] : base_params)
+    if (p.requires_grad() || kept_.count(n)) modules.insert(n.substr(0, n.rfind('.')));
+  for (const std::string& m : modules) {
+    DG_CHECK(std::find(targets.begin(), targets.end(), m) == targets.end(), "export_hf: '", m,
+             "' carries a LoRA and trained base tensors; peft cannot hold both (modules_to_save and a LoRA target)");
+    for (auto& [n, p] : base_params)
+      if (n.rfind(m + ".", 0) == 0 && n.find('.', m.size() + 1) == std::string::npos) t["base_model.model." + n] = p;
+  }
+  for (const auto& [name, list] : deltas_)
+    if (name != pick->first)
+      std::fprintf(stderr, "export-peft: delta '%s' (%s) is not exported (peft's LoRA format holds one LoRA)\n",
+                   name.c_str(), list.front().second->method());
   save_safetensors(dir + "/adapter_model.safetensors", t, {{"format", "pt"}});
   json c = {{"peft_type", "LORA"}, {"task_type", nullptr}, {"r", r_total}, {"lora_alpha", alpha},
             {"lora_dropout", dropout_p}, {"target_modules", targets}, {"bias", "none"}, {"use_rslora", false},
             {"fan_in_fan_out", false}, {"init_lora_weights", true}, {"inference_mode", true},
-            {"modules_to_save", nullptr}, {"base_model_name_or_path", nullptr}, {"revision", nullptr},
+            {"modules_to_save", modules.empty() ? json(nullptr) : json(std::vector<std::string>(modules.begin(), modules.end()))}, {"base_model_name_or_path", nullptr}, {"revision", nullptr},
             {"layers_to_transform", nullptr}, {"layers_pattern", nullptr}, {"rank_pattern", json::object()},
             {"alpha_pattern", json::object()}};
   write_file_atomic(dir + "/adapter_config.json", c.dump(2) + "\n");
+}
+
+int64_t hf_head_classes(const std::string& dir) {
+  SafeTensors st = load_safetensors(dir + "/adapter_model.safetensors");
+  auto it = st.tensors.find("base_model.model.head.weight");
+  return it == st.tensors.end() || it->second.dim() != 2 ? -1 : it->second.size(0);
 }
 
 void import_hf(const std::string& dir, const std::string& out_file, nn::VisionTransformer& base) {
@@ -355,11 +391,21 @@ void import_hf(const std::string& dir, const std::string& out_file, nn::VisionTr
   DG_CHECK(c.value("bias", "none") == "none", "import-peft: bias '", c.value("bias", ""), "' is not supported");
   SafeTensors st = load_safetensors(dir + "/adapter_model.safetensors");
   std::map<std::string, std::pair<Tensor, Tensor>> mods;  // module path -> (A, B)
+  std::map<std::string, Tensor> saved;                     // modules_to_save: base tensor name -> value
+  auto base_params = base.named_parameters(false);
   for (const auto& [k, t] : st.tensors) {
     std::string key = k;
     const std::string pre = "base_model.model.";
     DG_CHECK(key.rfind(pre, 0) == 0, "import-peft: unexpected key '", k, "' (expected base_model.model.<module>.lora_A.weight)");
     key = key.substr(pre.size());
+    if (key.find("lora_") == std::string::npos) {  // a tensor of a modules_to_save module (a head, a norm)
+      auto it = std::find_if(base_params.begin(), base_params.end(), [&](auto& np) { return np.first == key; });
+      DG_CHECK(it != base_params.end(), "import-peft: '", k, "' names no tensor of this model (modules_to_save)");
+      DG_CHECK(t.shape() == it->second.shape(), "import-peft: '", k, "' has shape ", shape_str(t.shape()),
+               ", the model's '", key, "' ", shape_str(it->second.shape()), " (for a head: the model config's num_classes)");
+      saved[key] = t;
+      continue;
+    }
     for (const char* ab : {".lora_A.weight", ".lora_B.weight", ".lora_A.default.weight", ".lora_B.default.weight"}) {
       const std::string s = ab;
       if (key.size() > s.size() && key.compare(key.size() - s.size(), s.size(), s) == 0) {
@@ -385,8 +431,21 @@ void import_hf(const std::string& dir, const std::string& out_file, nn::VisionTr
                                       {"lora_dropout", c.value("lora_dropout", 0.0)},
                                       {"use_rslora", c.value("use_rslora", false)},
                                       {"target_modules", targets}}})}};
+  std::map<std::string, Tensor> original;
+  for (auto& [n, p] : base_params)
+    if (saved.count(n)) original[n] = p.clone();
+  if (!saved.empty()) {
+    json names = json::array();
+    for (auto& [n, t] : saved) names.push_back(n);
+    pc["trainable"] = names;
+  }
   PeftModel pm(base, parse_peft_config(pc, "imported peft config"));
   NoGradGuard ng;
+  for (auto& [n, p] : base_params)
+    if (saved.count(n)) {
+      Tensor dst = p;
+      dst.copy_(saved.at(n));
+    }
   for (auto& [site, d] : pm.attachments("lora")) {
     auto l = std::dynamic_pointer_cast<LoraDelta>(d);
     const auto& ab = mods.at(site);
@@ -396,7 +455,13 @@ void import_hf(const std::string& dir, const std::string& out_file, nn::VisionTr
     l->parts[0].B.copy_(ab.second);
   }
   pm.save(out_file);
-  pm.remove("lora");  // leave the base as it was
+  pm.remove("lora");  // leave the base as it was (its tensors too)
+  for (auto& [n, p] : base_params)
+    if (saved.count(n)) {
+      Tensor dst = p;
+      dst.copy_(original.at(n));
+      dst.set_requires_grad(false);
+    }
 }
 
 }  // namespace dg::peft

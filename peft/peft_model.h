@@ -4,6 +4,7 @@
 #pragma once
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,11 @@ class PeftModel {
   std::string report() const;
   int64_t base_parameter_count() const;
 
+  // A frozen base tensor that no base checkpoint holds (a fresh head for a new task's
+  // classes): saved in delta files all the same, else the deltas would come back on another
+  // head.
+  void keep_base_tensor(const std::string& name);
+
   // Delta files: the delta tensors and trained base tensors (and masks), with the PEFT
   // config and the base's identity in __metadata__. Loading checks the identity.
   void save(const std::string& path) const;
@@ -52,7 +58,9 @@ class PeftModel {
 
   // Hugging Face peft format for LoRA on timm models (adapter_model.safetensors +
   // adapter_config.json in `dir`). Separate q/k/v LoRAs export exactly as one joint LoRA
-  // of rank 3r (A stacked, B block-diagonal).
+  // of rank 3r (A stacked, B block-diagonal). Trained base tensors (a head, BitFit biases) and
+  // kept ones go as peft's modules_to_save (whole modules); other deltas are not exported (a
+  // notice names them).
   void export_hf(const std::string& dir, const std::string& delta_name = "") const;
 
  private:
@@ -61,6 +69,7 @@ class PeftModel {
   // config name -> (site, delta), in attachment order
   std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::shared_ptr<nn::Delta>>>>> deltas_;
   std::map<std::string, Tensor> masks_;
+  std::set<std::string> kept_;  // keep_base_tensor
   void attach(const DeltaConfig& d, Generator& gen);
 };
 
@@ -70,5 +79,7 @@ std::string base_identity(nn::Module& base);
 // Import a Hugging Face peft LoRA (dir with adapter_model.safetensors, adapter_config.json)
 // as a PEFT config + delta tensors that PeftModel::load understands.
 void import_hf(const std::string& dir, const std::string& out_delta_file, nn::VisionTransformer& base);
+// The classes of the head a Hugging Face peft LoRA saved (modules_to_save), or -1 if none.
+int64_t hf_head_classes(const std::string& dir);
 
 }  // namespace dg::peft

@@ -216,3 +216,69 @@ TEST_CASE("cli: grads matches the PyTorch golden gradients; inspect lists traina
   std::string emsg((std::istreambuf_iterator<char>(ef)), std::istreambuf_iterator<char>());
   CHECK(emsg.find("'blocks.0.mlp.fc1.weight' has shape [3, 48], expected [192, 48]") != std::string::npos);
 }
+
+TEST_CASE("cli: a run's delta file keeps its head: eval reproduces the run, export-peft saves it as modules_to_save") {
+  const std::string b = DG_BUILD_DIR;
+  fs::path folder = make_folder(), d = tmpdir("head");
+  train::RunConfig rc = small_run(folder, d / "run");
+  // a backbone checkpoint with another task's 5-class head: the run makes a fresh 3-class head
+  json mc5 = json::parse(std::ifstream(rc.model_config));
+  mc5["num_classes"] = 5;
+  std::ofstream(d / "model5.json") << mc5.dump();
+  {
+    nn::VisionTransformer m(nn::load_vit_config((d / "model5.json").string()));
+    m.init_weights(11);
+    save_safetensors((d / "w.safetensors").string(), nn::state_dict(m));
+  }
+  rc.model = (d / "w.safetensors").string();
+  rc.peft = {{"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 2}, {"init", "random"}}}}};  // head frozen
+  auto [tr, va] = train::load_data(rc.data, nn::load_vit_config(rc.model_config), rc.seed);
+  double run_acc = 0;
+  Tensor run_logits;  // the trained model's logits on a batch, to compare with the CLI's
+  const Tensor images = va.images.clone();
+  save_safetensors((d / "batch.safetensors").string(), {{"images", images}, {"labels", va.labels}});
+  {
+    train::Trainer t(rc, tr, va);
+    run_acc = t.fit().epochs.back().val_acc;
+    NoGradGuard ng;
+    t.model().eval();
+    run_logits = t.model()(images);
+  }
+  auto cli_logits = [&](const std::string& delta_file) {
+    const std::string out = (d / "grads.safetensors").string();
+    REQUIRE(std::system((b + "/tools/deltagrad grads --model-config " + (d / "model5.json").string() + " --model " +
+                         rc.model + " --deltas " + delta_file + " --batch " + (d / "batch.safetensors").string() +
+                         " --out " + out + " > /dev/null 2>&1").c_str()) == 0);
+    return load_safetensors(out).tensors.at("logits");
+  };
+  const std::string deltas = (d / "run" / "deltas.safetensors").string();
+  CHECK(load_safetensors(deltas).tensors.count("head.weight") == 1);  // the fresh head, although frozen
+  auto eval_acc = [&](const std::string& delta_file) {
+    const std::string txt = (d / "eval.txt").string();
+    REQUIRE(std::system((b + "/tools/deltagrad eval --model-config " + (d / "model5.json").string() + " --model " +
+                         rc.model + " --deltas " + delta_file + " --data " + rc.data + " --seed 5 > " + txt).c_str()) == 0);
+    std::ifstream f(txt);
+    std::string word;
+    double acc = -1;
+    f >> word >> acc;
+    return acc;
+  };
+  CHECK(eval_acc(deltas) == doctest::Approx(run_acc).epsilon(1e-4));
+  CHECK(test::rel_err(cli_logits(deltas), run_logits) < 1e-6);
+  // export with the 5-class config: the delta file's 3-class head is used and exported
+  const fs::path hf = d / "hf";
+  REQUIRE(std::system((b + "/tools/deltagrad export-peft --model-config " + (d / "model5.json").string() + " --model " +
+                       rc.model + " --deltas " + deltas + " --out " + hf.string() + " 2> /dev/null > /dev/null").c_str()) == 0);
+  json ac = json::parse(std::ifstream(hf / "adapter_config.json"));
+  CHECK(ac["modules_to_save"] == json::array({"head"}));
+  SafeTensors ex = load_safetensors((hf / "adapter_model.safetensors").string());
+  REQUIRE(ex.tensors.count("base_model.model.head.weight") == 1);
+  CHECK(ex.tensors.at("base_model.model.head.weight").shape() == Shape{3, 16});
+  CHECK(test::rel_err(ex.tensors.at("base_model.model.head.weight"), load_safetensors(deltas).tensors.at("head.weight")) == 0);
+  // and back: the imported delta file evaluates as the run did
+  const std::string back = (d / "back.safetensors").string();
+  REQUIRE(std::system((b + "/tools/deltagrad import-peft --model-config " + (d / "model5.json").string() + " --model " +
+                       rc.model + " --in " + hf.string() + " --out " + back + " > /dev/null").c_str()) == 0);
+  CHECK(eval_acc(back) == doctest::Approx(run_acc).epsilon(1e-4));
+  CHECK(test::rel_err(cli_logits(back), run_logits) < 1e-6);
+}

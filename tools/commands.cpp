@@ -28,9 +28,27 @@ json read_json_file(const std::string& path, const char* what) {
   return j;
 }
 
+// The number of classes a delta file was trained for (its model config's), or -1.
+int64_t delta_file_classes(const std::string& path) {
+  SafeTensors st = load_safetensors(path);
+  auto it = st.metadata.find("model_config");
+  if (it == st.metadata.end()) return -1;
+  json j = json::parse(it->second, nullptr, false);
+  return j.is_object() && j.contains("num_classes") && j["num_classes"].is_number_integer() ? j["num_classes"].get<int64_t>()
+                                                                                             : -1;
+}
+
 // Model from --model-config (+ --model weights); a checkpoint without head gets a fresh one.
+// With --deltas, the head has the delta file's classes (train's delta files hold a head for
+// the run's dataset, whatever the preset's head had).
 std::unique_ptr<nn::VisionTransformer> load_model(const Args& a, int64_t num_classes = -1) {
   nn::ViTConfig c = nn::load_vit_config(a.need("model-config"));
+  if (num_classes <= 0 && a.has("deltas")) {
+    num_classes = delta_file_classes(a.get("deltas"));
+    if (num_classes > 0 && num_classes != c.num_classes)
+      std::fprintf(stderr, "deltagrad: the head has %lld classes, as in '%s' (the model config says %lld)\n",
+                   (long long)num_classes, a.get("deltas").c_str(), (long long)c.num_classes);
+  }
   if (num_classes > 0) c.num_classes = num_classes;
   auto m = std::make_unique<nn::VisionTransformer>(c);
   if (a.has("model")) {
@@ -260,7 +278,7 @@ int cmd_import_peft(int argc, char** argv) {
   const char* help = "deltagrad import-peft --model-config C [--model W] --in DIR --out D.safetensors\n";
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2, {"model-config", "model", "in", "out"});
-  auto m = load_model(a);
+  auto m = load_model(a, peft::hf_head_classes(a.need("in")));  // a saved head sets the classes
   peft::import_hf(a.need("in"), a.need("out"), *m);
   std::printf("wrote %s\n", a.get("out").c_str());
   return 0;

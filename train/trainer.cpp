@@ -122,12 +122,17 @@ Trainer::Trainer(const RunConfig& cfg, const data::ImageSet& tr, const data::Ima
   model_ = std::make_unique<nn::VisionTransformer>(mc);
   model_->init_weights(cfg.seed);
   model_->set_recompute_mlp(cfg.recompute_mlp);
+  bool fresh_head = false;
   if (!cfg.model.empty()) {
     SafeTensors st = load_safetensors(cfg.model);
     nn::LoadReport r = nn::load_state_dict(*model_, st.tensors, "'" + cfg.model + "'");
-    if (!r.head_loaded) model_->reset_head(cfg.seed + 1);
+    fresh_head = !r.head_loaded;
+    if (fresh_head) model_->reset_head(cfg.seed + 1);
   }
   peft_ = std::make_unique<peft::PeftModel>(*model_, peft::parse_peft_config(cfg.peft, "peft config"), cfg.seed + 2);
+  if (fresh_head)  // the delta file keeps the head this run made, trained or not
+    for (auto& [n, t] : model_->named_parameters(false))
+      if (n.rfind("head.", 0) == 0) peft_->keep_base_tensor(n);
   // Which weights this run starts from, before any step: what a resume must find again.
   base_identity_ = peft::base_identity(*model_);
   base_hash_ = weights_hash(model_->named_parameters(false));

@@ -128,6 +128,19 @@ Trainer::Trainer(const RunConfig& cfg, const data::ImageSet& tr, const data::Ima
     nn::LoadReport r = nn::load_state_dict(*model_, st.tensors, "'" + cfg.model + "'");
     fresh_head = !r.head_loaded;
     if (fresh_head) model_->reset_head(cfg.seed + 1);
+    if (fresh_head && !cfg.quiet)
+      std::printf("'%s' has no head for %lld classes: a fresh head is made (and kept in the delta file)\n",
+                  cfg.model.c_str(), (long long)mc.num_classes);
+  } else if (!cfg.quiet) {
+    std::printf("no base weights given (--model): the backbone is a random initialisation (seed %llu)\n",
+                (unsigned long long)cfg.seed);
+  }
+  if (!cfg.quiet) {
+    std::printf("data '%s': %lld training and %lld validation images, %lld classes", cfg.data.c_str(),
+                (long long)tr.size(), (long long)va.size(), (long long)tr.num_classes);
+    for (size_t i = 0; i < tr.class_names.size() && i < 10; ++i)
+      std::printf("%s%s", i ? ", " : " (", tr.class_names[i].c_str());
+    std::printf("%s\n", tr.class_names.empty() ? "" : tr.class_names.size() > 10 ? ", ...)" : ")");
   }
   peft_ = std::make_unique<peft::PeftModel>(*model_, peft::parse_peft_config(cfg.peft, "peft config"), cfg.seed + 2);
   if (fresh_head)  // the delta file keeps the head this run made, trained or not

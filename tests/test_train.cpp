@@ -282,3 +282,33 @@ TEST_CASE("cli: a run's delta file keeps its head: eval reproduces the run, expo
   CHECK(eval_acc(back) == doctest::Approx(run_acc).epsilon(1e-4));
   CHECK(test::rel_err(cli_logits(back), run_logits) < 1e-6);
 }
+
+TEST_CASE("train: curves.svg has two numbered panels and draws a single evaluation; metrics.csv leaves unevaluated empty") {
+  fs::path d = tmpdir("curves");
+  const std::string svg = (d / "c.svg").string();
+  train::write_curves_svg(svg, {1.0, 0.8, 0.6, 0.5}, {{1, 0.9, 0.5, -1.0}, {2, 0.55, 0.7, 0.625}}, 2, "lora on <data>");
+  std::ifstream f(svg);
+  const std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  CHECK(s.find(">lora on &lt;data&gt;</text>") != std::string::npos);  // the title, escaped
+  CHECK(s.find(">train loss (per step)</text>") != std::string::npos);
+  CHECK(s.find(">validation accuracy</text>") != std::string::npos);
+  for (const char* tick : {">0.5</text>", ">1</text>", ">2</text>", ">0.8</text>"}) CHECK_MESSAGE(s.find(tick) != std::string::npos, tick);
+  size_t circles = 0;
+  for (size_t at = 0; (at = s.find("<circle", at)) != std::string::npos; ++at) ++circles;
+  CHECK(circles == 1);  // the one evaluated epoch is drawn as a point; the unevaluated one is not drawn
+  // eval_every 2 over 3 epochs: epoch 1 is not evaluated, its val_acc field is empty
+  fs::path folder = make_folder();
+  train::RunConfig rc = small_run(folder, d / "run");
+  rc.epochs = 3, rc.eval_every = 2;
+  auto [tr, va] = train::load_data(rc.data, nn::load_vit_config(rc.model_config), rc.seed);
+  train::Trainer t(rc, tr, va);
+  t.fit();
+  std::ifstream m(d / "run" / "metrics.csv");
+  std::vector<std::string> epoch_rows;
+  for (std::string line; std::getline(m, line);)
+    if (line.rfind("epoch,", 0) == 0) epoch_rows.push_back(line);
+  REQUIRE(epoch_rows.size() == 3);
+  CHECK(epoch_rows[0].back() == ',');  // not evaluated: empty
+  CHECK(epoch_rows[1].back() != ',');
+  CHECK(epoch_rows[2].back() != ',');
+}

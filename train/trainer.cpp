@@ -367,7 +367,7 @@ TrainResult Trainer::fit(bool resume) {
     // the lr of the epoch's last step (not opt.lr(): a run resumed at the epoch's end has set none)
     const double last_lr = nn::cosine_lr((epoch + 1) * spe - 1, total, cfg_.lr, cfg_.warmup_steps, cfg_.min_lr);
     csv.add(str("epoch,", er.epoch, ",", (epoch + 1) * spe, ",", er.train_loss, ",", er.train_acc, ",", last_lr, ",",
-                er.val_acc));
+                do_eval ? str(er.val_acc) : std::string()));  // empty: not evaluated
     if (!cfg_.quiet) {
       progress(cfg_, epoch, spe, spe, er.train_loss, er.train_acc, ips, 0, true);
       if (do_eval)
@@ -390,38 +390,14 @@ TrainResult Trainer::fit(bool resume) {
     f.push_back(line.substr(s));
     if (f.size() != 7) continue;
     if (f[0] == "step") all_losses.push_back(std::stod(f[3]));
-    if (f[0] == "epoch") all_epochs.push_back({std::stoll(f[1]), std::stod(f[3]), std::stod(f[4]), std::stod(f[6])});
+    if (f[0] == "epoch")
+      all_epochs.push_back({std::stoll(f[1]), std::stod(f[3]), std::stod(f[4]), f[6].empty() ? -1.0 : std::stod(f[6])});
   }
-  write_curves_svg(cfg_.out + "/curves.svg", all_losses, all_epochs);
+  std::string title = cfg_.data;
+  if (cfg_.peft.contains("deltas") && cfg_.peft["deltas"].is_array() && !cfg_.peft["deltas"].empty())
+    title = cfg_.peft["deltas"][0].value("method", std::string("?")) + " on " + title;
+  write_curves_svg(cfg_.out + "/curves.svg", all_losses, all_epochs, spe, title);
   return res;
-}
-
-void write_curves_svg(const std::string& path, const std::vector<double>& losses, const std::vector<EpochResult>& epochs) {
-  const double W = 640, H = 320, L = 50, R = 50, T = 20, B = 40;
-  double lmax = 1e-9;
-  for (double l : losses) lmax = std::max(lmax, l);
-  std::string s = str("<svg xmlns='http://www.w3.org/2000/svg' width='", W, "' height='", H,
-                      "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n");
-  s += str("<line x1='", L, "' y1='", H - B, "' x2='", W - R, "' y2='", H - B, "' stroke='black'/>\n");
-  s += str("<line x1='", L, "' y1='", T, "' x2='", L, "' y2='", H - B, "' stroke='black'/>\n");
-  auto X = [&](double f) { return L + f * (W - L - R); };
-  auto Y = [&](double f) { return H - B - f * (H - T - B); };
-  if (!losses.empty()) {
-    s += "<polyline fill='none' stroke='#1f77b4' stroke-width='1' points='";
-    for (size_t i = 0; i < losses.size(); ++i)
-      s += str(X(double(i) / double(std::max<size_t>(losses.size() - 1, 1))), ",", Y(losses[i] / lmax), " ");
-    s += "'/>\n";
-  }
-  if (!epochs.empty()) {
-    s += "<polyline fill='none' stroke='#d62728' stroke-width='2' points='";
-    for (const EpochResult& e : epochs)
-      if (e.val_acc >= 0) s += str(X(double(e.epoch) / double(epochs.back().epoch)), ",", Y(e.val_acc), " ");
-    s += "'/>\n";
-  }
-  s += str("<text x='", L, "' y='", H - 10, "'>step</text>");
-  s += str("<text x='", L + 5, "' y='", T + 12, "' fill='#1f77b4'>train loss (max ", lmax, ")</text>");
-  s += str("<text x='", W - R - 160, "' y='", T + 12, "' fill='#d62728'>val accuracy (0-1)</text>\n</svg>\n");
-  write_file_atomic(path, s);
 }
 
 }  // namespace dg::train

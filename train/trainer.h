@@ -96,8 +96,9 @@ class Trainer {
 // of the selected classes, for folders a seeded held-out fraction.
 std::pair<data::ImageSet, data::ImageSet> load_data(const std::string& spec, const nn::ViTConfig& mc, uint64_t seed);
 
-// curves.svg: train loss per step and validation accuracy per epoch.
+// curves.svg: two panels over epochs, train loss per step (left) and validation accuracy per
+// evaluated epoch (right; a single evaluation is a point), with axis numbers and a title.
 void write_curves_svg(const std::string& path, const std::vector<double>& step_losses,
-                      const std::vector<EpochResult>& epochs);
+                      const std::vector<EpochResult>& epochs, int64_t steps_per_epoch, const std::string& title);
 
 }  // namespace dg::train

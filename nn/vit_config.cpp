@@ -1,10 +1,10 @@
 #include "nn/vit_config.h"
 
 #include <filesystem>
-#include <fstream>
 #include <set>
 
 #include "core/error.h"
+#include "core/user_files.h"
 
 namespace dg::nn {
 
@@ -92,9 +92,7 @@ ViTConfig load_vit_config(const std::string& p) {
       if (n == p) return vit_preset(p);
     throw Error(str("model config '", p, "': no such file and not a preset"));
   }
-  std::ifstream f(p);
-  json j = json::parse(f, nullptr, false);
-  DG_CHECK(!j.is_discarded(), "model config '", p, "': invalid JSON");
+  const json j = read_json_file(p, "model config");
   return vit_config_from_json(j, "model config '" + p + "'");
 }
 

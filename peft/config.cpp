@@ -1,10 +1,10 @@
 #include "peft/config.h"
 
-#include <fstream>
 #include <set>
 #include <type_traits>
 
 #include "core/error.h"
+#include "core/user_files.h"
 
 namespace dg::peft {
 
@@ -208,15 +208,7 @@ PeftConfig parse_peft_config(const json& j, const std::string& what) {
 }
 
 PeftConfig load_peft_config(const std::string& path) {
-  std::ifstream f(path);
-  DG_CHECK(f, "cannot open peft config '", path, "'");
-  json j;
-  try {
-    j = json::parse(f);
-  } catch (const json::exception& e) {
-    throw Error(str("peft config '", path, "': invalid JSON: ", e.what()));
-  }
-  return parse_peft_config(j, "peft config '" + path + "'");
+  return parse_peft_config(read_json_file(path, "peft config"), "peft config '" + path + "'");
 }
 
 json to_json(const PeftConfig& c) { return c.raw; }

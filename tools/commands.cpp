@@ -3,7 +3,6 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 
 #include <nlohmann/json.hpp>
@@ -11,6 +10,7 @@
 #include "autograd/autocast.h"
 #include "autograd/ops.h"
 #include "core/safetensors.h"
+#include "core/user_files.h"
 #include "peft/peft_model.h"
 #include "train/trainer.h"
 
@@ -19,14 +19,6 @@ namespace dg::cli {
 using nlohmann::json;
 
 namespace {
-
-json read_json_file(const std::string& path, const char* what) {
-  std::ifstream f(path);
-  if (!f) throw Error(str("cannot open ", what, " '", path, "'"));
-  json j = json::parse(f, nullptr, false);
-  if (j.is_discarded()) throw Error(str(what, " '", path, "': invalid JSON"));
-  return j;
-}
 
 // Model from --model-config (+ --model weights); a checkpoint without head gets a fresh one.
 std::unique_ptr<nn::VisionTransformer> load_model(const Args& a, int64_t num_classes = -1) {

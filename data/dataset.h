@@ -49,7 +49,11 @@ ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channe
 void resize_bilinear(const uint8_t* src, int64_t h, int64_t w, int64_t channels, int64_t out_h, int64_t out_w,
                      float* dst);
 
-// Parse a --data spec: "fashion-mnist[:classes=5-9][:n=1000]" or a folder path.
+// Parse a --data spec: "fashion-mnist[:classes=5-9][:n=1000][:dir=PATH]" or a folder path
+// "root[:val=0.1][:n=1000]". Checked in full before anything is loaded, each refusal naming the
+// spec: unknown or repeated keys, keys of the other kind, classes=A-B reversed or outside 0-9,
+// n < 1 or not a whole number, val outside (0, 1).
+constexpr int64_t kFashionMnistClasses = 10;
 struct DataSpec {
   std::string kind = "fashion-mnist";  // or "folder"
   std::string path;

@@ -26,6 +26,9 @@ struct Reader {
     // 1e300 has no int64 value: converting it was undefined behaviour (found by fuzz/fuzz_config)
     if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)
       DG_CHECK(!j.at(key).is_number_float(), where, ": key '", key, "' must be an integer, got ", j.at(key).dump());
+    if constexpr (std::is_unsigned_v<T> && !std::is_same_v<T, bool>)  // a seed of -1 would wrap to 2^64 - 1
+      DG_CHECK(!j.at(key).is_number_integer() || j.at(key) >= 0, where, ": key '", key, "' must be >= 0, got ",
+               j.at(key).dump());
     try {
       out = j.at(key).get<T>();
     } catch (const json::exception&) {

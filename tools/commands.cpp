@@ -74,12 +74,12 @@ int cmd_train(int argc, char** argv) {
   if (a.has("model")) rc["model"] = a.get("model");
   if (a.has("peft")) rc["peft"] = read_json_file(a.get("peft"), "peft config");
   if (a.has("data")) rc["data"] = a.get("data");
-  if (a.has("epochs")) rc["epochs"] = int64_t(a.num("epochs", 1));
-  if (a.has("batch")) rc["batch"] = int64_t(a.num("batch", 64));
+  if (a.has("epochs")) rc["epochs"] = a.integer("epochs", 1, 1);
+  if (a.has("batch")) rc["batch"] = a.integer("batch", 64, 1);
   if (a.has("lr")) rc["lr"] = a.num("lr", 1e-3);
   if (a.has("weight-decay")) rc["weight_decay"] = a.num("weight-decay", 0.05);
-  if (a.has("warmup")) rc["warmup_steps"] = int64_t(a.num("warmup", 0));
-  if (a.has("seed")) rc["seed"] = uint64_t(a.num("seed", 0));
+  if (a.has("warmup")) rc["warmup_steps"] = a.integer("warmup", 0, 0);
+  if (a.has("seed")) rc["seed"] = uint64_t(a.integer("seed", 0, 0));
   if (a.has("device")) rc["device"] = a.get("device");
   if (a.has("out")) rc["out"] = a.get("out");
   if (a.has("quiet")) rc["quiet"] = true;
@@ -107,7 +107,7 @@ int cmd_eval(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "data", "seed", "precision"});
   AutocastGuard autocast(parse_precision(a.get("precision", "f32"), "--precision"));
   nn::ViTConfig mc = nn::load_vit_config(a.need("model-config"));
-  auto [tr, va] = train::load_data(a.need("data"), mc, uint64_t(a.num("seed", 0)));
+  auto [tr, va] = train::load_data(a.need("data"), mc, uint64_t(a.integer("seed", 0, 0)));
   auto m = load_model(a, tr.num_classes);
   auto pm = attach_peft(*m, a);
   double acc = train::evaluate(*m, va, mc.mean, mc.std);

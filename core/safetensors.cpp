@@ -73,7 +73,7 @@ json parse_header(const std::string& text, const std::string& what) {
   try {
     h = json::parse(text, cb);
   } catch (const json::exception& e) {
-    throw Error(str(what, ": header is not valid JSON (", e.what(), ")"));
+    throw Error(str(what, ": header is not valid JSON (", printable(e.what()), ")"));  // it quotes the bytes
   }
   DG_CHECK(h.is_object(), what, ": header is not a JSON object (found ", h.type_name(), ")");
   DG_CHECK(dup.empty() || dup_depth != 1, what, ": duplicate tensor name '", dup, "' in the header");

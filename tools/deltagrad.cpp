@@ -32,6 +32,14 @@ std::string g_cmd = "?";
 
 void report(const std::string& msg) { std::fprintf(stderr, "deltagrad %s: %s\n", g_cmd.c_str(), dg::printable(msg).c_str()); }
 
+// Out of memory ends with _exit: OpenBLAS's server threads map their work buffers when the library
+// loads and retry a failed mapping forever, and its exit handler waits for them, so a normal exit
+// after running out of memory could hang there. Nothing else is left to flush.
+[[noreturn]] void exit_out_of_memory() {
+  std::fflush(nullptr);
+  ::_exit(kExitOutOfMemory);
+}
+
 // An exception that escapes where it cannot be caught (an OpenMP parallel region, a noexcept
 // function) ends in std::terminate: still one clear line and an exit code, not an abort's core dump.
 [[noreturn]] void on_terminate() {
@@ -48,7 +56,7 @@ void report(const std::string& msg) { std::fprintf(stderr, "deltagrad %s: %s\n",
   } catch (...) {
     report("internal error: unknown exception");
   }
-  std::fflush(stdout);
+  std::fflush(nullptr);
   ::_exit(code);
 }
 }  // namespace
@@ -76,10 +84,10 @@ int main(int argc, char** argv) {
     return kExitBadInput;
   } catch (const dg::OutOfMemory& e) {
     report(std::string("out of memory: ") + e.what());
-    return kExitOutOfMemory;
+    exit_out_of_memory();
   } catch (const std::bad_alloc&) {
     report("out of memory (a C++ allocation failed; a smaller --batch or model needs less)");
-    return kExitOutOfMemory;
+    exit_out_of_memory();
   } catch (const std::exception& e) {
     report(e.what());
     return kExitBadInput;

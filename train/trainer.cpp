@@ -72,11 +72,11 @@ std::pair<data::ImageSet, data::ImageSet> load_data(const std::string& spec, con
              " class; training and evaluation need at least 2");
   };
   if (d.kind == "fashion-mnist") {
-    data::ImageSet tr = data::load_fashion_mnist(d.path, true), te = data::load_fashion_mnist(d.path, false);
     std::vector<int64_t> cls = d.classes;
     if (cls.empty())
       for (int64_t c = 0; c < data::kFashionMnistClasses; ++c) cls.push_back(c);
     need_two(int64_t(cls.size()), "the selection");
+    data::ImageSet tr = data::load_fashion_mnist(d.path, true), te = data::load_fashion_mnist(d.path, false);
     return {data::select_classes(tr, cls, d.n, seed), data::select_classes(te, cls)};
   }
   data::ImageSet all = data::load_image_folder(d.path, mc.img_size, mc.in_chans);

@@ -286,7 +286,7 @@ TEST_CASE("cli inputs: a config or checkpoint of binary garbage gives one printa
       {{"inspect", bad_st}, bad_st},
   };
   for (const auto& [args, file] : cases) {
-    CAPTURE(args[args.size() - 3]);
+    CAPTURE(file);
     const CliRun r = run_cli(args, 60);
     CAPTURE(printable(r.err));
     REQUIRE(!r.timed_out);

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <new>
 
 #include "core/error.h"
 
@@ -54,7 +55,12 @@ std::string read_regular_file(const std::string& path, const std::string& what, 
   const uint64_t size = uint64_t(st.st_size);
   DG_CHECK(size <= max_bytes, what, " '", path, "': ", size, " bytes, more than the ", max_bytes,
            " such a file may have");
-  std::string bytes(size, '\0');
+  std::string bytes;
+  try {
+    bytes.resize(size);
+  } catch (const std::bad_alloc&) {
+    throw OutOfMemory(str("reading ", what, " '", path, "' (", size, " bytes)"));
+  }
   uint64_t got = 0;
   while (got < size) {
     const ssize_t r = ::read(fd, bytes.data() + got, size_t(size - got));

@@ -134,6 +134,11 @@ fs::path write_model_config(const fs::path& p) {
   return p;
 }
 
+fs::path write_peft_config(const fs::path& p) {
+  std::ofstream(p) << R"({"deltas": [{"name": "lora", "method": "lora", "r": 2}], "trainable": ["head.*"]})";
+  return p;
+}
+
 // What load_image_folder writes to stderr (the entries it skips, and why).
 std::string folder_warnings(const fs::path& root, data::ImageSet& s) {
   const fs::path err = root.parent_path() / "stderr.txt";
@@ -169,8 +174,7 @@ TEST_CASE("cli inputs: out of memory under an address-space limit is one clear l
   // least one must get as far as our code running out of memory.
   const fs::path d = tmpdir("oom");
   const std::string folder = make_folder(d / "imgs").string(), model = write_model_config(d / "model.json").string();
-  const std::string peft = (d / "peft.json").string();
-  std::ofstream(peft) << R"({"deltas": [{"name": "lora", "method": "lora", "r": 2}], "trainable": ["head.*"]})";
+  const std::string peft = write_peft_config(d / "peft.json").string();
   int out_of_memory = 0;
   bool trained = false;
   for (uint64_t mib = 256; mib <= 8192 && !trained; mib += 64) {
@@ -389,6 +393,7 @@ TEST_CASE("cli inputs: model config values out of range are refused naming the k
 TEST_CASE("cli inputs: negative or fractional integer options are usage errors, in options and run configs") {
   const fs::path d = tmpdir("ints");
   const std::string folder = make_folder(d / "imgs").string(), model = write_model_config(d / "model.json").string();
+  const std::string peft = write_peft_config(d / "peft.json").string();  // all else valid: only the option is wrong
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
       {{"--seed", "-1"}, "option --seed: '-1' is not a whole number >= 0"},
       {{"--seed", "1.5"}, "option --seed: '1.5' is not a whole number"},
@@ -399,7 +404,7 @@ TEST_CASE("cli inputs: negative or fractional integer options are usage errors, 
   };
   for (const auto& [opt, says] : cases) {
     CAPTURE(opt[0]);
-    std::vector<std::string> args = {"train", "--model-config", model, "--data", folder + ":val=0.25", "--quiet",
+    std::vector<std::string> args = {"train", "--model-config", model, "--peft", peft, "--data", folder + ":val=0.25", "--quiet",
                                      "--out", (d / "run").string()};
     args.insert(args.end(), opt.begin(), opt.end());
     const CliRun r = run_cli(args, 60);

@@ -16,7 +16,7 @@ struct ImageSet {
   Tensor labels;  // I64 [N]
   int64_t num_classes = 0;
   std::vector<std::string> class_names;
-  int64_t skipped = 0;  // unreadable files skipped while loading
+  int64_t skipped = 0;  // unreadable entries skipped while loading
   int64_t size() const { return images.defined() ? images.size(0) : 0; }
 };
 
@@ -41,8 +41,10 @@ std::pair<ImageSet, ImageSet> split(const ImageSet& s, double val_fraction, uint
 
 // ImageFolder: every image converted to `channels` (1 or 3) and resized (bilinear) to
 // size x size. Classes are the sorted folder names, files are read in sorted order.
-// Unreadable images are reported on stderr by path and skipped (counted in `skipped`); no
-// class folders, or a class folder without (readable) images, is an error naming it.
+// Unreadable images are reported on stderr by path and skipped (counted in `skipped`), as are
+// images over 8192 x 8192 pixels, dangling symlinks, and entries with an image extension that
+// are not regular files; no class folders, or a class folder without (readable) images, is an
+// error naming it.
 ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channels);
 // Bilinear resize (align_corners = false) of an interleaved u8 image src [h, w, channels]
 // to planar floats dst [channels, out_h, out_w] in [0, 1].

@@ -3,8 +3,10 @@
 // to 1 or 3 channels, resized (bilinear) to size x size and stored in [0, 1]; the loader
 // normalises with the model's mean/std per batch.
 //
-// A file that cannot be decoded (corrupt, unsupported, absurdly large) is reported once on
-// stderr by path and skipped; the count is kept in ImageSet::skipped. A layout problem (no
+// A file that cannot be decoded (corrupt, unsupported, absurdly large), a dangling symlink or an
+// entry that only looks like an image (a FIFO or a directory named x.png) is reported once on
+// stderr by path and skipped; the count is kept in ImageSet::skipped. Running out of memory
+// while decoding is not a bad file: it throws OutOfMemory naming the image. A layout problem (no
 // class folders, a class with no images) is an error naming the folder: training on a
 // silently missing class would give a model with a dead output.
 #include <algorithm>
@@ -266,7 +268,7 @@ ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channe
       decode_limit = 2 * bytes.size() + (size_t(1) << 20);
       decode_out_of_memory = false;
       if (why || !stbi_info_from_memory(data, int(bytes.size()), &w, &h, &c)) {
-        skip(f, why ? why : str("unreadable image: ", stbi_failure_reason()));
+        skip(f, why ? why : stbi_failure_reason());
         continue;
       }
       if (int64_t(w) * h > std::max(kFreePixels, kMaxPixelsPerByte * int64_t(bytes.size()))) {
@@ -284,7 +286,7 @@ ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channe
       if (!img && decode_out_of_memory)
         throw OutOfMemory(str("decoding image '", f, "' (", w, " x ", h, " pixels)"));
       if (!img || w < 1 || h < 1) {
-        skip(f, str("unreadable image: ", img ? "no pixels" : stbi_failure_reason()));
+        skip(f, img ? "no pixels" : stbi_failure_reason());
         stbi_image_free(img);
         continue;
       }

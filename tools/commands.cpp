@@ -157,10 +157,12 @@ int cmd_inspect(int argc, char** argv) {
     SafeTensors st = load_safetensors(file);
     int64_t total = 0;
     for (auto& [n, t] : st.tensors) {
-      std::printf("%-48s %-6s %s\n", n.c_str(), dtype_name(t.dtype()), shape_str(t.shape()).c_str());
+      std::printf("%-48s %-6s %s\n", printable(n).c_str(), dtype_name(t.dtype()), shape_str(t.shape()).c_str());
       total += t.numel();
     }
-    for (auto& [k, v] : st.metadata) std::printf("metadata %s = %.120s\n", k.c_str(), v.c_str());
+    // names and metadata come from the file: escaped, so that no raw byte reaches the terminal
+    for (auto& [k, v] : st.metadata)
+      std::printf("metadata %s = %s\n", printable(k).c_str(), printable(v.substr(0, 120)).c_str());
     std::printf("%zu tensors, %lld elements\n", st.tensors.size(), (long long)total);
     return 0;
   }

@@ -42,7 +42,7 @@ RunConfig run_config_from_json(const json& j) {
     // 1e300 has no int64 value: converting it was undefined behaviour (found by fuzz/fuzz_config)
     // ... and a negative seed was stored as 18446744073709551615: integer keys are counts, >= 0
     DG_CHECK(!base[it.key()].is_number_integer() || (it.value().is_number_integer() && it.value() >= 0) ||
-                 !it.value().is_number(), "run config: key '", it.key(), "' must be a whole number >= 0, got ",
+                 !it.value().is_number(), "run config: key '", it.key(), "' must be an integer >= 0, got ",
              it.value().dump());
     base[it.key()] = it.value();
   }

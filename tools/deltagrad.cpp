@@ -41,21 +41,32 @@ void report(const std::string& msg) { std::fprintf(stderr, "deltagrad %s: %s\n",
 }
 
 // An exception that escapes where it cannot be caught (an OpenMP parallel region, a noexcept
-// function) ends in std::terminate: still one clear line and an exit code, not an abort's core dump.
+// function) ends in std::terminate: still one line and an exit code, not an abort's core dump.
+// Memory may be exhausted here, so this line is written without allocating (bytes outside
+// printable ASCII as \xNN).
+void put_escaped(const char* s) {
+  for (; *s; ++s) {
+    const auto b = static_cast<unsigned char>(*s);
+    if (b >= 0x20 && b < 0x7f) std::fputc(b, stderr);
+    else std::fprintf(stderr, "\\x%02x", b);
+  }
+}
 [[noreturn]] void on_terminate() {
   int code = 1;
+  std::fprintf(stderr, "deltagrad %s: ", g_cmd.c_str());
   try {
     if (std::exception_ptr e = std::current_exception()) std::rethrow_exception(e);
-    report("internal error: terminate without an exception");
+    std::fputs("internal error: terminate without an exception", stderr);
   } catch (const dg::OutOfMemory& e) {
-    report(std::string("out of memory: ") + e.what()), code = kExitOutOfMemory;
+    std::fputs("out of memory: ", stderr), put_escaped(e.what()), code = kExitOutOfMemory;
   } catch (const std::bad_alloc&) {
-    report("out of memory (a C++ allocation failed)"), code = kExitOutOfMemory;
+    std::fputs("out of memory (a C++ allocation failed)", stderr), code = kExitOutOfMemory;
   } catch (const std::exception& e) {
-    report(std::string("internal error: ") + e.what());
+    std::fputs("internal error: ", stderr), put_escaped(e.what());
   } catch (...) {
-    report("internal error: unknown exception");
+    std::fputs("internal error: unknown exception", stderr);
   }
+  std::fputc('\n', stderr);
   std::fflush(nullptr);
   ::_exit(code);
 }

@@ -256,11 +256,9 @@ ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channe
       }
       const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
       const char* why = bytes.empty() ? "empty file" : unsafe_for_stb(bytes);
-      int64_t hw = 0, hh = 0;
-      if (!why && header_dimensions(bytes, hw, hh) && hw * hh > kMaxPixels) {
-        skip(f, str(hw, " x ", hh, " pixels is more than the limit of ", kMaxPixels, " pixels (8192 x 8192) per image"));
-        continue;
-      }
+      auto over_limit = [&](int64_t w, int64_t h) {
+        skip(f, str(w, " x ", h, " pixels is more than the limit of ", kMaxPixels, " pixels (8192 x 8192) per image"));
+      };
       int w = 0, h = 0, c = 0;
       // Header first: refuse absurd sizes before stb allocates for them. stb holds at most the
       // compressed data (PNG's IDAT gathered by doubling: < 2x the file) or the image at 16 bits
@@ -268,7 +266,13 @@ ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channe
       decode_limit = 2 * bytes.size() + (size_t(1) << 20);
       decode_out_of_memory = false;
       if (why || !stbi_info_from_memory(data, int(bytes.size()), &w, &h, &c)) {
-        skip(f, why ? why : stbi_failure_reason());
+        int64_t hw = 0, hh = 0;  // stb calls an image it finds too large "not of any known type"
+        if (!why && header_dimensions(bytes, hw, hh) && hw * hh > kMaxPixels) over_limit(hw, hh);
+        else skip(f, why ? why : stbi_failure_reason());
+        continue;
+      }
+      if (int64_t(w) * h > kMaxPixels) {
+        over_limit(w, h);
         continue;
       }
       if (int64_t(w) * h > std::max(kFreePixels, kMaxPixelsPerByte * int64_t(bytes.size()))) {

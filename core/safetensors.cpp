@@ -8,13 +8,13 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <set>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/user_files.h"
 
 namespace dg {
 
@@ -73,7 +73,7 @@ json parse_header(const std::string& text, const std::string& what) {
   try {
     h = json::parse(text, cb);
   } catch (const json::exception& e) {
-    throw Error(str(what, ": header is not valid JSON (", e.what(), ")"));
+    throw Error(str(what, ": header is not valid JSON (", printable(e.what()), ")"));  // it quotes the bytes
   }
   DG_CHECK(h.is_object(), what, ": header is not a JSON object (found ", h.type_name(), ")");
   DG_CHECK(dup.empty() || dup_depth != 1, what, ": duplicate tensor name '", dup, "' in the header");
@@ -201,19 +201,8 @@ SafeTensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
 }
 
 SafeTensors load_safetensors(const std::string& path) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  DG_CHECK(fs::exists(path, ec), "cannot open '", path, "': no such file");
-  DG_CHECK(fs::is_regular_file(path, ec), "cannot open '", path, "': not a regular file");
-  const uint64_t size = fs::file_size(path, ec);
-  DG_CHECK(!ec, "cannot read the size of '", path, "': ", ec.message());
-  std::ifstream f(path, std::ios::binary);
-  DG_CHECK(f, "cannot open '", path, "': ", std::strerror(errno));
-  std::vector<uint8_t> bytes(size);
-  f.read(reinterpret_cast<char*>(bytes.data()), std::streamsize(size));
-  DG_CHECK(uint64_t(f.gcount()) == size, "'", path, "': read ", f.gcount(), " of ", size,
-           " bytes (file changed while reading?)");
-  return parse_safetensors(bytes.data(), bytes.size(), "'" + path + "'");
+  const std::string bytes = read_regular_file(path, "safetensors file");
+  return parse_safetensors(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "'" + path + "'");
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {

@@ -1,6 +1,7 @@
 #include "core/tensor.h"
 
 #include <atomic>
+#include <cstdio>
 #include <numeric>
 #include <sstream>
 
@@ -60,10 +61,31 @@ static std::atomic<uint64_t> g_next_id{1};
 TensorImpl::TensorImpl() : id(g_next_id++) {}
 
 // ---- factories ----
+static std::string mib(int64_t bytes) {
+  char b[64];
+  std::snprintf(b, sizeof b, "%.1f MiB", double(bytes) / double(1 << 20));
+  return b;
+}
+
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device dev) {
   for (int64_t d : shape) DG_CHECK(d >= 0, "Tensor::empty: negative size in shape ", shape_str(shape));
+  // The message of a failed allocation names the tensor: "out of memory" alone does not say
+  // whether the batch, the model or a config value asked for too much.
+  auto what = [&](const std::string& bytes) {
+    return str("allocating a ", dtype_name(dtype), " tensor of shape ", shape_str(shape), " (", bytes, ") on ",
+               device_name(dev));
+  };
+  int64_t bytes = int64_t(dtype_size(dtype));
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(bytes, d, &bytes)) throw OutOfMemory(what("more bytes than an address space holds"));
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(size_t(shape_numel(shape)) * dtype_size(dtype), dev);
+  try {
+    impl->storage = std::make_shared<Storage>(size_t(bytes), dev);
+  } catch (const std::bad_alloc&) {
+    throw OutOfMemory(what(mib(bytes)));
+  } catch (const OutOfMemory&) {
+    throw OutOfMemory(what(mib(bytes)));
+  }
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;

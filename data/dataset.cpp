@@ -3,7 +3,9 @@
 #include "data/dataset.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <numeric>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
@@ -113,39 +115,60 @@ std::pair<ImageSet, ImageSet> split(const ImageSet& s, double val_fraction, uint
   return {subset(s, tr), subset(s, va)};
 }
 
+namespace {
+
+// A whole non-negative decimal integer ("12"; not "1.5", "-1", "1e3", " 2" or "99999999999999999999").
+bool parse_count(const std::string& v, int64_t& out) {
+  if (v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos) return false;
+  out = std::stoll(v);
+  return true;
+}
+
+}  // namespace
+
 DataSpec parse_data_spec(const std::string& spec) {
   DataSpec d;
   std::vector<std::string> parts;
   std::stringstream ss(spec);
   for (std::string p; std::getline(ss, p, ':');) parts.push_back(p);
-  DG_CHECK(!parts.empty(), "--data: empty spec");
-  if (parts[0] == "fashion-mnist") {
-    d.kind = "fashion-mnist";
-    d.path = default_fashion_mnist_dir();
-  } else {
-    d.kind = "folder";
-    d.path = parts[0];
-  }
+  DG_CHECK(!parts.empty() && !parts[0].empty(), "--data: empty spec (expected fashion-mnist[:classes=A-B][:n=N] or ",
+           "an image folder path[:val=F][:n=N])");
+  const bool mnist = parts[0] == "fashion-mnist";
+  d.kind = mnist ? "fashion-mnist" : "folder";
+  d.path = mnist ? default_fashion_mnist_dir() : parts[0];
+  // Every problem names the spec: a run config may hold it, far from the command line.
+  auto fail = [&](const std::string& why) { return Error(str("--data '", spec, "': ", why)); };
+  const char* keys = mnist ? "classes=A-B, n=N, dir=PATH" : "val=F, n=N";
+  std::set<std::string> seen;
   for (size_t i = 1; i < parts.size(); ++i) {
     const auto eq = parts[i].find('=');
-    DG_CHECK(eq != std::string::npos, "--data: option '", parts[i], "' is not key=value");
+    if (eq == std::string::npos) throw fail(str("'", parts[i], "' is not key=value (keys: ", keys, ")"));
     const std::string k = parts[i].substr(0, eq), v = parts[i].substr(eq + 1);
-    try {
-      if (k == "classes") {
-        const auto dash = v.find('-');
-        DG_CHECK(dash != std::string::npos, "--data: classes=A-B expected, got '", v, "'");
-        for (int64_t c = std::stoll(v.substr(0, dash)); c <= std::stoll(v.substr(dash + 1)); ++c) d.classes.push_back(c);
-      } else if (k == "n") {
-        d.n = std::stoll(v);
-      } else if (k == "val") {
-        d.val_fraction = std::stod(v);
-      } else if (k == "dir") {
-        d.path = v;
-      } else {
-        throw Error(str("--data: unknown option '", k, "' (classes, n, val, dir)"));
-      }
-    } catch (const std::logic_error&) {
-      throw Error(str("--data: bad value in '", parts[i], "'"));
+    if (!seen.insert(k).second) throw fail(str("'", k, "' is given twice"));
+    if (k == "classes" && mnist) {
+      // Fashion-MNIST's classes are 0-9; a reversed range selected nothing and silently meant all ten.
+      const auto dash = v.find('-');
+      int64_t a = 0, b = 0;
+      if (dash == std::string::npos || !parse_count(v.substr(0, dash), a) || !parse_count(v.substr(dash + 1), b))
+        throw fail(str("classes='", v, "': expected A-B, two class numbers (e.g. classes=5-9)"));
+      if (a > b) throw fail(str("classes=", v, " is a reversed range (expected A-B with A <= B)"));
+      if (b >= kFashionMnistClasses)
+        throw fail(str("classes=", v, ": Fashion-MNIST has classes 0-", kFashionMnistClasses - 1));
+      for (int64_t c = a; c <= b; ++c) d.classes.push_back(c);
+    } else if (k == "n") {
+      if (!parse_count(v, d.n) || d.n < 1) throw fail(str("n=", v, ": expected a whole number of images >= 1"));
+    } else if (k == "val" && !mnist) {
+      // Validation images are needed after every epoch: 0 (or none left for training) must fail now, not then.
+      char* end = nullptr;
+      d.val_fraction = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end || !(d.val_fraction > 0 && d.val_fraction < 1))
+        throw fail(str("val=", v, ": expected the held-out fraction, a number strictly between 0 and 1"));
+    } else if (k == "dir" && mnist) {
+      if (v.empty()) throw fail("dir= needs a directory");
+      d.path = v;
+    } else {
+      throw fail(str("unknown key '", k, "' for ", mnist ? "fashion-mnist" : "an image folder", " (keys: ", keys,
+                     mnist ? "; Fashion-MNIST's validation set is its test set)" : ")"));
     }
   }
   return d;

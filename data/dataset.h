@@ -16,7 +16,7 @@ struct ImageSet {
   Tensor labels;  // I64 [N]
   int64_t num_classes = 0;
   std::vector<std::string> class_names;
-  int64_t skipped = 0;  // unreadable files skipped while loading
+  int64_t skipped = 0;  // unreadable entries skipped while loading
   int64_t size() const { return images.defined() ? images.size(0) : 0; }
 };
 
@@ -41,15 +41,21 @@ std::pair<ImageSet, ImageSet> split(const ImageSet& s, double val_fraction, uint
 
 // ImageFolder: every image converted to `channels` (1 or 3) and resized (bilinear) to
 // size x size. Classes are the sorted folder names, files are read in sorted order.
-// Unreadable images are reported on stderr by path and skipped (counted in `skipped`); no
-// class folders, or a class folder without (readable) images, is an error naming it.
+// Unreadable images are reported on stderr by path and skipped (counted in `skipped`), as are
+// images over 8192 x 8192 pixels, dangling symlinks, and entries with an image extension that
+// are not regular files; no class folders, or a class folder without (readable) images, is an
+// error naming it.
 ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channels);
 // Bilinear resize (align_corners = false) of an interleaved u8 image src [h, w, channels]
 // to planar floats dst [channels, out_h, out_w] in [0, 1].
 void resize_bilinear(const uint8_t* src, int64_t h, int64_t w, int64_t channels, int64_t out_h, int64_t out_w,
                      float* dst);
 
-// Parse a --data spec: "fashion-mnist[:classes=5-9][:n=1000]" or a folder path.
+// Parse a --data spec: "fashion-mnist[:classes=5-9][:n=1000][:dir=PATH]" or a folder path
+// "root[:val=0.1][:n=1000]". Checked in full before anything is loaded, each refusal naming the
+// spec: unknown or repeated keys, keys of the other kind, classes=A-B reversed or outside 0-9,
+// n < 1 or not a whole number, val outside (0, 1).
+constexpr int64_t kFashionMnistClasses = 10;
 struct DataSpec {
   std::string kind = "fashion-mnist";  // or "folder"
   std::string path;

@@ -8,14 +8,11 @@
 // and the bytes found, and trailing garbage is refused as well.
 #include <zlib.h>
 
-#include <filesystem>
-
 #include "core/error.h"
+#include "core/user_files.h"
 #include "data/dataset.h"
 
 namespace dg::data {
-
-namespace fs = std::filesystem;
 
 const char* default_fashion_mnist_dir() { return "/usr/share/datasets/fashion-mnist"; }
 
@@ -36,7 +33,7 @@ std::string str_dims(const std::vector<uint64_t>& d) {
 class GzReader {
  public:
   explicit GzReader(const std::string& path) : path_(path) {
-    DG_CHECK(fs::is_regular_file(path), "IDX '", path, "': no such file");
+    check_regular_file(path, "IDX file");  // gzopen would wait forever on a FIFO
     f_ = gzopen(path.c_str(), "rb");
     DG_CHECK(f_, "IDX '", path, "': cannot open");
   }

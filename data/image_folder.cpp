@@ -3,8 +3,10 @@
 // to 1 or 3 channels, resized (bilinear) to size x size and stored in [0, 1]; the loader
 // normalises with the model's mean/std per batch.
 //
-// A file that cannot be decoded (corrupt, unsupported, absurdly large) is reported once on
-// stderr by path and skipped; the count is kept in ImageSet::skipped. A layout problem (no
+// A file that cannot be decoded (corrupt, unsupported, absurdly large), a dangling symlink or an
+// entry that only looks like an image (a FIFO or a directory named x.png) is reported once on
+// stderr by path and skipped; the count is kept in ImageSet::skipped. Running out of memory
+// while decoding is not a bad file: it throws OutOfMemory naming the image. A layout problem (no
 // class folders, a class with no images) is an error naming the folder: training on a
 // silently missing class would give a model with a dead output.
 #include <algorithm>
@@ -12,20 +14,32 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 
 #include "core/error.h"
+#include "core/user_files.h"
 #include "data/dataset.h"
 
 // stb_image is compiled here, its only user, with every allocation bounded by `decode_limit`:
 // stb trusts the sizes in a file, and an 86-byte PNG whose IDAT chunk claimed 1.5 GB made it
 // allocate 1.5 GB (found by fuzz/fuzz_image). The limit is set before each decode from the
 // file's size and the image size in its header; a larger request fails as "Out of memory".
+// A request under the cap that the C library refuses is real memory exhaustion, not a bad file:
+// `decode_out_of_memory` tells the two apart (stb reports both as "Out of memory").
 namespace {
 thread_local size_t decode_limit = 0;
-void* stb_malloc(size_t n) { return n > decode_limit ? nullptr : std::malloc(n); }
-void* stb_realloc(void* p, size_t n) { return n > decode_limit ? nullptr : std::realloc(p, n); }
+thread_local bool decode_out_of_memory = false;
+void* stb_malloc(size_t n) {
+  if (n > decode_limit) return nullptr;
+  void* p = std::malloc(n);
+  decode_out_of_memory = decode_out_of_memory || !p;
+  return p;
+}
+void* stb_realloc(void* p, size_t n) {
+  if (n > decode_limit) return nullptr;
+  void* q = std::realloc(p, n);
+  decode_out_of_memory = decode_out_of_memory || !q;
+  return q;
+}
 }  // namespace
 #define STBI_MALLOC(n) stb_malloc(n)
 #define STBI_REALLOC(p, n) stb_realloc(p, n)
@@ -117,6 +131,36 @@ bool bmp_holds_its_pixels(const std::string& b) {
   return int64_t(b.size()) >= int64_t(offset) + stride * rows;
 }
 
+// Width and height from a PNG, BMP or JPEG header (false: not one of those, or too short). stb's
+// own info call fails on images it finds too large, which it reports as "not of any known type,
+// or corrupt"; these say how large they are.
+bool header_dimensions(const std::string& b, int64_t& w, int64_t& h) {
+  auto at = [&](size_t k) { return k < b.size() ? uint8_t(b[k]) : uint8_t(0); };
+  auto be16 = [&](size_t k) { return int64_t(at(k)) << 8 | at(k + 1); };
+  auto le16 = [&](size_t k) { return int64_t(at(k)) | int64_t(at(k + 1)) << 8; };
+  if (b.size() >= 24 && b.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0 && b.compare(12, 4, "IHDR") == 0) {
+    w = be16(16) << 16 | be16(18), h = be16(20) << 16 | be16(22);
+    return true;
+  }
+  if (b.size() >= 26 && b[0] == 'B' && b[1] == 'M') {
+    const bool core = (le16(14) | le16(16) << 16) == 12;  // BITMAPCOREHEADER: 16-bit sizes
+    w = core ? le16(18) : int32_t(uint32_t(le16(18) | le16(20) << 16));
+    h = core ? le16(20) : int32_t(uint32_t(le16(22) | le16(24) << 16));
+    h = h < 0 ? -h : h;  // negative: rows stored top-down
+    return true;
+  }
+  if (at(0) == 0xFF && at(1) == 0xD8)  // JPEG: the first SOFn segment (not DHT C4, JPG C8, DAC CC)
+    for (size_t i = 2; i + 9 < b.size() && at(i) == 0xFF;) {
+      const uint8_t m = at(i + 1);
+      if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) {
+        h = be16(i + 5), w = be16(i + 7);
+        return true;
+      }
+      i += 2 + size_t(be16(i + 2));
+    }
+  return false;
+}
+
 // Why stb must not see these bytes (nullptr: it may).
 const char* unsafe_for_stb(const std::string& b) {
   if (!jpeg_huffman_tables_ok(b)) return "corrupt JPEG (a Huffman table of more than 256 codes)";
@@ -130,11 +174,20 @@ const char* unsafe_for_stb(const std::string& b) {
 // takes bits; a file far denser than that is truncated data that stb would pad with zeros.
 constexpr int64_t kMaxPixelsPerByte = 16384, kFreePixels = int64_t(1) << 20;
 
-bool is_image_file(const fs::directory_entry& e) {
-  if (!e.is_regular_file()) return false;
-  std::string ext = e.path().extension().string();
+bool has_image_extension(const fs::path& p) {
+  std::string ext = p.extension().string();
   std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return char(std::tolower(ch)); });
   return ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp";
+}
+
+// Why an entry of a folder cannot be read as what it looks like (nullptr: it can, or it is not
+// meant to be: a notes.txt). Dangling symlinks and FIFOs were skipped without a word.
+const char* unreadable_entry(const fs::directory_entry& e, bool want_directory) {
+  std::error_code ec;
+  const fs::file_status target = fs::status(e.path(), ec);
+  if (fs::is_symlink(e.symlink_status(ec)) && !fs::exists(target)) return "a dangling symbolic link";
+  if (want_directory || !has_image_extension(e.path()) || fs::is_regular_file(target)) return nullptr;
+  return fs::is_directory(target) ? "a directory, not an image file" : "not a regular file (a FIFO, socket or device)";
 }
 
 }  // namespace
@@ -166,69 +219,89 @@ ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channe
   DG_CHECK(fs::is_directory(root), "image folder '", root, "': not a directory");
   DG_CHECK(channels == 1 || channels == 3, "image folder '", root, "': channels must be 1 or 3, got ", channels);
   DG_CHECK(size >= 1 && size <= 4096, "image folder '", root, "': image size must be in 1..4096, got ", size);
+  int64_t skipped = 0;
+  auto skip = [&](const std::string& path, const std::string& why) {
+    std::fprintf(stderr, "image folder: skipping '%s': %s\n", printable(path).c_str(), printable(why).c_str());
+    ++skipped;
+  };
   std::vector<std::string> classes;
-  for (const auto& e : fs::directory_iterator(root))
-    if (e.is_directory()) classes.push_back(e.path().filename().string());
+  for (const auto& e : fs::directory_iterator(root)) {
+    if (const char* why = unreadable_entry(e, true)) skip(e.path().string(), why);
+    else if (e.is_directory()) classes.push_back(e.path().filename().string());
+  }
   std::sort(classes.begin(), classes.end());
   DG_CHECK(!classes.empty(), "image folder '", root, "': no class folders (expected root/<class>/*.png|jpg|jpeg|bmp)");
 
   const int64_t per = channels * size * size;
   std::vector<float> pix;  // [N, C, size, size], grown per image
   std::vector<int64_t> labels;
-  int64_t skipped = 0;
   for (size_t k = 0; k < classes.size(); ++k) {
     const fs::path dir = fs::path(root) / classes[k];
     std::vector<std::string> files;
-    for (const auto& e : fs::directory_iterator(dir))
-      if (is_image_file(e)) files.push_back(e.path().string());
+    for (const auto& e : fs::directory_iterator(dir)) {
+      if (const char* why = unreadable_entry(e, false)) skip(e.path().string(), why);
+      else if (e.is_regular_file() && has_image_extension(e.path())) files.push_back(e.path().string());
+    }
     std::sort(files.begin(), files.end());
     DG_CHECK(!files.empty(), "image folder '", root, "': class folder '", dir.string(),
              "' has no images (.png, .jpg, .jpeg, .bmp)");
     int64_t kept = 0;
     for (const std::string& f : files) {
       std::string bytes;
-      std::error_code ec;
-      if (fs::file_size(f, ec) <= kMaxFileBytes) {  // (uintmax_t)-1 on error
-        std::ifstream in(f, std::ios::binary);
-        bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      try {
+        bytes = read_regular_file(f, "image", kMaxFileBytes);
+      } catch (const Error& e) {
+        skip(f, e.what());
+        continue;
       }
       const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
-      const char* why = bytes.empty() ? "empty, unreadable or larger than 256 MiB" : unsafe_for_stb(bytes);
+      const char* why = bytes.empty() ? "empty file" : unsafe_for_stb(bytes);
+      auto over_limit = [&](int64_t w, int64_t h) {
+        skip(f, str(w, " x ", h, " pixels is more than the limit of ", kMaxPixels, " pixels (8192 x 8192) per image"));
+      };
       int w = 0, h = 0, c = 0;
       // Header first: refuse absurd sizes before stb allocates for them. stb holds at most the
       // compressed data (PNG's IDAT gathered by doubling: < 2x the file) or the image at 16 bits
       // x 4 channels (JPEG in blocks of up to 32 pixels), one piece at a time, plus its state.
       decode_limit = 2 * bytes.size() + (size_t(1) << 20);
+      decode_out_of_memory = false;
       if (why || !stbi_info_from_memory(data, int(bytes.size()), &w, &h, &c)) {
-        std::fprintf(stderr, "image folder: skipping unreadable image '%s': %s\n", f.c_str(), why ? why : stbi_failure_reason());
-        ++skipped;
+        int64_t hw = 0, hh = 0;  // stb calls an image it finds too large "not of any known type"
+        if (!why && header_dimensions(bytes, hw, hh) && hw * hh > kMaxPixels) over_limit(hw, hh);
+        else skip(f, why ? why : stbi_failure_reason());
+        continue;
+      }
+      if (int64_t(w) * h > kMaxPixels) {
+        over_limit(w, h);
         continue;
       }
       if (int64_t(w) * h > std::max(kFreePixels, kMaxPixelsPerByte * int64_t(bytes.size()))) {
-        std::fprintf(stderr, "image folder: skipping '%s': %d x %d pixels cannot come from %zu bytes (truncated)\n",
-                     f.c_str(), w, h, bytes.size());
-        ++skipped;
+        skip(f, str(w, " x ", h, " pixels cannot come from ", bytes.size(), " bytes (truncated)"));
         continue;
       }
       if (w < 1 || h < 1 || int64_t(w) * h > kMaxPixels || c < 1 || c > 4) {  // 0 rows: found by fuzz/fuzz_image
-        std::fprintf(stderr, "image folder: skipping '%s': %d x %d pixels with %d channels (limits: 1 to %lld pixels, 1-4 channels)\n",
-                     f.c_str(), w, h, c, (long long)kMaxPixels);
-        ++skipped;
+        skip(f, str(w, " x ", h, " pixels with ", c, " channels (limits: 1 to ", kMaxPixels, " pixels, 1-4 channels)"));
         continue;
       }
       // stb converts 1 (gray), 2 (gray+alpha), 3 (RGB) and 4 (RGBA) to `channels`: gray is
       // replicated, RGB -> gray uses stb's luma weights, alpha is dropped (not composited).
       decode_limit = std::min(kMaxDecodeAlloc, decode_limit + 8 * size_t(w + 32) * size_t(h + 32));
       unsigned char* img = stbi_load_from_memory(data, int(bytes.size()), &w, &h, &c, int(channels));
+      if (!img && decode_out_of_memory)
+        throw OutOfMemory(str("decoding image '", f, "' (", w, " x ", h, " pixels)"));
       if (!img || w < 1 || h < 1) {
-        std::fprintf(stderr, "image folder: skipping unreadable image '%s': %s\n", f.c_str(),
-                     img ? "no pixels" : stbi_failure_reason());
+        skip(f, img ? "no pixels" : stbi_failure_reason());
         stbi_image_free(img);
-        ++skipped;
         continue;
       }
       const size_t base = pix.size();
-      pix.resize(base + size_t(per));
+      try {
+        pix.resize(base + size_t(per));
+      } catch (const std::bad_alloc&) {
+        stbi_image_free(img);
+        throw OutOfMemory(str("image folder '", root, "': holding ", labels.size() + 1, " decoded images of ",
+                              channels, " x ", size, " x ", size, " floats"));
+      }
       resize_bilinear(img, h, w, channels, size, size, pix.data() + base);
       stbi_image_free(img);
       labels.push_back(int64_t(k));
@@ -238,7 +311,7 @@ ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channe
              "' could be read");
   }
   if (skipped)
-    std::fprintf(stderr, "image folder '%s': %lld unreadable images skipped\n", root.c_str(), (long long)skipped);
+    std::fprintf(stderr, "image folder '%s': %lld unreadable entries skipped\n", printable(root).c_str(), (long long)skipped);
   ImageSet s;
   const int64_t n = int64_t(labels.size());
   s.images = Tensor::from_vector(pix, {n, channels, size, size});

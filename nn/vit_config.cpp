@@ -1,10 +1,11 @@
 #include "nn/vit_config.h"
 
+#include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <set>
 
 #include "core/error.h"
+#include "core/user_files.h"
 
 namespace dg::nn {
 
@@ -74,11 +75,27 @@ ViTConfig vit_config_from_json(const json& j, const std::string& what) {
   } catch (const json::exception& e) {
     throw Error(str(what, ": ", e.what()));
   }
+  // Each value in its range, named: mlp_ratio -1 used to surface as "Tensor::empty: negative size".
+  auto in_range = [&](const char* key, double v, bool ok, const char* range) {
+    DG_CHECK(ok, what, ": key '", key, "' must be ", range, ", got ", v);
+  };
+  for (auto [key, v] : {std::pair<const char*, int64_t>{"img_size", c.img_size}, {"patch_size", c.patch_size},
+                        {"in_chans", c.in_chans}, {"embed_dim", c.embed_dim}, {"depth", c.depth}, {"num_heads", c.num_heads}})
+    in_range(key, double(v), v >= 1, "at least 1");
+  in_range("img_size", double(c.img_size), c.img_size <= 4096, "at most 4096 (the largest image the loaders make)");
+  in_range("mlp_ratio", c.mlp_ratio, c.mlp_ratio > 0 && c.mlp_ratio <= 64 && double(c.embed_dim) * c.mlp_ratio >= 1,
+           "in (0, 64] with embed_dim * mlp_ratio >= 1 (the MLP's hidden width)");
+  in_range("norm_eps", c.norm_eps, c.norm_eps > 0 && c.norm_eps <= 1, "in (0, 1]");
+  for (auto [key, v] : {std::pair<const char*, double>{"drop_rate", c.drop_rate}, {"attn_drop_rate", c.attn_drop_rate},
+                        {"drop_path_rate", c.drop_path_rate}})
+    in_range(key, v, v >= 0 && v < 1, "a probability in [0, 1)");
+  in_range("init_values", c.init_values, c.init_values >= 0 && std::isfinite(c.init_values), "finite and >= 0 (0: no LayerScale)");
+  for (double m : c.mean) in_range("mean", m, std::isfinite(m), "finite in every channel");
+  for (double v : c.std) in_range("std", v, v > 0 && std::isfinite(v), "finite and > 0 in every channel");
   DG_CHECK(c.patch_size > 0 && c.img_size % c.patch_size == 0, what, ": img_size ", c.img_size,
            " is not divisible by patch_size ", c.patch_size);
   DG_CHECK(c.embed_dim > 0 && c.num_heads > 0 && c.embed_dim % c.num_heads == 0, what, ": embed_dim ", c.embed_dim,
            " is not divisible by num_heads ", c.num_heads);
-  DG_CHECK(c.depth >= 1 && c.in_chans >= 1 && c.num_classes >= 0, what, ": depth, in_chans must be >= 1");
   DG_CHECK(c.global_pool == "token" || c.global_pool == "avg", what, ": global_pool must be token or avg");
   DG_CHECK(c.global_pool != "token" || c.class_token, what, ": global_pool 'token' needs class_token");
   DG_CHECK(int64_t(c.mean.size()) == c.in_chans && int64_t(c.std.size()) == c.in_chans, what,
@@ -92,9 +109,7 @@ ViTConfig load_vit_config(const std::string& p) {
       if (n == p) return vit_preset(p);
     throw Error(str("model config '", p, "': no such file and not a preset"));
   }
-  std::ifstream f(p);
-  json j = json::parse(f, nullptr, false);
-  DG_CHECK(!j.is_discarded(), "model config '", p, "': invalid JSON");
+  const json j = read_json_file(p, "model config");
   return vit_config_from_json(j, "model config '" + p + "'");
 }
 

@@ -1,10 +1,10 @@
 #include "peft/config.h"
 
-#include <fstream>
 #include <set>
 #include <type_traits>
 
 #include "core/error.h"
+#include "core/user_files.h"
 
 namespace dg::peft {
 
@@ -26,6 +26,9 @@ struct Reader {
     // 1e300 has no int64 value: converting it was undefined behaviour (found by fuzz/fuzz_config)
     if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)
       DG_CHECK(!j.at(key).is_number_float(), where, ": key '", key, "' must be an integer, got ", j.at(key).dump());
+    if constexpr (std::is_unsigned_v<T> && !std::is_same_v<T, bool>)  // a seed of -1 would wrap to 2^64 - 1
+      DG_CHECK(!j.at(key).is_number_integer() || j.at(key) >= 0, where, ": key '", key, "' must be >= 0, got ",
+               j.at(key).dump());
     try {
       out = j.at(key).get<T>();
     } catch (const json::exception&) {
@@ -208,15 +211,7 @@ PeftConfig parse_peft_config(const json& j, const std::string& what) {
 }
 
 PeftConfig load_peft_config(const std::string& path) {
-  std::ifstream f(path);
-  DG_CHECK(f, "cannot open peft config '", path, "'");
-  json j;
-  try {
-    j = json::parse(f);
-  } catch (const json::exception& e) {
-    throw Error(str("peft config '", path, "': invalid JSON: ", e.what()));
-  }
-  return parse_peft_config(j, "peft config '" + path + "'");
+  return parse_peft_config(read_json_file(path, "peft config"), "peft config '" + path + "'");
 }
 
 json to_json(const PeftConfig& c) { return c.raw; }

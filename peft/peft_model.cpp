@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <set>
 #include <sstream>
 
@@ -13,6 +12,7 @@
 #include "autograd/ops.h"
 #include "core/backend.h"
 #include "core/safetensors.h"
+#include "core/user_files.h"
 #include "nn/device.h"
 #include "nn/glob.h"
 
@@ -382,10 +382,8 @@ int64_t hf_head_classes(const std::string& dir) {
 }
 
 void import_hf(const std::string& dir, const std::string& out_file, nn::VisionTransformer& base) {
-  std::ifstream f(dir + "/adapter_config.json");
-  DG_CHECK(f, "import-peft: cannot open '", dir, "/adapter_config.json'");
-  json c = json::parse(f, nullptr, false);
-  DG_CHECK(!c.is_discarded() && c.is_object(), "import-peft: '", dir, "/adapter_config.json' is not a JSON object");
+  const json c = read_json_file(dir + "/adapter_config.json", "import-peft: adapter config");
+  DG_CHECK(c.is_object(), "import-peft: '", dir, "/adapter_config.json' is not a JSON object");
   DG_CHECK(c.value("peft_type", "") == "LORA", "import-peft: peft_type '", c.value("peft_type", ""),
            "' is not LORA (only LoRA can be imported)");
   DG_CHECK(c.value("bias", "none") == "none", "import-peft: bias '", c.value("bias", ""), "' is not supported");

@@ -198,7 +198,7 @@ TEST_CASE("data: IDX files are validated before use") {
   write_bytes(d / "cut.gz", gz);
   CHECK_THROWS_WITH_AS(read_idx_images((d / "cut.gz").string()), doctest::Contains("gzip"), Error);
   CHECK_THROWS_WITH_AS(read_idx_images((d / "missing").string()), doctest::Contains("no such file"), Error);
-  CHECK_THROWS_WITH_AS(read_idx_images(d.string()), doctest::Contains("no such file"), Error);  // a directory
+  CHECK_THROWS_WITH_AS(read_idx_images(d.string()), doctest::Contains("not a regular file (a directory)"), Error);
 
   // A Fashion-MNIST directory whose label file does not match the image file.
   fs::path fm = tmpdir("fm");

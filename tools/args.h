@@ -1,6 +1,8 @@
 // A small command-line parser: --key value and --flag, with the allowed options listed
 // per command so an unknown option is one clear line and exit code 2.
 #pragma once
+#include <charconv>
+#include <cstdint>
 #include <map>
 #include <set>
 #include <string>
@@ -38,6 +40,19 @@ struct Args {
     } catch (const std::exception&) {
       throw UsageError(str("option --", k, ": '", it->second, "' is not a number"));
     }
+  }
+  // A whole number in [lo, hi]: "--seed -1" was stored as 18446744073709551615 and "--epochs 1.5"
+  // silently became 1.
+  int64_t integer(const std::string& k, int64_t def, int64_t lo, int64_t hi = INT64_MAX) const {
+    auto it = opts.find(k);
+    if (it == opts.end()) return def;
+    const std::string& v = it->second;
+    int64_t x = 0;
+    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+    if (v.empty() || ec != std::errc() || end != v.data() + v.size() || x < lo || x > hi)
+      throw UsageError(str("option --", k, ": '", v, "' is not a whole number ",
+                           hi == INT64_MAX ? str(">= ", lo) : str("in ", lo, "..", hi)));
+    return x;
   }
 };
 

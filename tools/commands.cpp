@@ -3,7 +3,6 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 
 #include <nlohmann/json.hpp>
@@ -11,6 +10,7 @@
 #include "autograd/autocast.h"
 #include "autograd/ops.h"
 #include "core/safetensors.h"
+#include "core/user_files.h"
 #include "peft/peft_model.h"
 #include "train/trainer.h"
 
@@ -19,14 +19,6 @@ namespace dg::cli {
 using nlohmann::json;
 
 namespace {
-
-json read_json_file(const std::string& path, const char* what) {
-  std::ifstream f(path);
-  if (!f) throw Error(str("cannot open ", what, " '", path, "'"));
-  json j = json::parse(f, nullptr, false);
-  if (j.is_discarded()) throw Error(str(what, " '", path, "': invalid JSON"));
-  return j;
-}
 
 // The number of classes a delta file was trained for (its model config's), or -1.
 int64_t delta_file_classes(const std::string& path) {
@@ -134,18 +126,18 @@ int cmd_train(int argc, char** argv) {
   if (a.has("model")) rc["model"] = absolute_if_file(a.get("model"));
   if (a.has("peft")) rc["peft"] = read_json_file(a.get("peft"), "peft config");
   if (a.has("data")) rc["data"] = absolute_data_path(a.get("data"));
-  if (a.has("epochs")) rc["epochs"] = int64_t(a.num("epochs", 1));
-  if (a.has("batch")) rc["batch"] = int64_t(a.num("batch", 64));
+  if (a.has("epochs")) rc["epochs"] = a.integer("epochs", 1, 1);
+  if (a.has("batch")) rc["batch"] = a.integer("batch", 64, 1);
   if (a.has("lr")) rc["lr"] = a.num("lr", 1e-3);
   if (a.has("weight-decay")) rc["weight_decay"] = a.num("weight-decay", 0.05);
-  if (a.has("warmup")) rc["warmup_steps"] = int64_t(a.num("warmup", 0));
-  if (a.has("seed")) rc["seed"] = uint64_t(a.num("seed", 0));
+  if (a.has("warmup")) rc["warmup_steps"] = a.integer("warmup", 0, 0);
+  if (a.has("seed")) rc["seed"] = uint64_t(a.integer("seed", 0, 0));
   if (a.has("device")) rc["device"] = a.get("device");
   if (a.has("out")) rc["out"] = a.get("out");
   if (a.has("quiet")) rc["quiet"] = true;
   if (a.has("recompute-mlp")) rc["recompute_mlp"] = true;
   if (a.has("precision")) rc["precision"] = a.get("precision");
-  if (a.has("checkpoint-every")) rc["checkpoint_every"] = int64_t(a.num("checkpoint-every", 0));
+  if (a.has("checkpoint-every")) rc["checkpoint_every"] = a.integer("checkpoint-every", 0, 0);
   if (a.has("checkpoint-minutes")) rc["checkpoint_minutes"] = a.num("checkpoint-minutes", 0);
   if (!a.has("resume") && !a.has("config") && !a.has("data")) throw UsageError("missing required option --data");
   train::RunConfig cfg = train::run_config_from_json(rc);
@@ -169,7 +161,7 @@ int cmd_eval(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "data", "seed", "precision"});
   AutocastGuard autocast(parse_precision(a.get("precision", "f32"), "--precision"));
   nn::ViTConfig mc = nn::load_vit_config(a.need("model-config"));
-  auto [tr, va] = train::load_data(a.need("data"), mc, uint64_t(a.num("seed", 0)));
+  auto [tr, va] = train::load_data(a.need("data"), mc, uint64_t(a.integer("seed", 0, 0)));
   auto m = load_model(a, tr.num_classes);
   auto pm = attach_peft(*m, a);
   double acc = train::evaluate(*m, va, mc.mean, mc.std);
@@ -219,10 +211,12 @@ int cmd_inspect(int argc, char** argv) {
     SafeTensors st = load_safetensors(file);
     int64_t total = 0;
     for (auto& [n, t] : st.tensors) {
-      std::printf("%-48s %-6s %s\n", n.c_str(), dtype_name(t.dtype()), shape_str(t.shape()).c_str());
+      std::printf("%-48s %-6s %s\n", printable(n).c_str(), dtype_name(t.dtype()), shape_str(t.shape()).c_str());
       total += t.numel();
     }
-    for (auto& [k, v] : st.metadata) std::printf("metadata %s = %.120s\n", k.c_str(), v.c_str());
+    // names and metadata come from the file: escaped, so that no raw byte reaches the terminal
+    for (auto& [k, v] : st.metadata)
+      std::printf("metadata %s = %s\n", printable(k).c_str(), printable(v.substr(0, 120)).c_str());
     std::printf("%zu tensors, %lld elements\n", st.tensors.size(), (long long)total);
     return 0;
   }

@@ -1,8 +1,17 @@
 // deltagrad: the command-line front end. `deltagrad <command> --help` for each command.
+//
+// Exit codes: 0 done, 2 bad input (options, files, configs), 3 out of memory, 130 stopped by
+// Ctrl-C. Every error is one line on stderr, escaped by dg::printable: messages quote file
+// contents, and a terminal should never receive raw bytes from a corrupt file.
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <string>
 
+#include "core/error.h"
 #include "tools/commands.h"
 
 namespace {
@@ -17,14 +26,59 @@ const char* kUsage =
     "  merge         fold LoRA deltas into the base weights (a plain timm-layout checkpoint)\n"
     "  export-peft   write LoRA deltas in Hugging Face peft's format\n"
     "  import-peft   read a Hugging Face peft LoRA into a deltagrad delta file\n";
+
+constexpr int kExitBadInput = 2, kExitOutOfMemory = 3;
+std::string g_cmd = "?";
+
+void report(const std::string& msg) { std::fprintf(stderr, "deltagrad %s: %s\n", g_cmd.c_str(), dg::printable(msg).c_str()); }
+
+// Out of memory ends with _exit: OpenBLAS's server threads map their work buffers when the library
+// loads and retry a failed mapping forever, and its exit handler waits for them, so a normal exit
+// after running out of memory could hang there. Nothing else is left to flush.
+[[noreturn]] void exit_out_of_memory() {
+  std::fflush(nullptr);
+  ::_exit(kExitOutOfMemory);
 }
+
+// An exception that escapes where it cannot be caught (an OpenMP parallel region, a noexcept
+// function) ends in std::terminate: still one line and an exit code, not an abort's core dump.
+// Memory may be exhausted here, so this line is written without allocating (bytes outside
+// printable ASCII as \xNN).
+void put_escaped(const char* s) {
+  for (; *s; ++s) {
+    const auto b = static_cast<unsigned char>(*s);
+    if (b >= 0x20 && b < 0x7f) std::fputc(b, stderr);
+    else std::fprintf(stderr, "\\x%02x", b);
+  }
+}
+[[noreturn]] void on_terminate() {
+  int code = 1;
+  std::fprintf(stderr, "deltagrad %s: ", g_cmd.c_str());
+  try {
+    if (std::exception_ptr e = std::current_exception()) std::rethrow_exception(e);
+    std::fputs("internal error: terminate without an exception", stderr);
+  } catch (const dg::OutOfMemory& e) {
+    std::fputs("out of memory: ", stderr), put_escaped(e.what()), code = kExitOutOfMemory;
+  } catch (const std::bad_alloc&) {
+    std::fputs("out of memory (a C++ allocation failed)", stderr), code = kExitOutOfMemory;
+  } catch (const std::exception& e) {
+    std::fputs("internal error: ", stderr), put_escaped(e.what());
+  } catch (...) {
+    std::fputs("internal error: unknown exception", stderr);
+  }
+  std::fputc('\n', stderr);
+  std::fflush(nullptr);
+  ::_exit(code);
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
-    return argc < 2 ? 2 : 0;
+    return argc < 2 ? kExitBadInput : 0;
   }
-  const std::string cmd = argv[1];
+  const std::string cmd = g_cmd = argv[1];
+  std::set_terminate(on_terminate);
   try {
     if (cmd == "train") return dg::cli::cmd_train(argc, argv);
     if (cmd == "eval") return dg::cli::cmd_eval(argc, argv);
@@ -34,13 +88,19 @@ int main(int argc, char** argv) {
     if (cmd == "export-peft") return dg::cli::cmd_export_peft(argc, argv);
     if (cmd == "import-peft") return dg::cli::cmd_import_peft(argc, argv);
     if (cmd == "demo") return dg::cli::cmd_demo(argc, argv);
-    std::fprintf(stderr, "deltagrad: unknown command '%s' (see deltagrad --help)\n", cmd.c_str());
-    return 2;
+    std::fprintf(stderr, "deltagrad: unknown command '%s' (see deltagrad --help)\n", dg::printable(cmd).c_str());
+    return kExitBadInput;
   } catch (const dg::cli::UsageError& e) {
-    std::fprintf(stderr, "deltagrad %s: %s (see deltagrad %s --help)\n", cmd.c_str(), e.what(), cmd.c_str());
-    return 2;
+    report(std::string(e.what()) + " (see deltagrad " + cmd + " --help)");
+    return kExitBadInput;
+  } catch (const dg::OutOfMemory& e) {
+    report(std::string("out of memory: ") + e.what());
+    exit_out_of_memory();
+  } catch (const std::bad_alloc&) {
+    report("out of memory (a C++ allocation failed; a smaller --batch or model needs less)");
+    exit_out_of_memory();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "deltagrad %s: %s\n", cmd.c_str(), e.what());
-    return 2;
+    report(e.what());
+    return kExitBadInput;
   }
 }

@@ -67,7 +67,7 @@ int cmd_demo(int argc, char** argv) {
     rc.model_config = "vit_mnist_28";
     rc.peft = {{"trainable", {"*"}}};
     rc.data = "fashion-mnist:classes=0-4";
-    rc.epochs = int64_t(a.num("pretrain-epochs", 2));
+    rc.epochs = a.integer("pretrain-epochs", 2, 1);
     rc.batch = 128, rc.lr = 2e-3, rc.warmup_steps = 100, rc.weight_decay = 0.05, rc.pad = 2;
     rc.out = out + "/pretrain", rc.quiet = quiet, rc.log_every = 50;
     auto [tr, va] = train::load_data(rc.data, mc, rc.seed);
@@ -85,7 +85,7 @@ int cmd_demo(int argc, char** argv) {
   base.model_config = "vit_mnist_28";
   base.model = pre;
   base.data = "fashion-mnist:classes=5-9:n=1000";
-  base.epochs = int64_t(a.num("epochs", 20));
+  base.epochs = a.integer("epochs", 20, 1);
   base.batch = 50, base.weight_decay = 0.05, base.warmup_steps = 20, base.pad = 2;
   base.eval_every = base.epochs, base.quiet = quiet, base.log_every = 100;
   auto [tr, va] = train::load_data(base.data, mc, base.seed);

@@ -43,8 +43,10 @@ RunConfig run_config_from_json(const json& j) {
   for (auto it = j.begin(); it != j.end(); ++it) {
     DG_CHECK(base.contains(it.key()), "run config: unknown key '", it.key(), "'");
     // 1e300 has no int64 value: converting it was undefined behaviour (found by fuzz/fuzz_config)
-    DG_CHECK(!base[it.key()].is_number_integer() || !it.value().is_number_float(), "run config: key '", it.key(),
-             "' must be an integer, got ", it.value().dump());
+    // ... and a negative seed was stored as 18446744073709551615: integer keys are counts, >= 0
+    DG_CHECK(!base[it.key()].is_number_integer() || (it.value().is_number_integer() && it.value() >= 0) ||
+                 !it.value().is_number(), "run config: key '", it.key(), "' must be an integer >= 0, got ",
+             it.value().dump());
     base[it.key()] = it.value();
   }
   RunConfig c;
@@ -75,15 +77,24 @@ RunConfig run_config_from_json(const json& j) {
 
 std::pair<data::ImageSet, data::ImageSet> load_data(const std::string& spec, const nn::ViTConfig& mc, uint64_t seed) {
   data::DataSpec d = data::parse_data_spec(spec);
+  // One class would train to a trivial 100%: nothing to tell apart.
+  auto need_two = [&](int64_t classes, const std::string& where) {
+    DG_CHECK(classes >= 2, "--data '", spec, "': ", where, " has ", classes,
+             " class; training and evaluation need at least 2");
+  };
   if (d.kind == "fashion-mnist") {
-    data::ImageSet tr = data::load_fashion_mnist(d.path, true), te = data::load_fashion_mnist(d.path, false);
     std::vector<int64_t> cls = d.classes;
     if (cls.empty())
-      for (int64_t c = 0; c < 10; ++c) cls.push_back(c);
+      for (int64_t c = 0; c < data::kFashionMnistClasses; ++c) cls.push_back(c);
+    need_two(int64_t(cls.size()), "the selection");
+    data::ImageSet tr = data::load_fashion_mnist(d.path, true), te = data::load_fashion_mnist(d.path, false);
     return {data::select_classes(tr, cls, d.n, seed), data::select_classes(te, cls)};
   }
   data::ImageSet all = data::load_image_folder(d.path, mc.img_size, mc.in_chans);
+  need_two(all.num_classes, "image folder '" + d.path + "'");
   auto [tr, va] = data::split(all, d.val_fraction, seed);
+  DG_CHECK(va.size() > 0, "--data '", spec, "': holding out ", d.val_fraction, " of ", all.size(),
+           " images leaves no validation image (each class rounds its share; a larger val= or more images needed)");
   if (d.n > 0) {
     std::vector<int64_t> cls(static_cast<size_t>(all.num_classes));
     for (size_t i = 0; i < cls.size(); ++i) cls[i] = int64_t(i);

@@ -96,6 +96,15 @@ template void gemm_serial<float>(bool, bool, int64_t, int64_t, int64_t, float, c
 template void gemm_serial<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
                                   const double*, int64_t, double, double*, int64_t);
 
+void prepare_gemm_threads() {
+  if (library().load(std::memory_order_relaxed) != Lib::OpenBLAS) return;
+#ifdef _OPENMP
+  reserve_openblas_buffers(omp_get_max_threads());
+#else
+  reserve_openblas_buffers(1);
+#endif
+}
+
 const char* gemm_library() { return library().load() == Lib::OpenBLAS ? "openblas" : "eigen"; }
 
 bool have_openblas() {
@@ -141,6 +150,7 @@ void CpuBackend::gemm(const Gemm& g, const Tensor& A, const Tensor& B, const Ten
   }
   DG_CHECK(A.dtype() == B.dtype() && A.dtype() == C.dtype(), "gemm: dtypes ", A.desc(), ", ", B.desc(), ", ",
            C.desc(), ": expected all f32, all f64, or bf16 operands with an f32 result");
+  prepare_gemm_threads();
   float_dispatch(C.dtype(), "gemm", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* a = static_cast<const T*>(A.raw());

@@ -51,7 +51,7 @@ void* CpuBackend::alloc(size_t nbytes) {
     release_cached_memory();
     p = system_alloc(n);
   }
-  DG_CHECK(p, "cpu alloc: out of memory allocating ", nbytes, " bytes");
+  if (!p) throw OutOfMemory(str("cpu alloc: out of memory allocating ", nbytes, " bytes"));
   return p;
 }
 

@@ -25,5 +25,11 @@ const char* gemm_library();
 void set_gemm_library(const std::string& name);
 // Whether this build links OpenBLAS.
 bool have_openblas();
+// Maps OpenBLAS's work buffers for `threads` concurrent products, or throws dg::OutOfMemory
+// (core/cpu/blas_buffers.cpp: OpenBLAS itself would spin forever on a failed mapping).
+void reserve_openblas_buffers(int threads);
+// Call outside a parallel region before gemm_serial runs on up to omp_get_max_threads()
+// threads at once: reserves OpenBLAS's buffers for them when OpenBLAS is the library in use.
+void prepare_gemm_threads();
 
 }  // namespace dg::cpu

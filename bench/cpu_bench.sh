@@ -34,7 +34,8 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "$VENV/bin/pip" install --quiet torch
 fi
 PEERS=("$VENV/bin/python")
-if /usr/bin/python3 -c "import torch" 2>/dev/null; then PEERS+=(/usr/bin/python3); fi
+# OLD_TORCH=0 leaves out Debian's torch 1.13 (a shorter run)
+if [ "${OLD_TORCH:-1}" = 1 ] && /usr/bin/python3 -c "import torch" 2>/dev/null; then PEERS+=(/usr/bin/python3); fi
 
 mkdir -p bench/results
 stamp=$(date -u +%Y-%m-%d)

@@ -1,8 +1,8 @@
 // Which GEMM library the CPU backend uses, chosen on the machine it runs on. On the first
 // product: DG_CPU_GEMM if set (a library name forces it; "calibrate" re-measures), else the
 // choice cached for this CPU, thread count and set of library versions, else a calibration
-// (each built library times a few products of the shapes transformer layers run, through the
-// backend's own split, a few hundred ms) whose winner is cached. The cache is one text file,
+// (each built library times a few products of the shapes transformer layers run, one thread
+// each as under the backend's own split, about 0.2 s) whose winner is cached. The cache is one text file,
 // $XDG_CACHE_HOME/deltagrad/cpu_gemm.tsv (or ~/.cache/...), replaced atomically (temp file +
 // rename); an unreadable or malformed one is ignored and rewritten. Nothing here is fatal
 // except a DG_CPU_GEMM that names no built library.
@@ -30,7 +30,8 @@ struct GemmTiming {
 // choice. "" when no candidate has a finite positive time and ok. Pure.
 std::string choose_gemm(const std::vector<GemmTiming>& timings, double tolerance = 0.03);
 
-// Times every built library (`reps` interleaved rounds after a warm-up; the best per product).
+// Times every built library but onednn-mt (left to DG_CPU_GEMM), each as the one-thread
+// product our split runs, `reps` interleaved rounds after a warm-up, the best per product.
 std::vector<GemmTiming> calibrate_gemm(int reps = 3);
 
 struct GemmCacheEntry {

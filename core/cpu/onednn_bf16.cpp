@@ -114,10 +114,12 @@ std::string bf16_gemm_kind() {
 bool onednn_gemm_bf16(const Backend::Gemm& g, const uint16_t* a, const uint16_t* b, float* c) {
 #ifdef DG_HAVE_ONEDNN
   if (!bf16_gemm_native() || g.K == 0) return false;
-  static Engine e;
+  // Never destroyed (process lifetime; still reachable, so no leak report): tearing primitives
+  // down at exit would race oneDNN's own static destructors.
+  static const Engine& e = *new Engine;
   if (!e.stream) return false;
   static std::mutex m;
-  static std::map<Key, Prim> cache;
+  static std::map<Key, Prim>& cache = *new std::map<Key, Prim>;
   std::lock_guard<std::mutex> lock(m);
   const Key k{g.ta, g.tb, g.batch, g.M, g.N, g.K, g.lda, g.ldb, g.ldc, g.stride_a, g.stride_b, g.stride_c, g.alpha, g.beta};
   auto it = cache.find(k);

@@ -100,11 +100,11 @@ Choice initial_choice() {
   const double load_before = load_average();
   const std::vector<GemmTiming> t = calibrate_gemm();
   const std::string pick = choose_gemm(t);
-  const GemmLib lib = pick.empty() ? built_libs().front() : *lib_from_name(pick);
+  const GemmLib lib = pick.empty() ? GemmLib::Eigen : *lib_from_name(pick);  // no usable timing: the portable one
   const std::string note = summary(t);
   std::string why = "calibrated: " + note;
-  // Other processes competing for the cores distort threaded timings most (a preempted thread
-  // stalls its partner at the barrier): such a choice serves this process but is not kept.
+  // Other processes competing for the cores make even one-thread timings noisy: such a choice
+  // serves this process but is not kept.
   const double cpus = double(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN))), load = std::max(load_before, load_average());
   if (load > cpus + 1) why += "; not cached: the machine was busy (load " + std::to_string(int(load)) + " on " +
                               std::to_string(int(cpus)) + " CPUs)";

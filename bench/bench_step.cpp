@@ -3,7 +3,7 @@
 // (counted from the shapes, frozen weight gradients excluded) as achieved FLOP/s.
 // A training step is forward + backward + AdamW; `inference` is a no-grad forward in eval mode.
 //   bench_step --model vit_tiny_patch16_224 --method lora --batch 32 --device cpu [--steps 10]
-//              [--warmup 3] [--threads N] [--tf32] [--recompute] [--gemm eigen|openblas]
+//              [--warmup 3] [--threads N] [--tf32] [--recompute] [--gemm onednn|onednn-mt|openblas|eigen]
 //              [--precision f32|bf16]   (bf16: mixed precision, autograd/autocast.h)
 // Methods: inference, full, linear_probe, lora (r=8 on qkv), lora_all (r=8 on every block
 // Linear), adapter_plus, vpt_deep (10 prompts). CPU memory is read from /proc/self/status:
@@ -120,17 +120,24 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < warmup; ++i) step();  // allocator caches, cuBLAS heuristics
     if (dev == Device::CUDA) cuda::reset_peak();
     std::vector<double> ms;
+    cpu::reset_kernel_time();
     for (int64_t i = 0; i < steps; ++i) {
       auto t0 = std::chrono::steady_clock::now();
       step();
       ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
+    double total_ms = 0;
+    for (double v : ms) total_ms += v;
+    const cpu::KernelTime kt = cpu::kernel_time();  // CPU only: the CUDA backend does not add to it
     std::sort(ms.begin(), ms.end());
     const double med = ms[ms.size() / 2];
     const double flops = step_flops(c, B, method), rss_peak = proc_status_mb("VmHWM:");
     json out = {{"impl", "deltagrad"}, {"model", model}, {"method", method}, {"batch", B},
                 {"device", dev == Device::CUDA ? cuda::device_name() : "cpu"}, {"threads", threads},
-                {"cpu_gemm", cpu::gemm_library()}, {"tf32", a.has("tf32")}, {"precision", precision}, {"lt_epilogue", cuda::lt_epilogue()},
+                {"cpu_gemm", cpu::gemm_library()}, {"cpu_gemm_reason", cpu::gemm_choice_reason()},
+                {"cpu_bf16_gemm", cpu::bf16_gemm_native() ? "onednn" : "f32"},
+                {"gemm_share", dev == Device::CPU ? kt.gemm_s * 1e3 / total_ms : 0.0},
+                {"attention_share", dev == Device::CPU ? kt.attention_s * 1e3 / total_ms : 0.0}, {"tf32", a.has("tf32")}, {"precision", precision}, {"lt_epilogue", cuda::lt_epilogue()},
                 {"recompute", a.has("recompute")}, {"ms_median", med}, {"ms_min", ms.front()}, {"ms_max", ms.back()}, {"img_per_s", 1000.0 * double(B) / med},
                 {"peak_mb", dev == Device::CUDA ? double(cuda::peak_bytes()) / 1048576.0 : rss_peak - rss_base},
                 {"rss_base_mb", rss_base}, {"rss_peak_mb", rss_peak},

@@ -6,6 +6,7 @@
 # Writes bench/results/cpu-<date>.jsonl (every run) and cpu-<date>.md (the table).
 #   bash bench/cpu_bench.sh                 # all configs and methods (about 40 min on 2 cores)
 #   CONFIGS="vit_mnist_28:128" METHODS="lora full" ROUNDS=1 bash bench/cpu_bench.sh
+#   PRECISION=bf16 VENV=/path/to/venv ... (bf16 autocast on both sides; a PyTorch venv made elsewhere)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # This workplace sets these for old OpenBLAS builds; they slow a current one (and oneDNN's
@@ -21,17 +22,20 @@ METHODS=${METHODS:-"inference full linear_probe lora lora_all adapter_plus vpt_d
 # PEFT methods measured a second time with MLP recomputation on both sides (deltagrad
 # --recompute, PyTorch torch.utils.checkpoint around fc1 + GELU); RECOMPUTE="" skips them.
 RECOMPUTE=${RECOMPUTE-"lora lora_all adapter_plus vpt_deep"}
+# PRECISION=bf16: mixed precision on both sides (deltagrad --precision bf16, torch.autocast).
+PRECISION=${PRECISION:-f32}
 
 [ -x build/bench/bench_step ] || bash scripts/build.sh
-ninja -C build bench/bench_step bench/gemm_bench >/dev/null
-VENV=.venv-bench
+ninja -C build bench/bench_step bench/gemm_bench tools/deltagrad >/dev/null
+VENV=${VENV:-.venv-bench}  # VENV=path uses an existing one
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   echo "cpu_bench: installing the newest PyTorch from PyPI into $VENV (about 4 GB with its CUDA wheels; once)"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet torch
 fi
 PEERS=("$VENV/bin/python")
-if /usr/bin/python3 -c "import torch" 2>/dev/null; then PEERS+=(/usr/bin/python3); fi
+# OLD_TORCH=0 leaves out Debian's torch 1.13 (a shorter run)
+if [ "${OLD_TORCH:-1}" = 1 ] && /usr/bin/python3 -c "import torch" 2>/dev/null; then PEERS+=(/usr/bin/python3); fi
 
 mkdir -p bench/results
 stamp=$(date -u +%Y-%m-%d)
@@ -43,10 +47,10 @@ meta=$(printf '{"meta":1,"date":"%s","commit":"%s","cpu":"%s","threads":%s,"roun
 echo "$meta" >> "$out"
 
 # The GEMM peak the table's percentages refer to: the best GFLOP/s on the ViT GEMM shapes of
-# Eigen (deltagrad's CPU GEMM), OpenBLAS and PyTorch's own matmul.
+# the backend's GEMM with each library (gemm_bench's "peak" line) and PyTorch's own matmul.
 ./build/bench/gemm_bench --runs 5 | tee /tmp/dg_gemm.txt
-# columns: eigen, deltagrad+OpenBLAS, OpenBLAS (own threads), OpenBLAS batched, max rel
-gemm_peak=$(awk 'NR>3 {for (i=NF-4; i<NF; ++i) if ($i+0 > m) m = $i+0} END {print m}' /tmp/dg_gemm.txt)
+gemm_peak=$(awk '/^peak /{print $2}' /tmp/dg_gemm.txt)
+gemm_peak_lib=$(awk '/^peak /{print $3}' /tmp/dg_gemm.txt)
 torch_peak=$("${PEERS[0]}" - "$THREADS" <<'PY'
 import sys, time, torch
 torch.set_num_threads(int(sys.argv[1]))
@@ -63,8 +67,10 @@ for M, K, N in [(6304, 192, 576), (6304, 192, 768), (6304, 768, 192), (1576, 384
 print(f"{best:.1f}")
 PY
 )
-echo "{\"gemm\":1,\"eigen_openblas_peak\":$gemm_peak,\"torch_peak\":$torch_peak}" >> "$out"
-echo "cpu_bench: GEMM peak on ViT shapes: Eigen/OpenBLAS $gemm_peak GFLOP/s, PyTorch matmul $torch_peak GFLOP/s"
+echo "{\"gemm\":1,\"dg_peak\":$gemm_peak,\"dg_peak_lib\":\"$gemm_peak_lib\",\"torch_peak\":$torch_peak}" >> "$out"
+echo "cpu_bench: GEMM peak on ViT shapes: deltagrad $gemm_peak GFLOP/s ($gemm_peak_lib), PyTorch matmul $torch_peak GFLOP/s"
+./build/tools/deltagrad --version | tee /tmp/dg_version.txt
+python3 -c 'import json, sys; print(json.dumps({"version": sys.stdin.read()}))' < /tmp/dg_version.txt >> "$out"
 
 for cfg in $CONFIGS; do
   model=${cfg%%:*} batch=${cfg##*:}
@@ -74,6 +80,7 @@ for cfg in $CONFIGS; do
     method=${variant%+recompute}
     args=(--model "$model" --method "$method" --batch "$batch" --device cpu --steps "$STEPS" --warmup 2 --threads "$THREADS")
     [ "$variant" = "$method" ] || args+=(--recompute)
+    [ "$PRECISION" = f32 ] || args+=(--precision "$PRECISION")
     for ((r = 0; r < ROUNDS; ++r)); do
       ./build/bench/bench_step "${args[@]}" | tee -a "$out"
       for py in "${PEERS[@]}"; do "$py" bench/torch_peer.py "${args[@]}" | tee -a "$out"; done

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turns the JSON lines of bench/cpu_bench.sh into a markdown table: per config and method,
 deltagrad and each PyTorch (ms/step median over rounds with min-max of all steps, img/s,
-memory), deltagrad's GFLOP/s and percent of the measured GEMM peak, and the ratios
+memory), deltagrad's GFLOP/s and percent of the measured GEMM peak, the share of deltagrad's
+step inside its GEMM calls (and the fused attention kernel apart), and the ratios
 deltagrad / PyTorch against the faster (time) and the leaner (memory) of the peers.
 Memory is the step's own: peak RSS minus the RSS before the model existed (the libraries'
 own footprint, ~10 MB for deltagrad and 300+ MB for torch, left out); whole-process peak
@@ -12,7 +13,7 @@ import statistics
 import sys
 from collections import OrderedDict
 
-rows, meta, gemm = OrderedDict(), {}, {}
+rows, meta, gemm, version = OrderedDict(), {}, {}, ""
 for line in open(sys.argv[1]):
     line = line.strip()
     if not line.startswith("{"):
@@ -22,8 +23,10 @@ for line in open(sys.argv[1]):
         meta = r
     elif "gemm" in r:
         gemm = r
+    elif "version" in r:
+        version = r["version"]
     else:
-        method = r["method"] + (" +recompute" if r.get("recompute") else "")
+        method = r["method"] + (" +recompute" if r.get("recompute") else "") + (" bf16" if r.get("precision") == "bf16" else "")
         rows.setdefault((r["model"], r["batch"], method), OrderedDict()).setdefault(r["impl"], []).append(r)
 
 
@@ -31,22 +34,28 @@ def agg(runs):
     return dict(ms=statistics.median(r["ms_median"] for r in runs), lo=min(r["ms_min"] for r in runs),
                 hi=max(r["ms_max"] for r in runs), mb=max(r["peak_mb"] for r in runs),
                 rss=max(r["rss_peak_mb"] for r in runs), gf=statistics.median(r.get("gflops", 0) for r in runs),
+                gemm=statistics.median(r.get("gemm_share", float("nan")) for r in runs),
+                attn=statistics.median(r.get("attention_share", float("nan")) for r in runs),
                 ips=statistics.median(r["img_per_s"] for r in runs))
 
 
-peak = max(gemm.get("eigen_openblas_peak", 0), gemm.get("torch_peak", 0)) or float("nan")
+dg_peak = gemm.get("dg_peak", gemm.get("eigen_openblas_peak", 0))
+peak = max(dg_peak, gemm.get("torch_peak", 0)) or float("nan")
 print(f"{meta.get('date', '?')}, commit {meta.get('commit', '?')}, {meta.get('cpu', '?')}, "
       f"{meta.get('threads', '?')} threads on every side, {meta.get('rounds', '?')} rounds x {meta.get('steps', '?')} "
-      f"timed steps per impl, alternating. GEMM peak on the ViT shapes: Eigen/OpenBLAS "
-      f"{gemm.get('eigen_openblas_peak', '?')} GFLOP/s, PyTorch matmul {gemm.get('torch_peak', '?')} GFLOP/s "
+      f"timed steps per impl, alternating. GEMM peak on the ViT shapes: deltagrad "
+      f"{dg_peak} GFLOP/s ({gemm.get('dg_peak_lib', '?')}), PyTorch matmul {gemm.get('torch_peak', '?')} GFLOP/s "
       f"(% below is of the larger).\n")
+if version:
+    print("`deltagrad --version`:\n\n```\n" + version.strip() + "\n```\n")
 peers = sorted({i for v in rows.values() for i in v if i != "deltagrad"}, reverse=True)
 attn = {p: sorted({r.get("attn", "explicit") for v in rows.values() for r in v.get(p, [])}) for p in peers}
-gemm_lib = sorted({r.get("cpu_gemm", "eigen") for v in rows.values() for r in v.get("deltagrad", [])})
+gemm_lib = sorted({r.get("cpu_gemm", "eigen") + (" (bf16: " + r["cpu_bf16_gemm"] + ")" if r.get("precision") == "bf16"
+                     else "") for v in rows.values() for r in v.get("deltagrad", [])})
 print(f"deltagrad CPU GEMM: {', '.join(gemm_lib)}; PyTorch attention: "
       + ", ".join(f"{p} {'/'.join(a)}" for p, a in attn.items()) + ".\n")
 head = ["config", "batch", "method", "deltagrad ms (min-max)"] + [f"{p} ms" for p in peers]
-head += ["time ratio", "deltagrad img/s", "GFLOP/s", "% peak", "deltagrad MB [RSS]"] + [f"{p} MB [RSS]" for p in peers]
+head += ["time ratio", "deltagrad img/s", "GFLOP/s", "% peak", "% in GEMM (+attn)", "deltagrad MB [RSS]"] + [f"{p} MB [RSS]" for p in peers]
 head += ["mem ratio"]
 print("| " + " | ".join(head) + " |")
 print("|" + "---|" * 3 + "---:|" * (len(head) - 3))
@@ -60,6 +69,7 @@ for (model, batch, method), impls in rows.items():
     cells = [model, str(batch), method, f"{d['ms']:.0f} ({d['lo']:.0f}-{d['hi']:.0f})"]
     cells += [f"{ps[p]['ms']:.0f}" if p in ps else "-" for p in peers]
     cells += [f"**{d['ms'] / fast:.2f}**", f"{d['ips']:.1f}", f"{d['gf']:.0f}", f"{100 * d['gf'] / peak:.0f}%",
+              f"{100 * d['gemm']:.0f}% (+{100 * d['attn']:.0f}%)",
               f"{d['mb']:.0f} [{d['rss']:.0f}]"]
     cells += [f"{ps[p]['mb']:.0f} [{ps[p]['rss']:.0f}]" if p in ps else "-" for p in peers]
     cells += [f"**{d['mb'] / lean:.2f}**"]

@@ -1,26 +1,31 @@
-// CPU float32 GEMM on the shapes a ViT training step runs: the CPU backend's gemm (threaded
-// by hand in core/cpu/cpu_gemm.cpp) with Eigen and with OpenBLAS as the one-thread product,
-// against OpenBLAS cblas_sgemm with its own threads. Prints one line per shape: GFLOP/s of
-// each (median of several runs, interleaved so background load hits all alike) and their
-// max relative difference as a sanity check that all computed the same product.
+// CPU float32 GEMM on the shapes a ViT training step runs: the CPU backend's gemm (its own
+// split over the cores, core/cpu/cpu_gemm.cpp) with each built library as the product
+// (oneDNN one thread per product, oneDNN with its own threads, OpenBLAS, Eigen), and OpenBLAS
+// cblas_sgemm with its own threads. One line per shape: GFLOP/s of each (median of several
+// runs, interleaved so background load hits all alike) and their max relative difference as a
+// sanity check that all computed the same product; then "peak <GFLOP/s> <library>" (the best
+// rate of the backend's GEMM on any shape) and the library the calibration chose.
 //   gemm_bench [--runs 7]
 // Run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset so OpenBLAS detects the CPU.
-#include <cblas.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
+#ifdef DG_HAVE_OPENBLAS
+#include <cblas.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #include "core/backend.h"
+#include "core/cpu/cpu_info.h"
 #include "core/cpu/gemm_kernel.h"
 
 using namespace dg;
@@ -78,84 +83,78 @@ int main(int argc, char** argv) {
 #else
   const int omp_threads = 1;
 #endif
-  const int blas_threads = openblas_get_num_threads();
-  std::printf("gemm_bench: float32, median of %d runs; backend threads (OpenMP) %d, OpenBLAS threads %d, core %s\n",
-              runs, omp_threads, blas_threads, openblas_get_corename());
-  std::printf("OpenBLAS config: %s\n", openblas_get_config());
-  std::printf("%-40s %12s %12s %12s %14s %9s\n", "shape", "eigen GF/s", "dg+oblas GF/s", "openblas GF/s",
-              "openblas-b GF/s", "max rel");
+  const std::string chosen = cpu::gemm_library(), why = cpu::gemm_choice_reason();
+  const std::vector<std::string> libs = cpu::gemm_libraries();
+  std::printf("gemm_bench: float32, median of %d runs; %d threads; %s; %s\n", runs, omp_threads,
+              cpu::cpu_identity(cpu::cpu_info()).c_str(), cpu::isa_summary(cpu::cpu_info()).c_str());
+  std::printf("libraries: %s; OpenBLAS core '%s'\n", cpu::gemm_library_versions().c_str(),
+              cpu::openblas_corename().c_str());
+  std::printf("%-40s", "shape (GFLOP/s; dg = the backend's split)");
+  for (const std::string& l : libs) std::printf(" %14s", ("dg+" + l).c_str());
+  if (cpu::have_openblas()) std::printf(" %14s", "openblas-own");
+  std::printf(" %9s\n", "max rel");
 
   Backend& be = backend(Device::CPU);
+  double peak = 0;
+  std::string peak_lib;
   for (const Case& c : cases) {
     // A stored [batch, M, K] (or [batch, K, M] when ta), B [batch, K, N], C [batch, M, N]
     Tensor A = rand_f32({c.batch, c.ta ? c.K : c.M, c.ta ? c.M : c.K}, 1);
     Tensor B = rand_f32({c.batch, c.K, c.N}, 2);
-    Tensor C1 = Tensor::zeros({c.batch, c.M, c.N}), C2 = Tensor::zeros({c.batch, c.M, c.N}),
-           C3 = Tensor::zeros({c.batch, c.M, c.N});
     Backend::Gemm g;
     g.ta = c.ta;
     g.batch = c.batch, g.M = c.M, g.N = c.N, g.K = c.K;
     g.lda = c.ta ? c.M : c.K, g.ldb = c.N, g.ldc = c.N;
     g.stride_a = c.M * c.K, g.stride_b = c.K * c.N, g.stride_c = c.M * c.N;
-    const float* a = A.data<float>();
-    const float* b = B.data<float>();
-    float* c2 = C2.data<float>();
-    // OpenBLAS, its own threads inside each product, a loop over the batch
-    auto blas = [&] {
-      openblas_set_num_threads(blas_threads);
-      for (int64_t i = 0; i < c.batch; ++i)
-        cblas_sgemm(CblasRowMajor, c.ta ? CblasTrans : CblasNoTrans, CblasNoTrans, int(c.M), int(c.N), int(c.K), 1.0f,
-                    a + i * g.stride_a, int(g.lda), b + i * g.stride_b, int(g.ldb), 0.0f, c2 + i * g.stride_c,
-                    int(g.ldc));
-      openblas_set_num_threads(1);
-    };
-    // batched only: OpenBLAS on one thread per product, the batch split over OpenMP threads
-    // (what the Eigen path does for attention)
-    auto blas_batched = [&] {
-      openblas_set_num_threads(1);
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < c.batch; ++i)
-        cblas_sgemm(CblasRowMajor, c.ta ? CblasTrans : CblasNoTrans, CblasNoTrans, int(c.M), int(c.N), int(c.K), 1.0f,
-                    a + i * g.stride_a, int(g.lda), b + i * g.stride_b, int(g.ldb), 0.0f, c2 + i * g.stride_c,
-                    int(g.ldc));
-    };
-    auto eigen = [&] {
-      cpu::set_gemm_library("eigen");
-      be.gemm(g, A, B, C1);
-    };
-    auto dg_blas = [&] {  // the backend's own split, OpenBLAS as the one-thread product
-      cpu::set_gemm_library("openblas");
-      be.gemm(g, A, B, C3);
-    };
-    auto time = [](auto&& f) {
-      const double t0 = now_s();
-      f();
-      return now_s() - t0;
-    };
-    eigen(), dg_blas(), blas();  // warm up (page faults, thread pools)
-    std::vector<double> te, td, tb, tbb;
-    for (int r = 0; r < runs; ++r) {
-      te.push_back(time(eigen));
-      td.push_back(time(dg_blas));
-      tb.push_back(time(blas));
-      if (c.batch > 1) tbb.push_back(time(blas_batched));
+    std::vector<std::function<void()>> fns;
+    std::vector<Tensor> outs;
+    for (const std::string& l : libs) {
+      outs.push_back(Tensor::zeros({c.batch, c.M, c.N}));
+      Tensor C = outs.back();
+      fns.push_back([&be, &g, A, B, C, l] {
+        cpu::set_gemm_library(l);
+        be.gemm(g, A, B, C);
+      });
     }
-    // both produced the same product (C2 holds the last OpenBLAS result)
-    const float *c1 = C1.data<float>(), *c3 = C3.data<float>();
+#ifdef DG_HAVE_OPENBLAS
+    outs.push_back(Tensor::zeros({c.batch, c.M, c.N}));
+    fns.push_back([&, C = outs.back()] {  // OpenBLAS's own threads inside each product
+      openblas_set_num_threads(omp_threads);
+      for (int64_t i = 0; i < c.batch; ++i)
+        cblas_sgemm(CblasRowMajor, c.ta ? CblasTrans : CblasNoTrans, CblasNoTrans, int(c.M), int(c.N), int(c.K), 1.0f,
+                    A.data<float>() + i * g.stride_a, int(g.lda), B.data<float>() + i * g.stride_b, int(g.ldb), 0.0f,
+                    C.data<float>() + i * g.stride_c, int(g.ldc));
+      openblas_set_num_threads(1);
+    });
+#endif
+    for (auto& f : fns) f();  // warm up (page faults, thread pools, JIT code)
+    std::vector<std::vector<double>> t(fns.size());
+    for (int r = 0; r < runs; ++r)
+      for (size_t i = 0; i < fns.size(); ++i) {
+        const double t0 = now_s();
+        fns[i]();
+        t[i].push_back(now_s() - t0);
+      }
+    const float* ref = outs.back().data<float>();
     double worst = 0, scale = 0;
-    for (int64_t i = 0; i < C1.numel(); ++i) scale = std::max(scale, double(std::abs(c1[i])));
-    for (int64_t i = 0; i < C1.numel(); ++i)
-      worst = std::max({worst, double(std::abs(c1[i] - c2[i])) / scale, double(std::abs(c3[i] - c2[i])) / scale});
+    for (int64_t i = 0; i < outs.back().numel(); ++i) scale = std::max(scale, double(std::abs(ref[i])));
+    for (const Tensor& o : outs)
+      for (int64_t i = 0; i < o.numel(); ++i) worst = std::max(worst, double(std::abs(o.data<float>()[i] - ref[i])) / scale);
     const double gflop = 2.0 * double(c.batch) * double(c.M) * double(c.N) * double(c.K) * 1e-9;
-    char bb[32] = "-";
-    if (!tbb.empty()) std::snprintf(bb, sizeof bb, "%.1f", gflop / median(tbb));
-    std::printf("%-40s %12.1f %12.1f %12.1f %14s %9.1e\n", c.name.c_str(), gflop / median(te), gflop / median(td),
-                gflop / median(tb), bb, worst);
+    std::printf("%-40s", c.name.c_str());
+    for (size_t i = 0; i < t.size(); ++i) {
+      const double gf = gflop / median(t[i]);
+      std::printf(" %14.1f", gf);
+      if (i < libs.size() && gf > peak) peak = gf, peak_lib = libs[i];
+    }
+    std::printf(" %9.1e\n", worst);
     std::fflush(stdout);
     if (worst > 1e-4) {
       std::fprintf(stderr, "gemm_bench: %s: the GEMMs disagree (max rel %.3g)\n", c.name.c_str(), worst);
       return 1;
     }
   }
+  std::printf("peak %.1f %s\n", peak, peak_lib.c_str());
+  std::printf("chosen %s (%s)\n", chosen.c_str(), why.c_str());
   return 0;
 }

@@ -57,9 +57,13 @@ double LoraDelta::scaling() const { return cfg.use_rslora ? cfg.lora_alpha / std
 Tensor LoraDelta::apply(const Tensor& x, const Tensor& y) {
   if (merged_) return y;
   Tensor xd = training ? dropout(x, cfg.lora_dropout, true, default_generator().next_key()) : x;
+  // scaling * B (A x), the scalar applied to the rank-r middle [..., r] rather than to the
+  // [..., out] result: the same product, and a pass over the wide tensor less in forward and
+  // in backward (out/r = 72x fewer elements on a ViT-Tiny qkv with r = 8)
+  auto low_rank = [&](const Part& p) { return linear(mul_scalar(linear(xd, p.A), scaling()), p.B); };
   Tensor d;
   if (parts.size() == 1 && parts[0].id.empty()) {
-    d = linear(linear(xd, parts[0].A), parts[0].B);  // [..., out]
+    d = low_rank(parts[0]);  // [..., out]
   } else {
     // one low-rank update per projection, zeros for projections without one
     const int64_t D = base_.in_features;
@@ -69,7 +73,7 @@ Tensor LoraDelta::apply(const Tensor& x, const Tensor& y) {
       for (const Part& q : parts)
         if (q.id == id) p = &q;
       if (p) {
-        cols.push_back(linear(linear(xd, p->A), p->B));
+        cols.push_back(low_rank(*p));
       } else {
         Shape s = y.shape();
         s.back() = D;
@@ -78,7 +82,7 @@ Tensor LoraDelta::apply(const Tensor& x, const Tensor& y) {
     }
     d = concat(cols, -1);
   }
-  return add(y, scale.apply(mul_scalar(d, scaling())));
+  return add(y, scale.apply(d));
 }
 
 std::vector<std::pair<std::string, Tensor>> LoraDelta::named_parameters() {

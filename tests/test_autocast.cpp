@@ -9,6 +9,7 @@
 #include "autograd/autocast.h"
 #include "autograd/ops.h"
 #include "core/backend.h"
+#include "core/cpu/gemm_kernel.h"
 #include "core/random.h"
 #include "nn/optim.h"
 #include "peft/peft_model.h"
@@ -64,12 +65,27 @@ TEST_CASE("autocast: f32 <-> bf16 copies round to nearest even, strided and broa
                       b.to(DType::F32)));
 }
 
-TEST_CASE("autocast: the CPU bf16 GEMM is the f32 GEMM of the rounded operands, bit for bit") {
+// The CPU's two bf16 GEMMs: "f32" (operands widened, the f32 GEMM) always; "onednn" (native
+// bf16 kernels) where the CPU and build have them. Restores the start-up choice.
+struct Bf16GemmModes {
+  const bool saved = cpu::bf16_gemm_native();
+  std::vector<std::string> modes() const {
+    std::vector<std::string> m = {"f32"};
+    if (saved) m.push_back("onednn");
+    return m;
+  }
+  ~Bf16GemmModes() { cpu::set_bf16_gemm(saved ? "onednn" : "f32"); }
+};
+
+TEST_CASE("autocast: the CPU bf16 GEMM is the f32 GEMM of the rounded operands (bit for bit when widened)") {
   Backend& be = backend(Device::CPU);
+  Bf16GemmModes restore;
+  for (const std::string& mode : restore.modes())
   for (int ta = 0; ta < 2; ++ta)
     for (int tb = 0; tb < 2; ++tb)
       for (int64_t batch : {1, 3}) {
-        INFO("ta ", ta, " tb ", tb, " batch ", batch);
+        INFO(mode, " ta ", ta, " tb ", tb, " batch ", batch);
+        cpu::set_bf16_gemm(mode);
         const int64_t M = 33, N = 20, K = 47;
         // A padded (ld = stored cols + 3), B shared by the batch (stride 0) when batched
         const int64_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
@@ -94,7 +110,10 @@ TEST_CASE("autocast: the CPU bf16 GEMM is the f32 GEMM of the rounded operands, 
         be.gemm(g, A.to(DType::BF16), B.to(DType::BF16), c16);
         be.gemm(g, rounded(A), rounded(B), c32);
         be.gemm(g, A, B, exact);
-        CHECK(bitwise_equal(c16, c32));
+        // widened: exact products, the same f32 GEMM; native: the same exact products summed in
+        // another order (f32 accumulation), so equal to f32 rounding
+        if (mode == "f32") CHECK(bitwise_equal(c16, c32));
+        else CHECK(test::rel_err(c16, c32) < 1e-6);
         // and the rounding did happen: bf16 operands err by ~2^-9 relative, so the products do too
         const double e = test::rel_err(c16, exact);
         CHECK(e > 1e-4);
@@ -234,12 +253,21 @@ TEST_CASE("autocast: a bf16 linear is the f32 linear of the rounded operands; it
   x.set_requires_grad(true);
   W.set_requires_grad(true);
   tape().clear();
+  Bf16GemmModes restore;
+  cpu::set_bf16_gemm("f32");  // widened operands: bit for bit
   AutocastGuard ac;
   Tensor y = linear(x, W, b);
+  Tensor y_ref;
   {
     AutocastGuard off(DType::F32);
     NoGradGuard ng;
-    CHECK(bitwise_equal(y, linear(rounded(x), rounded(W), b)));
+    y_ref = linear(rounded(x), rounded(W), b);
+    CHECK(bitwise_equal(y, y_ref));
+  }
+  for (const std::string& mode : restore.modes()) {  // native bf16 kernels: to f32 rounding
+    NoGradGuard ng;
+    cpu::set_bf16_gemm(mode);
+    CHECK(test::rel_err(linear(x, W, b), y_ref) < 1e-6);
   }
   REQUIRE(tape().records().size() == 1);
   const Record& r = tape().records()[0];

@@ -390,7 +390,10 @@ TEST_CASE("ops forward: fused attention equals matmul + softmax + matmul, forwar
   CHECK(err(o64, ref) < 1e-13);
   CHECK(err(g64, g_ref) < 1e-13);
   CHECK(err(o32, ref) < 1e-6);
-  CHECK(err(g32, g_ref) < 1e-6);
+  // dS = P (dP - rowsum(P dP)) cancels, so the f32 gradient's error depends on each GEMM
+  // library's summation order: 7.5e-7 with OpenBLAS and Eigen, 1.6e-6 with oneDNN (whose
+  // products match the triple loop as closely, tests/test_cpu_gemm.cpp); a wrong kernel is ~1e-1.
+  CHECK(err(g32, g_ref) < 4e-6);
   MESSAGE("fused attention f32 vs f64: out ", err(o32, ref), ", grad ", err(g32, g_ref), " (composed f32: out ",
           err(o32c, ref), ", grad ", err(g32c, g_ref), ")");
   // the fused record saves qkv and the log-sum-exp only: no [B, H, N, N] tensor

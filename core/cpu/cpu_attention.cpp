@@ -15,6 +15,7 @@
 
 #include "core/cpu/cpu_backend.h"
 #include "core/cpu/gemm_kernel.h"
+#include "core/cpu/gemm_select.h"
 
 namespace dg::cpu {
 
@@ -97,7 +98,9 @@ static void attention_bwd(const Dims& d, double scale, const T* qkv, const T* ls
 
 void CpuBackend::attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse) {
   const Dims d = dims_of(qkv, heads);
-  prepare_gemm_threads();  // the pairs below run gemm_serial on every thread at once
+  current_gemm_lib();  // settle the GEMM choice here, not inside the parallel region
+  prepare_gemm_threads(qkv.dtype() == DType::F64);  // the pairs below run gemm_serial on every thread at once
+  KernelTimer timer(true);
   float_dispatch(qkv.dtype(), "attention", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     attention_fwd<T>(d, scale, qkv.data<T>(), out.data<T>(), lse.data<T>());
@@ -107,7 +110,9 @@ void CpuBackend::attention(const Tensor& qkv, int64_t heads, double scale, const
 void CpuBackend::attention_backward(const Tensor& qkv, const Tensor& lse, const Tensor& gout, int64_t heads,
                                     double scale, const Tensor& gqkv) {
   const Dims d = dims_of(qkv, heads);
-  prepare_gemm_threads();  // the pairs below run gemm_serial on every thread at once
+  current_gemm_lib();
+  prepare_gemm_threads(qkv.dtype() == DType::F64);  // the pairs below run gemm_serial on every thread at once
+  KernelTimer timer(true);
   float_dispatch(qkv.dtype(), "attention backward", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     attention_bwd<T>(d, scale, qkv.data<T>(), lse.data<T>(), gout.data<T>(), gqkv.data<T>());

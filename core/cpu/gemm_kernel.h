@@ -1,15 +1,18 @@
-// One row-major matrix product on the calling thread, C = alpha op(A) op(B) + beta C,
-// done by OpenBLAS (cblas, one thread) where the build found it, else by Eigen.
-// The CPU backend's gemm() and the fused attention kernel both call it; neither spawns
-// threads inside it (they split the work across cores themselves).
+// One row-major matrix product on the calling thread, C = alpha op(A) op(B) + beta C, by the
+// GEMM library chosen for this machine. The CPU backend's gemm() and the fused attention
+// kernel both call it; neither lets the library spawn threads inside it (they split the work
+// across cores themselves), except the "onednn-mt" choice, where gemm() hands whole large
+// products to oneDNN's own threads.
 //
-// Why two libraries: chosen by measurement (bench/gemm_bench, bench/RESULTS.md). On an AMD
-// Zen 3 core (AVX2) OpenBLAS's sgemm runs at ~86 GFLOP/s against Eigen's ~62 on the ViT
-// shapes; Eigen stays as the fallback and for comparison. DG_CPU_GEMM=eigen|openblas
-// overrides the choice at start-up; set_gemm_library() does it in code (tests, benches).
+// Which library: measured on the machine it runs on (core/cpu/gemm_select.h). The same
+// library is 2-5x apart across CPUs (Debian's OpenBLAS 0.3.21 runs SSE3 kernels on an Intel
+// Emerald Rapids it does not know; on an AMD Zen 3 it beat Eigen by 1.4x), so no fixed
+// choice is fast everywhere. DG_CPU_GEMM=onednn|onednn-mt|openblas|eigen forces one,
+// DG_CPU_GEMM=calibrate re-measures; set_gemm_library() does it in code (tests, benches).
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace dg::cpu {
 
@@ -19,17 +22,43 @@ template <class T>
 void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* a, int64_t lda, const T* b,
                  int64_t ldb, T beta, T* c, int64_t ldc);
 
-// "openblas" or "eigen": the library gemm_serial uses now.
+// The library gemm_serial uses now ("onednn", "onednn-mt", "openblas", "eigen"); the first
+// call settles the choice (DG_CPU_GEMM, else the cache, else a calibration).
 const char* gemm_library();
+// Why: "forced by DG_CPU_GEMM", "calibrated: <timings>", "cached in <file>", "set in code".
+std::string gemm_choice_reason();
 // Select by name; throws dg::Error naming the choices for an unknown or unbuilt one.
 void set_gemm_library(const std::string& name);
-// Whether this build links OpenBLAS.
+// The libraries this build can use, in preference order.
+std::vector<std::string> gemm_libraries();
 bool have_openblas();
 // Maps OpenBLAS's work buffers for `threads` concurrent products, or throws dg::OutOfMemory
 // (core/cpu/blas_buffers.cpp: OpenBLAS itself would spin forever on a failed mapping).
 void reserve_openblas_buffers(int threads);
 // Call outside a parallel region before gemm_serial runs on up to omp_get_max_threads()
-// threads at once: reserves OpenBLAS's buffers for them when OpenBLAS is the library in use.
-void prepare_gemm_threads();
+// threads at once: reserves OpenBLAS's buffers for them when OpenBLAS will run the products
+// (the chosen f32 library, or `f64` products where OpenBLAS is built).
+void prepare_gemm_threads(bool f64);
+bool have_onednn();
+// OpenBLAS's kernel set (openblas_get_corename(): "Haswell", "SkylakeX", "Prescott", ...); "" without it.
+std::string openblas_corename();
+// "Eigen 3.4.0; OpenBLAS 0.3.21 ...; oneDNN 2.6.3 (...)": what this build links.
+std::string gemm_library_versions();
+
+// Wall time spent inside the backend's gemm() and its fused attention kernel (called from
+// the main thread) since the last reset: the benchmark's "share of the step in GEMM".
+// One clock read per call (a ViT step makes a few hundred), so it is always on.
+struct KernelTime {
+  double gemm_s = 0, attention_s = 0;
+};
+KernelTime kernel_time();
+void reset_kernel_time();
+
+// bf16 x bf16 -> f32 products (autocast): oneDNN's native bf16 kernels where the CPU has
+// avx512_bf16 or AMX and the build has oneDNN, else operands widened to f32 for the f32 GEMM.
+// DG_CPU_BF16_GEMM=f32 forces widening; set_bf16_gemm("onednn"|"f32") in code.
+bool bf16_gemm_native();
+void set_bf16_gemm(const std::string& how);
+std::string bf16_gemm_kind();  // one line for --version
 
 }  // namespace dg::cpu

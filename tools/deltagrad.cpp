@@ -10,6 +10,7 @@
 #include <exception>
 #include <new>
 #include <string>
+#include <system_error>
 
 #include "core/cpu/cpu_info.h"
 #include "core/cpu/gemm_kernel.h"
@@ -102,7 +103,8 @@ void put_escaped(const char* s) {
 }
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? kExitBadInput : 0;
@@ -130,8 +132,31 @@ int main(int argc, char** argv) {
   } catch (const std::bad_alloc&) {
     report("out of memory (a C++ allocation failed; a smaller --batch or model needs less)");
     exit_out_of_memory();
+  } catch (const std::system_error& e) {
+    // a thread that cannot start (its stack cannot be mapped) under a memory limit: out of memory
+    if (e.code() != std::errc::resource_unavailable_try_again) {
+      report(e.what());
+      return kExitBadInput;
+    }
+    report(std::string("out of memory: cannot start a thread (") + e.what() + ")");
+    exit_out_of_memory();
   } catch (const std::exception& e) {
     report(e.what());
     return kExitBadInput;
   }
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int code = run(argc, argv);
+#if defined(__SANITIZE_ADDRESS__)
+  return code;  // LeakSanitizer checks at a normal exit (and no memory limit runs under ASan)
+#else
+  // Not a normal exit: under a memory limit OpenBLAS's server threads, started when the library
+  // loads, may spin forever on a failed mapping of their buffers (when OpenBLAS is not the GEMM in
+  // use, nothing reserved them), and its exit handler joins them. Every file is written and closed
+  // by now; stdio is flushed here.
+  std::fflush(nullptr);
+  ::_exit(code);
+#endif
 }

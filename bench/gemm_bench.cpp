@@ -77,6 +77,12 @@ int main(int argc, char** argv) {
       {"vit_small fc2  [1576x1536]x[1536x384]", 1, S, 384, 1536},
       {"vit_small dWfc1 [1536x1576]x[1576x384]", 1, 1536, 384, S, true},
       {"attn scores [197x64]x[64x197] x96", 96, 197, 197, 64},
+      // LoRA r=8 on vit_tiny's qkv: the skinny products of its forward and backward
+      {"lora x A^T   [6304x192]x[192x8]", 1, T, 8, 192},
+      {"lora h B^T   [6304x8]x[8x576]", 1, T, 576, 8},
+      {"lora gy B    [6304x576]x[576x8]", 1, T, 8, 576},
+      {"lora dB      [576x6304]x[6304x8]", 1, 576, 8, T, true},
+      {"lora dA      [8x6304]x[6304x192]", 1, 8, 192, T, true},
   };
 #ifdef _OPENMP
   const int omp_threads = omp_get_max_threads();

@@ -54,7 +54,8 @@ struct CliRun {
 
 // Runs the CLI with `args` in a child process (stdout and stderr to files), with an address-space
 // limit when `as_limit` > 0 (bytes), killed after `timeout_s` seconds.
-CliRun run_cli(const std::vector<std::string>& args, double timeout_s = 120, uint64_t as_limit = 0) {
+CliRun run_cli(const std::vector<std::string>& args, double timeout_s = 120, uint64_t as_limit = 0,
+               const std::vector<std::string>& extra_env = {}) {
   static int runs = 0;
   const fs::path dir = tmpdir("run" + std::to_string(runs++));
   const std::string out = (dir / "out").string(), err = (dir / "err").string();
@@ -64,6 +65,11 @@ CliRun run_cli(const std::vector<std::string>& args, double timeout_s = 120, uin
   std::vector<char*> argv;
   for (std::string& a : all) argv.push_back(a.data());
   argv.push_back(nullptr);
+  std::vector<std::string> env_strings(extra_env);  // NAME=value, ahead of the inherited ones
+  for (char** e = environ; *e; ++e) env_strings.emplace_back(*e);
+  std::vector<char*> envp;
+  for (std::string& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {  // the child: async-signal-safe calls only, then exec
@@ -74,7 +80,7 @@ CliRun run_cli(const std::vector<std::string>& args, double timeout_s = 120, uin
     const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     const int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(o, 1), ::dup2(e, 2);
-    ::execv(argv[0], argv.data());
+    ::execve(argv[0], argv.data(), envp.data());
     ::_exit(127);
   }
   CliRun r;
@@ -141,6 +147,29 @@ TEST_CASE("cli inputs: out of memory under an address-space limit is one clear l
   }
   CHECK(trained);
   CHECK(out_of_memory >= 1);
+  fs::remove_all(d);
+}
+
+TEST_CASE("cli inputs: a thread a library cannot start ends the run with one line and exit code 3, never a hang") {
+  if (kAddressSanitizer) {
+    test::skip("AddressSanitizer reserves terabytes of address space: RLIMIT_AS cannot be tested under it");
+    return;
+  }
+  // libgomp calls exit(1) when it cannot start a thread; the exit handlers then ran OpenBLAS's,
+  // which joins threads that spin forever on a failed mapping under a memory limit (seen: a
+  // train under a 108 MiB limit hung at 100% CPU). An 8 GiB OpenMP stack under a 4 GiB limit
+  // makes every thread start fail, deterministically.
+  const fs::path d = tmpdir("thread_start");
+  const std::string folder = make_folder(d / "imgs").string(), model = write_model_config(d / "model.json").string();
+  const std::string peft = write_peft_config(d / "peft.json").string();
+  const CliRun r = run_cli({"train", "--model-config", model, "--peft", peft, "--data", folder + ":val=0.25", "--batch", "8",
+                            "--epochs", "1", "--quiet", "--out", (d / "run").string()},
+                           120, uint64_t(4) << 30, {"OMP_STACKSIZE=8G", "OMP_NUM_THREADS=2"});
+  CAPTURE(r.err);
+  REQUIRE(!r.timed_out);
+  CHECK(r.code == 3);
+  CHECK(contains(r.err, "deltagrad train: out of memory or threads: a library ended the process with status 1"));
+  CHECK(contains(r.err, "cannot start a thread"));
   fs::remove_all(d);
 }
 

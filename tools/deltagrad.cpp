@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -70,6 +71,23 @@ void report(const std::string& msg) { std::fprintf(stderr, "deltagrad %s: %s\n",
   std::fflush(nullptr);
   ::_exit(kExitOutOfMemory);
 }
+
+// A library that ends the process itself (libgomp calls exit(1) when it cannot start a thread,
+// e.g. its stack cannot be mapped under a memory limit) would run the exit handlers, where
+// OpenBLAS joins server threads that may spin forever on a failed mapping: a hang, after a line
+// that does not say which command failed. So an exit() that is not ours ends here: one line,
+// exit code 3 (the normal end of main() is _exit and never comes here).
+#if !defined(__SANITIZE_ADDRESS__)
+void on_library_exit(int status, void*) {
+  if (status != 0)
+    std::fprintf(stderr,
+                 "deltagrad %s: out of memory or threads: a library ended the process with status %d (its message is "
+                 "above; libgomp does so when it cannot start a thread)\n",
+                 g_cmd.c_str(), status);
+  std::fflush(nullptr);
+  ::_exit(status == 0 ? 0 : kExitOutOfMemory);
+}
+#endif
 
 // An exception that escapes where it cannot be caught (an OpenMP parallel region, a noexcept
 // function) ends in std::terminate: still one line and an exit code, not an abort's core dump.
@@ -148,6 +166,9 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+#if !defined(__SANITIZE_ADDRESS__)
+  ::on_exit(on_library_exit, nullptr);
+#endif
   const int code = run(argc, argv);
 #if defined(__SANITIZE_ADDRESS__)
   return code;  // LeakSanitizer checks at a normal exit (and no memory limit runs under ASan)

@@ -3,6 +3,7 @@
 // Conventions: outputs are preallocated by the caller on the same device; unless a
 // parameter says "any strides", tensors are contiguous; floating kernels take F32 or F64.
 #pragma once
+#include <string>
 #include <cstdint>
 
 #include "core/tensor.h"
@@ -23,6 +24,14 @@ const char* binary_name(BinaryOp);
 struct Backend {
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
+
+  // Which of several equivalent kernels this backend chose where they round differently (the
+  // CPU: its GEMM library per kind of product, measured on each machine and process unless
+  // cached). A training checkpoint records it and a resume restores it, so the resumed run is
+  // bit-identical to the uninterrupted one. "" = nothing chosen. set_kernel_choice is false
+  // (and changes nothing) when this build cannot make that choice.
+  virtual std::string kernel_choice() { return ""; }
+  virtual bool set_kernel_choice(const std::string& choice) { return choice.empty(); }
 
   // memory
   virtual void* alloc(size_t nbytes) = 0;

@@ -10,6 +10,7 @@
 #include "autograd/ops.h"
 #include "core/backend.h"
 #include "core/cpu/gemm_kernel.h"
+#include "core/cpu/gemm_select.h"
 #include "test_util.h"
 
 using namespace dg;
@@ -66,9 +67,7 @@ TEST_CASE("cpu gemm: every library matches a triple loop (transposes, padded ld,
   // odd M so the split is uneven), an empty K (C = beta C).
   const std::vector<Size> sizes = {{1, 1, 1, 1, false}, {2, 3, 5, 4, true}, {6, 33, 17, 40, false},
                                    {1, 301, 96, 80, false}, {1, 7, 9, 0, false}};
-  for (const std::string& lib : libraries()) {
-    cpu::set_gemm_library(lib);
-    CHECK(std::string(cpu::gemm_library()) == lib);
+  auto check_all = [&](const std::string& lib) {
     for (DType dt : {DType::F32, DType::F64}) {
       double worst = 0;
       for (const Size& sz : sizes)
@@ -95,6 +94,24 @@ TEST_CASE("cpu gemm: every library matches a triple loop (transposes, padded ld,
       MESSAGE(lib, " ", std::string(dtype_name(dt)), ": largest error against the triple loop ", worst);
       CHECK(worst < (dt == DType::F32 ? 2e-6 : 1e-13));
     }
+  };
+  const std::vector<std::string> libs = libraries();
+  for (const std::string& lib : libs) {
+    cpu::set_gemm_library(lib);
+    CHECK(std::string(cpu::gemm_library()) == lib);
+    check_all(lib);
+  }
+  // a different library per kind of product (forward, input gradient, weight gradient, heads),
+  // as the calibration may choose: each product goes to its kind's library
+  for (size_t shift = 0; shift < libs.size(); ++shift) {
+    std::string label = "per kind:";
+    for (int k = 0; k < cpu::kGemmKinds; ++k) {
+      const std::string& lib = libs[(size_t(k) + shift) % libs.size()];
+      cpu::set_gemm_library_for(cpu::GemmKind(k), lib);
+      CHECK(cpu::gemm_lib_for(cpu::GemmKind(k)) == *cpu::lib_from_name(lib));
+      label += " " + lib;
+    }
+    check_all(label);
   }
 }
 

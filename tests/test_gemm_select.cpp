@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/backend.h"
 #include "core/cpu/cpu_info.h"
 #include "core/cpu/gemm_kernel.h"
 #include "core/cpu/gemm_select.h"
@@ -28,6 +29,61 @@ TEST_CASE("gemm choice: the fastest correct library; near ties go to the earlier
         "eigen");
   CHECK(cpu::choose_gemm({{"onednn", 0.001, false}}).empty());
   CHECK(cpu::choose_gemm({}).empty());
+}
+
+TEST_CASE("gemm choice: per kind of product, from the same timings") {
+  // oneDNN fastest overall and on forward and heads; OpenBLAS on weight gradients; Eigen on input gradients
+  const std::vector<GemmTiming> t = {{"onednn", 0.010, true, {0.001, 0.003, 0.005, 0.001}},
+                                     {"openblas", 0.012, true, {0.002, 0.0032, 0.0025, 0.0043}},
+                                     {"eigen", 0.020, true, {0.004, 0.002, 0.012, 0.002}}};
+  CHECK(cpu::choose_gemm(t) == "onednn");
+  CHECK(cpu::choose_gemm_per_kind(t, "onednn") == std::vector<std::string>{"onednn", "eigen", "openblas", "onednn"});
+  // the overall winner keeps a kind unless another library is over 10% faster on it
+  CHECK(cpu::choose_gemm_per_kind({{"onednn", 1, true, {0.0093, 1, 1, 1}}, {"openblas", 1, true, {0.0100, 2, 2, 2}}},
+                                  "openblas") == std::vector<std::string>{"openblas", "onednn", "onednn", "onednn"});
+  CHECK(cpu::choose_gemm_per_kind({{"onednn", 1, true, {0.0089, 1, 1, 1}}, {"openblas", 1, true, {0.0100, 2, 2, 2}}},
+                                  "openblas") == std::vector<std::string>{"onednn", "onednn", "onednn", "onednn"});
+  // wrong results never win a kind
+  CHECK(cpu::choose_gemm_per_kind({{"onednn", 1, false, {0.001, 0.001, 0.001, 0.001}}, {"eigen", 1, true, {1, 1, 1, 1}}},
+                                  "eigen") == std::vector<std::string>{"eigen", "eigen", "eigen", "eigen"});
+  // timings without per-kind figures (or NaN) choose nothing for that kind
+  CHECK(cpu::choose_gemm_per_kind({{"eigen", 1, true, {}}}, "eigen") == std::vector<std::string>{"", "", "", ""});
+  // which kind a product is
+  CHECK(cpu::gemm_kind(false, true, 1) == cpu::GemmKind::Forward);
+  CHECK(cpu::gemm_kind(false, false, 1) == cpu::GemmKind::InputGrad);
+  CHECK(cpu::gemm_kind(true, false, 1) == cpu::GemmKind::WeightGrad);
+  CHECK(cpu::gemm_kind(true, true, 1) == cpu::GemmKind::WeightGrad);
+  CHECK(cpu::gemm_kind(false, true, 96) == cpu::GemmKind::Heads);
+  // the cache field: one name for every kind, or one per kind; anything else is malformed
+  CHECK(cpu::parse_gemm_libs("eigen") == std::vector<cpu::GemmLib>(cpu::kGemmKinds, cpu::GemmLib::Eigen));
+  CHECK(cpu::parse_gemm_libs("eigen,eigen,eigen,eigen").has_value());
+  CHECK_FALSE(cpu::parse_gemm_libs("eigen,eigen,eigen").has_value());
+  CHECK_FALSE(cpu::parse_gemm_libs("eigen,eigen,eigen,eigen,eigen").has_value());
+  CHECK_FALSE(cpu::parse_gemm_libs("eigen,bogus,eigen,eigen").has_value());
+  CHECK_FALSE(cpu::parse_gemm_libs("").has_value());
+  // and in the cache file: "overall;kind,kind,kind,kind" round-trips, a malformed kind list is no entry
+  const std::string path = (test::fresh_dir("gemm_select", "kinds") / "cpu_gemm.tsv").string();
+  REQUIRE(cpu::write_gemm_cache(path, "machine K", {"eigen;eigen,eigen,eigen,eigen", "timings"}));
+  CHECK(cpu::read_gemm_cache(path, "machine K")->library == "eigen;eigen,eigen,eigen,eigen");
+  REQUIRE(cpu::write_gemm_cache(path, "machine K", {"eigen;eigen,bogus", "timings"}));
+  CHECK_FALSE(cpu::read_gemm_cache(path, "machine K").has_value());
+}
+
+TEST_CASE("gemm choice: the backend's kernel choice round-trips (what a checkpoint records and a resume restores)") {
+  Backend& be = backend(Device::CPU);
+  const std::string saved = be.kernel_choice();
+  CHECK(saved.rfind("gemm ", 0) == 0);
+  REQUIRE(be.set_kernel_choice("gemm eigen;eigen,eigen,eigen,eigen"));
+  CHECK(be.kernel_choice() == "gemm eigen;eigen,eigen,eigen,eigen");
+  CHECK(cpu::gemm_lib_for(cpu::GemmKind::WeightGrad) == cpu::GemmLib::Eigen);
+  CHECK(cpu::gemm_choice_reason().find("restored from a checkpoint") != std::string::npos);
+  // malformed or unbuilt choices are refused and change nothing
+  for (const char* bad : {"", "eigen", "gemm eigen", "gemm eigen;eigen,eigen", "gemm bogus;eigen,eigen,eigen,eigen",
+                          "gemm eigen;eigen,eigen,eigen,bogus", "cuda whatever"})
+    CHECK_FALSE(be.set_kernel_choice(bad));
+  CHECK(be.kernel_choice() == "gemm eigen;eigen,eigen,eigen,eigen");
+  REQUIRE(be.set_kernel_choice(saved));
+  CHECK(be.kernel_choice() == saved);
 }
 
 TEST_CASE("gemm choice: the cache file round-trips, keeps other keys, survives corruption") {
@@ -78,7 +134,11 @@ TEST_CASE("gemm choice: the calibration times every built one-thread library and
     CHECK(t[i].library == libs[i]);
     CHECK(t[i].ok);
     CHECK(t[i].seconds > 0);
-    line += t[i].library + " " + std::to_string(t[i].seconds * 1e3) + " ms  ";
+    REQUIRE(t[i].per_kind.size() == size_t(cpu::kGemmKinds));  // one product per kind
+    for (double k : t[i].per_kind) CHECK(k > 0);
+    line.append(t[i].library).append(" ").append(std::to_string(t[i].seconds * 1e3)).append(" ms (per kind");
+    for (double k : t[i].per_kind) line.append(" ").append(std::to_string(k * 1e3));
+    line.append(")  ");
   }
   MESSAGE("calibration: ", line, "-> ", cpu::choose_gemm(t), "; in use: ", std::string(cpu::gemm_library()), " (",
           cpu::gemm_choice_reason(), ")");

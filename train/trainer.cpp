@@ -181,7 +181,8 @@ void Trainer::save_checkpoint(const std::string& path, nn::Optimizer& opt, const
                     {"loss_sum", loss_sum}, {"correct", std::to_string(pos.correct)}, {"seen", std::to_string(pos.seen)},
                     {"gen_seed", std::to_string(g.seed())}, {"gen_offset", std::to_string(g.offset())},
                     {"run_config", to_json(cfg_).dump()}, {"base_identity", base_identity_},
-                    {"base_weights_hash", base_hash_}});
+                    {"base_weights_hash", base_hash_},
+                    {"kernel_choice", backend(cfg_.device == "cuda" ? Device::CUDA : Device::CPU).kernel_choice()}});
 }
 
 RunPosition Trainer::load_checkpoint(const std::string& path, nn::Optimizer& opt, int64_t steps_per_epoch) const {
@@ -215,6 +216,11 @@ RunPosition Trainer::load_checkpoint(const std::string& path, nn::Optimizer& opt
   check_resume_matches(path, then, to_json(cfg_), meta("base_identity", false), base_identity_,
                        meta("base_weights_hash", false), base_hash_);
   check_finite({st.tensors.begin(), st.tensors.end()}, str("checkpoint '", path, "' cannot be resumed"));
+  // the kernels the run used (the CPU's GEMM library per kind): the same arithmetic, bit for bit
+  if (const std::string kc = meta("kernel_choice", false); !kc.empty())
+    if (!backend(cfg_.device == "cuda" ? Device::CUDA : Device::CPU).set_kernel_choice(kc))
+      std::fprintf(stderr, "notice: checkpoint '%s' was made with kernels this build cannot choose (%s): the resumed run "
+                   "may differ from an uninterrupted one in the last bits\n", path.c_str(), kc.c_str());
   RunPosition pos;
   pos.epoch = int64_t(number("epoch")), pos.step = int64_t(number("step"));
   pos.loss_sum = number("loss_sum", "0"), pos.correct = int64_t(number("correct", "0"));

@@ -8,6 +8,8 @@ namespace dg::cpu {
 
 struct CpuBackend final : Backend {
   const char* name() const override { return "cpu"; }
+  std::string kernel_choice() override;  // "gemm <overall>;<forward>,<input grad>,<weight grad>,<heads>"
+  bool set_kernel_choice(const std::string& choice) override;
   void* alloc(size_t nbytes) override;
   void free(void* p, size_t nbytes) override;
   void copy(const Tensor& src, const Tensor& dst) override;

@@ -22,7 +22,8 @@ namespace dg::cpu {
 template <class T>
 void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* a, int64_t lda, const T* b,
                  int64_t ldb, T beta, T* c, int64_t ldc) {
-  gemm_one<T>(current_gemm_lib(), ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+  // the fused attention kernel's products, one head per thread
+  gemm_one<T>(gemm_lib_for(GemmKind::Heads), ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 template void gemm_serial<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
                                  int64_t, float, float*, int64_t);
@@ -38,7 +39,9 @@ int64_t now_ns() {
 
 void prepare_gemm_threads(bool f64) {
   // OpenBLAS runs the f32 products when chosen, and the f64 ones wherever it is built
-  if (!have_openblas() || (current_gemm_lib() != GemmLib::OpenBLAS && !f64)) return;
+  bool openblas = f64;
+  for (int k = 0; k < kGemmKinds; ++k) openblas = openblas || gemm_lib_for(GemmKind(k)) == GemmLib::OpenBLAS;
+  if (!have_openblas() || !openblas) return;
 #ifdef _OPENMP
   reserve_openblas_buffers(omp_get_max_threads());
 #else
@@ -133,7 +136,7 @@ void CpuBackend::gemm(const Gemm& g, const Tensor& A, const Tensor& B, const Ten
   }
   DG_CHECK(A.dtype() == B.dtype() && A.dtype() == C.dtype(), "gemm: dtypes ", A.desc(), ", ", B.desc(), ", ",
            C.desc(), ": expected all f32, all f64, or bf16 operands with an f32 result");
-  const GemmLib lib = current_gemm_lib();  // settled here, outside any parallel region
+  const GemmLib lib = gemm_lib_for(gemm_kind(g));  // settled here, outside any parallel region
   prepare_gemm_threads(C.dtype() == DType::F64);
   float_dispatch(C.dtype(), "gemm", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <sstream>
 
+#include "core/cpu/cpu_backend.h"
 #include "core/cpu/cpu_info.h"
 #include "core/cpu/gemm_kernel.h"
 
@@ -31,6 +32,47 @@ std::string choose_gemm(const std::vector<GemmTiming>& timings, double tolerance
   return "";
 }
 
+std::vector<std::string> choose_gemm_per_kind(const std::vector<GemmTiming>& timings, const std::string& overall,
+                                              double tolerance) {
+  std::vector<std::string> out;
+  for (int k = 0; k < kGemmKinds; ++k) {
+    std::vector<GemmTiming> one;  // the overall winner first: it keeps a kind unless clearly beaten
+    for (const GemmTiming& t : timings)
+      if (t.library == overall) one.push_back({t.library, size_t(k) < t.per_kind.size() ? t.per_kind[size_t(k)] : NAN, t.ok});
+    for (const GemmTiming& t : timings)
+      if (t.library != overall) one.push_back({t.library, size_t(k) < t.per_kind.size() ? t.per_kind[size_t(k)] : NAN, t.ok});
+    out.push_back(choose_gemm(one, tolerance));
+  }
+  return out;
+}
+
+GemmKind gemm_kind(bool ta, bool tb, int64_t batch) {
+  if (batch > 1) return GemmKind::Heads;
+  if (ta) return GemmKind::WeightGrad;
+  return tb ? GemmKind::Forward : GemmKind::InputGrad;
+}
+GemmKind gemm_kind(const Backend::Gemm& g) { return gemm_kind(g.ta, g.tb, g.batch); }
+const char* gemm_kind_name(GemmKind k) {
+  static const char* names[] = {"forward", "input gradient", "weight gradient", "heads"};
+  return names[int(k)];
+}
+
+std::optional<std::vector<GemmLib>> parse_gemm_libs(const std::string& field) {
+  std::vector<GemmLib> libs;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = field.find(',', start);
+    const auto l = lib_from_name(field.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (!l || !lib_built(*l)) return std::nullopt;
+    libs.push_back(*l);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  if (libs.size() == 1) libs.assign(kGemmKinds, libs[0]);
+  if (libs.size() != size_t(kGemmKinds)) return std::nullopt;
+  return libs;
+}
+
 namespace {
 int threads() {
 #ifdef _OPENMP
@@ -41,8 +83,9 @@ int threads() {
 }
 
 // Products of the kinds a transformer layer's linear maps run (thousands of token rows against
-// a few hundred features): y = x W^T, the input gradient gy W, the weight gradient gy^T x; and
-// a batch of small square-ish products (attention heads). About 0.7 GFLOP.
+// a few hundred features), one per GemmKind in its order: y = x W^T, the input gradient gy W,
+// the weight gradient gy^T x (summed over many tokens: long K), and a batch of small
+// square-ish products (attention heads). About 1 GFLOP.
 std::vector<Backend::Gemm> calibration_products() {
   auto mk = [](bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K) {
     Backend::Gemm g;
@@ -51,7 +94,11 @@ std::vector<Backend::Gemm> calibration_products() {
     g.stride_a = M * K, g.stride_b = K * N, g.stride_c = M * N;
     return g;
   };
-  return {mk(false, true, 1, 768, 576, 192), mk(false, false, 1, 768, 192, 768), mk(true, false, 1, 192, 768, 768),
+  // the weight gradient as one thread's share of it under the split: half the rows of a
+  // [384, 192] gradient, so A^T's stored rows are twice as wide as the rows the product reads
+  Backend::Gemm wgrad = mk(true, false, 1, 192, 192, 2048);
+  wgrad.lda = 384, wgrad.stride_a = 2048 * 384;
+  return {mk(false, true, 1, 768, 576, 192), mk(false, false, 1, 768, 192, 768), wgrad,
           mk(false, true, 8, 197, 197, 64)};
 }
 
@@ -80,9 +127,24 @@ double load_average() {
 }
 
 struct Choice {
-  GemmLib lib;
+  GemmLib lib;                 // the overall winner (--version)
+  std::vector<GemmLib> kinds;  // per GemmKind
   std::string reason;
 };
+
+// "; per kind: weight gradient openblas" for the kinds whose library is not `lib`
+std::string kinds_note(GemmLib lib, const std::vector<GemmLib>& kinds) {
+  std::string s;
+  for (int k = 0; k < kGemmKinds; ++k)
+    if (kinds[size_t(k)] != lib)
+      s += std::string(s.empty() ? "; per kind: " : ", ") + gemm_kind_name(GemmKind(k)) + " " + lib_name(kinds[size_t(k)]);
+  return s;
+}
+std::string kinds_field(const std::vector<GemmLib>& kinds) {
+  std::string s;
+  for (GemmLib l : kinds) s += std::string(s.empty() ? "" : ",") + lib_name(l);
+  return s;
+}
 
 Choice initial_choice() {
   const char* env = std::getenv("DG_CPU_GEMM");
@@ -90,32 +152,62 @@ Choice initial_choice() {
   if (!e.empty() && e != "calibrate") {
     const auto l = lib_from_name(e);
     DG_CHECK(l && lib_built(*l), "DG_CPU_GEMM='", e, "': expected ", lib_names_joined(), " or 'calibrate'");
-    return {*l, "forced by DG_CPU_GEMM=" + e};
+    return {*l, std::vector<GemmLib>(kGemmKinds, *l), "forced by DG_CPU_GEMM=" + e};
   }
   const std::string path = gemm_cache_path(), key = gemm_cache_key();
   if (e.empty() && !path.empty())
-    if (const auto c = read_gemm_cache(path, key))
-      if (const auto l = lib_from_name(c->library); l && lib_built(*l))
-        return {*l, "cached in " + path + " (calibrated: " + c->note + ")"};
+    if (const auto c = read_gemm_cache(path, key)) {
+      const size_t semi = c->library.find(';');  // "overall;kind,kind,kind,kind"
+      const auto overall = lib_from_name(c->library.substr(0, semi));
+      const auto kinds = parse_gemm_libs(semi == std::string::npos ? c->library : c->library.substr(semi + 1));
+      if (overall && lib_built(*overall) && kinds)
+        return {*overall, *kinds, "cached in " + path + " (calibrated: " + c->note + ")" + kinds_note(*overall, *kinds)};
+    }
+  // Other processes competing for the cores make even one-thread timings noise, and a choice
+  // made from noise differs from process to process (a resumed run would round differently from
+  // the run it continues). On a busy machine the first built library in preference order serves
+  // (not cached), unless DG_CPU_GEMM=calibrate asks for a measurement anyway.
+  const double cpus = double(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+  auto busy = [&](double load) {
+    return load > cpus + 1 ? "the machine is busy (load " + std::to_string(int(load)) + " on " +
+                                 std::to_string(int(cpus)) + " CPUs)"
+                           : std::string();
+  };
+  auto preferred = [&](const std::string& why) {
+    GemmLib l = GemmLib::Eigen;
+    for (GemmLib b : built_libs())
+      if (b != GemmLib::OneDNNThreads) {
+        l = b;
+        break;
+      }
+    return Choice{l, std::vector<GemmLib>(kGemmKinds, l), "the first in preference order, not measured: " + why};
+  };
   const double load_before = load_average();
+  if (const std::string b = busy(load_before); !b.empty() && e != "calibrate") return preferred(b);
   const std::vector<GemmTiming> t = calibrate_gemm();
   const std::string pick = choose_gemm(t);
   const GemmLib lib = pick.empty() ? GemmLib::Eigen : *lib_from_name(pick);  // no usable timing: the portable one
+  std::vector<GemmLib> kinds;
+  for (const std::string& k : choose_gemm_per_kind(t, pick)) kinds.push_back(k.empty() ? lib : *lib_from_name(k));
   const std::string note = summary(t);
-  std::string why = "calibrated: " + note;
-  // Other processes competing for the cores make even one-thread timings noisy: such a choice
-  // serves this process but is not kept.
-  const double cpus = double(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN))), load = std::max(load_before, load_average());
-  if (load > cpus + 1) why += "; not cached: the machine was busy (load " + std::to_string(int(load)) + " on " +
-                              std::to_string(int(cpus)) + " CPUs)";
-  else if (!path.empty())
-    why += write_gemm_cache(path, key, {lib_name(lib), note}) ? "; cached in " + path : "; cache " + path + " not writable";
-  return {lib, why};
+  std::string why = "calibrated: " + note + kinds_note(lib, kinds);
+  if (const std::string b = busy(std::max(load_before, load_average())); !b.empty()) {
+    if (e != "calibrate") return preferred(b + " during the calibration (" + note + ")");
+    why += "; not cached: " + b;
+  } else if (!path.empty()) {
+    why += write_gemm_cache(path, key, {std::string(lib_name(lib)) + ";" + kinds_field(kinds), note})
+               ? "; cached in " + path
+               : "; cache " + path + " not writable";
+  }
+  return {lib, kinds, why};
 }
 
 struct State {
-  explicit State(Choice c) : lib(c.lib), reason(std::move(c.reason)) {}
+  explicit State(Choice c) : lib(c.lib), reason(std::move(c.reason)) {
+    for (int k = 0; k < kGemmKinds; ++k) kinds[k].store(c.kinds[size_t(k)]);
+  }
   std::atomic<GemmLib> lib;
+  std::atomic<GemmLib> kinds[kGemmKinds];
   std::mutex m;
   std::string reason;
 };
@@ -164,6 +256,14 @@ std::vector<GemmTiming> calibrate_gemm(int reps) {
   std::vector<GemmTiming> out;
   for (GemmLib l : libs) out.push_back({lib_name(l), 0, true});
   std::vector<bool> racing(libs.size(), true);
+  // OpenBLAS retries a failed mapping of its work buffer forever (blas_buffers.cpp): under a
+  // memory limit that leaves no room for it, it is not a candidate (a hang in calibration was seen)
+  for (size_t l = 0; l < libs.size(); ++l)
+    if (libs[l] == GemmLib::OpenBLAS) try {
+        reserve_openblas_buffers(1);
+      } catch (const OutOfMemory&) {
+        racing[l] = false, out[l].ok = false;
+      }
   auto total = [&](size_t l) {
     double s = 0;
     for (double t : best[l]) s += t;
@@ -189,10 +289,19 @@ std::vector<GemmTiming> calibrate_gemm(int reps) {
       double lead = INFINITY;
       for (size_t l = 0; l < libs.size(); ++l)
         if (out[l].ok) lead = std::min(lead, total(l));
-      for (size_t l = 0; l < libs.size(); ++l) racing[l] = out[l].ok && total(l) <= 2 * lead;
+      // ... unless it is within twice the best on some product: it may win that kind
+      std::vector<double> best_p(products.size(), INFINITY);
+      for (size_t l = 0; l < libs.size(); ++l)
+        for (size_t p = 0; p < products.size(); ++p)
+          if (out[l].ok) best_p[p] = std::min(best_p[p], best[l][p]);
+      for (size_t l = 0; l < libs.size(); ++l) {
+        bool close = total(l) <= 2 * lead;
+        for (size_t p = 0; p < products.size(); ++p) close = close || best[l][p] <= 2 * best_p[p];
+        racing[l] = out[l].ok && close;
+      }
     }
   }
-  for (size_t l = 0; l < libs.size(); ++l) out[l].seconds = total(l);
+  for (size_t l = 0; l < libs.size(); ++l) out[l].seconds = total(l), out[l].per_kind = best[l];
   return out;
 }
 
@@ -200,7 +309,7 @@ std::string gemm_cache_key() {
   const CpuInfo& c = cpu_info();
   std::string libs;
   for (const std::string& n : gemm_libraries()) libs += n + " ";
-  return one_line("v1 | " + cpu_identity(c) + " stepping " + std::to_string(c.stepping) + " | " + isa_summary(c) +
+  return one_line("v2 | " + cpu_identity(c) + " stepping " + std::to_string(c.stepping) + " | " + isa_summary(c) +
                   " | threads " + std::to_string(threads()) + " | " + libs + "| " + gemm_library_versions());
 }
 
@@ -218,7 +327,9 @@ bool parse_line(const std::string& line, std::string& key, GemmCacheEntry& e) {
   const size_t t1 = line.find('\t'), t2 = t1 == std::string::npos ? t1 : line.find('\t', t1 + 1);
   if (line.empty() || line[0] == '#' || t2 == std::string::npos) return false;
   key = line.substr(0, t1), e.library = line.substr(t1 + 1, t2 - t1 - 1), e.note = line.substr(t2 + 1);
-  return !key.empty() && lib_from_name(e.library).has_value();
+  const size_t semi = e.library.find(';');
+  return !key.empty() && lib_from_name(e.library.substr(0, semi)).has_value() &&
+         (semi == std::string::npos || parse_gemm_libs(e.library.substr(semi + 1)).has_value());
 }
 }  // namespace
 
@@ -262,6 +373,7 @@ bool write_gemm_cache(const std::string& path, const std::string& key, const Gem
 }
 
 GemmLib current_gemm_lib() { return state().lib.load(std::memory_order_relaxed); }
+GemmLib gemm_lib_for(GemmKind k) { return state().kinds[int(k)].load(std::memory_order_relaxed); }
 
 const char* gemm_library() { return lib_name(current_gemm_lib()); }
 
@@ -285,7 +397,45 @@ void set_gemm_library(const std::string& name) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.m);
   s.lib.store(*l);
+  for (auto& k : s.kinds) k.store(*l);
   s.reason = "set in code";
+}
+
+void set_gemm_library_for(GemmKind kind, const std::string& name) {
+  const auto l = lib_from_name(name);
+  DG_CHECK(l && lib_built(*l), "CPU GEMM library '", name, "': expected ", lib_names_joined());
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.m);
+  s.kinds[int(kind)].store(*l);
+  std::vector<GemmLib> kinds;
+  for (auto& k : s.kinds) kinds.push_back(k.load());
+  s.reason = "set in code" + kinds_note(s.lib.load(), kinds);
+}
+
+}  // namespace dg::cpu
+
+namespace dg::cpu {
+
+std::string CpuBackend::kernel_choice() {
+  State& s = state();
+  std::vector<GemmLib> kinds;
+  for (auto& k : s.kinds) kinds.push_back(k.load());
+  return std::string("gemm ") + lib_name(s.lib.load()) + ";" + kinds_field(kinds);
+}
+
+bool CpuBackend::set_kernel_choice(const std::string& choice) {
+  if (choice.rfind("gemm ", 0) != 0) return false;
+  const std::string field = choice.substr(5);
+  const size_t semi = field.find(';');
+  const auto overall = lib_from_name(field.substr(0, semi));
+  const auto kinds = semi == std::string::npos ? std::nullopt : parse_gemm_libs(field.substr(semi + 1));
+  if (!overall || !lib_built(*overall) || !kinds) return false;
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.m);
+  s.lib.store(*overall);
+  for (int k = 0; k < kGemmKinds; ++k) s.kinds[k].store((*kinds)[size_t(k)]);
+  s.reason = "restored from a checkpoint (as the run it resumes)" + kinds_note(*overall, *kinds);
+  return true;
 }
 
 }  // namespace dg::cpu

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Golden fixture for the second-wave PEFT methods (and the first-wave Pfeiffer adapter) on
 the ViT of make_vit_golden.py (weights read from tests/fixtures/vit_golden.safetensors),
-frozen base, non-zero delta values. Where Hugging Face peft has the method (DoRA, IA3, VeRA) the
+frozen base, non-zero delta values. Where Hugging Face peft has the method (DoRA, IA3, VeRA, LoHa, LoKr) the
 deltas are real peft layers (get_peft_model); SSF is the authors' ssf_ada (dongzelian/SSF,
 models/vision_transformer.py) at their places, written here in plain PyTorch as forward hooks;
 adapters are written by hand as in make_peft_golden.py. For each case: the delta tensors under
@@ -61,7 +61,7 @@ def post_adapter(m, P, g, delta, norm=False, channel_scale=False):
 def peft_deltas(pm, P, g, delta, init):
     """Give every peft adapter tensor a non-zero value; record it under deltagrad's name."""
     for name, p in pm.named_parameters():
-        mt = re.match(r"base_model\.model\.(.+)\.(lora_A|lora_B|lora_magnitude_vector|ia3_l|vera_lambda_b|vera_lambda_d)(\.default)?(\.weight)?$", name)
+        mt = re.match(r"base_model\.model\.(.+)\.(lora_A|lora_B|lora_magnitude_vector|ia3_l|vera_lambda_b|vera_lambda_d|hada_w[12]_[ab]|lokr_w[12](?:_[ab])?)(\.default)?(\.weight)?$", name)
         if not mt:
             continue
         site, kind = mt.group(1), mt.group(2)
@@ -123,6 +123,14 @@ def vera_case(T, seed):
     finish("vera", pm, P, T)
 
 
+def lycoris_case(case, cfg, delta, T, seed):
+    g = torch.Generator().manual_seed(seed)
+    m, P = frozen_vit(), {}
+    pm = peft.get_peft_model(m, cfg).eval()
+    peft_deltas(pm, P, g, delta, lambda kind, p: torch.randn(p.shape, generator=g) * 0.2)
+    finish(case, pm, P, T)
+
+
 def ssf_ada(x, scale, shift):  # the SSF code's ssf_ada for token features [..., C]
     assert scale.shape == shift.shape and x.shape[-1] == scale.shape[0]
     return x * scale + shift
@@ -159,6 +167,10 @@ if __name__ == "__main__":
     ia3_case(T, 14)
     ssf_case(T, 15)
     vera_case(T, 16)
+    lycoris_case("loha", peft.LoHaConfig(r=4, alpha=8, target_modules=["attn.qkv", "mlp.fc1"]), "loha", T, 17)
+    lycoris_case("lokr", peft.LoKrConfig(r=4, alpha=8, target_modules=["attn.qkv", "mlp.fc1"]), "lokr", T, 18)
+    lycoris_case("lokr_both", peft.LoKrConfig(r=1, alpha=2, decompose_both=True, decompose_factor=4,
+                                              target_modules=["mlp.fc2"]), "lokr", T, 19)
     out = os.path.join(HERE, "..", "tests", "fixtures", "peft_methods_golden.safetensors")
     safetensors_io.save(out, T, {"generator": "scripts/make_peft_methods_golden.py", "torch": torch.__version__,
                                  "peft": peft.__version__})

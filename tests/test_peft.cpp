@@ -146,6 +146,8 @@ TEST_CASE("peft: frozen tensors stay bit-identical, get no gradient and no optim
   methods.push_back(json::array({{{"method", "dora"}, {"r", 2}}, {{"method", "adapter_plus"}, {"dim", 4}}}));
   methods.push_back(json::array({{{"method", "ssf"}}, {{"method", "lora"}, {"r", 2}, {"scale", {{"kind", "channel"}}}}}));
   methods.push_back(json::array({{{"method", "ia3"}}, {{"method", "vpt_deep"}, {"num_tokens", 2}}}));
+  methods.push_back(json::array({{{"method", "vera"}, {"r", 8}, {"scale", {{"kind", "scalar"}}}}, {{"method", "houlsby"}, {"dim", 2}}}));
+  methods.push_back(json::array({{{"method", "lokr"}, {"r", 2}}, {{"method", "loha"}, {"r", 2}}, {{"method", "parallel"}, {"dim", 2}}}));
   for (const json& ds : methods) {
     tape().clear();
     nn::VisionTransformer m(tiny());
@@ -308,13 +310,15 @@ TEST_CASE("peft: every method that merges: merged equals unmerged; unmerge resto
   CHECK(cases.size() >= 6);
 }
 
-TEST_CASE("peft: the report counts DoRA, (IA)3, SSF and VeRA parameters") {
+TEST_CASE("peft: the report counts the second-wave methods' parameters") {
   // tiny(): D 24, 2 blocks, qkv 72 rows, MLP hidden 96
   const std::vector<std::pair<json, int64_t>> cases = {
       {{{"method", "dora"}, {"r", 2}}, 2 * (2 * 24 + 72 * 2 + 72)},             // A, B, magnitude per qkv
       {{{"method", "ia3"}}, 2 * (72 + 96)},                                       // qkv output, fc2 input
       {{{"method", "ssf"}}, 2 * 24 + 2 * 2 * (24 + 72 + 24 + 24 + 96 + 24) + 2 * 24},  // patch_embed, blocks, norm
       {{{"method", "vera"}, {"r", 4}}, 2 * (72 + 4)},  // lambda_b, lambda_d per qkv; the frozen A, B do not count
+      {{{"method", "loha"}, {"r", 2}}, 2 * 2 * (72 * 2 + 2 * 24)},  // two [72, 2] [2, 24] pairs per qkv
+      {{{"method", "lokr"}, {"r", 2}}, 2 * (8 * 4 + 9 * 2 + 2 * 6)},  // qkv 72 x 24 = kron([8, 4], [9, 6] of rank 2)
   };
   for (const auto& [d, want] : cases) {
     INFO(d.dump());

@@ -120,6 +120,8 @@ void parse_prompt(OptionReader& r, DeltaConfig& d) {
   DG_CHECK(d.prompt.dropout >= 0 && d.prompt.dropout < 1, r.where, ": dropout must be in [0, 1)");
 }
 
+}  // namespace
+
 // Separate q/k/v LoRAs export exactly as one joint LoRA of rank k r (A stacked, B placed
 // block-diagonally at each projection's rows), times the conditioning scale.
 void lora_hf_export(const Attachments& list, HfAdapter& out) {
@@ -150,6 +152,8 @@ void lora_hf_export(const Attachments& list, HfAdapter& out) {
                 {"fan_in_fan_out", false}, {"init_lora_weights", true}, {"layers_to_transform", nullptr},
                 {"layers_pattern", nullptr}, {"rank_pattern", json::object()}, {"alpha_pattern", json::object()}};
 }
+
+namespace {
 
 json with(json a, const json& b) {
   a.update(b);

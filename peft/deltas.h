@@ -20,6 +20,8 @@ namespace dg::peft {
 
 // peft's LoRA options (r, lora_alpha, ...) into d.lora: the lora and dora registrations.
 void parse_lora_options(OptionReader& r, DeltaConfig& d);
+// LoRA deltas as peft's LORA adapter (lora and dora).
+void lora_hf_export(const Attachments& list, HfAdapter& out);
 
 // s in "out + s * branch": undefined value = the constant 1.
 struct Scale {

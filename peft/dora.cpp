@@ -48,6 +48,20 @@ Tensor DoraDelta::delta_weight() const {
 
 namespace dg::peft {
 
+namespace {
+// peft's LoRA format with use_dora and lora_magnitude_vector [out] per module
+void dora_hf_export(const Attachments& list, HfAdapter& out) {
+  lora_hf_export(list, out);
+  for (const auto& [site, d] : list) {
+    auto& dd = static_cast<const DoraDelta&>(*d);
+    DG_CHECK(!dd.scale.value.defined(), "export_hf: dora '", dd.name,
+             "' has a conditioning scale, which peft's DoRA cannot hold (it scales the whole renormalised update)");
+    out.tensors["base_model.model." + site + ".lora_magnitude_vector"] = dd.magnitude.to(DType::F32);
+  }
+  out.config["use_dora"] = true;
+}
+}  // namespace
+
 DG_REGISTER_METHOD(dora) {
   MethodDef d;
   d.name = "dora";
@@ -64,6 +78,8 @@ DG_REGISTER_METHOD(dora) {
       add(path, std::make_shared<DoraDelta>(dc.name, dc.lora, dc.scale, *lin, is_fused_qkv(path), gen));
   };
   d.merges = true;
+  d.hf_peft_type = "LORA";
+  d.hf_export = dora_hf_export;
   using nlohmann::json;
   const json dora = {{"name", "dora"}, {"method", "dora"}, {"r", 4}, {"lora_alpha", 8},
                      {"target_modules", {"blocks.*.attn.qkv", "blocks.*.mlp.fc1"}}};

@@ -38,6 +38,23 @@ void Ia3Delta::unmerge() {
   merged_ = false;
 }
 
+namespace {
+// peft keeps l as [out, 1], or [1, in] for a feedforward module
+void ia3_hf_export(const Attachments& list, HfAdapter& out) {
+  std::vector<std::string> ff;
+  for (const auto& [site, d] : list) {
+    auto& a = static_cast<const Ia3Delta&>(*d);
+    const int64_t n = a.l.numel();
+    out.tensors["base_model.model." + site + ".ia3_l"] =
+        reshape(a.l.detach(), a.feedforward() ? Shape{1, n} : Shape{n, 1}).to(DType::F32);
+    out.targets.push_back(site);
+    if (a.feedforward()) ff.push_back(site);
+  }
+  out.config = {{"peft_type", "IA3"}, {"feedforward_modules", ff}, {"init_ia3_weights", true},
+                {"fan_in_fan_out", false}};
+}
+}  // namespace
+
 DG_REGISTER_METHOD(ia3) {
   MethodDef d;
   d.name = "ia3";
@@ -64,6 +81,8 @@ DG_REGISTER_METHOD(ia3) {
                "' is not in target_modules (feedforward_modules must be a subset of them, as in peft)");
   };
   d.merges = true;
+  d.hf_peft_type = "IA3";
+  d.hf_export = ia3_hf_export;
   d.golden = {{"ia3", {{"deltas", {{{"name", "ia3"}, {"method", "ia3"}}}}}}};
   d.examples = {{{"method", "ia3"}},
                 {{"method", "ia3"}, {"target_modules", {"blocks.*.attn.*", "blocks.*.mlp.*"}},

@@ -28,6 +28,7 @@ class Ia3Delta : public MethodDelta {
   void merge() override;
   void unmerge() override;
   bool merged() const override { return merged_; }
+  bool feedforward() const { return feedforward_; }
   Tensor l;  // [in] (feedforward) or [out]
 
  private:

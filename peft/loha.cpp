@@ -6,7 +6,7 @@ namespace dg::peft {
 
 LohaDelta::LohaDelta(const std::string& n, const LycorisOptions& o, const ScaleConfig& sc, nn::Linear& base,
                      Generator& gen)
-    : WeightUpdateDelta(n, sc, base, {o.rank_dropout, o.module_dropout, true}), scaling_(o.alpha / double(o.r)) {
+    : WeightUpdateDelta(n, sc, base, {o.rank_dropout, o.module_dropout, true}), opts(o), scaling_(o.alpha / double(o.r)) {
   const int64_t out = base.out_features, in = base.in_features;
   w1_a = kaiming_a5(gen, out, o.r);
   w1_b = kaiming_a5(gen, o.r, in);
@@ -26,6 +26,27 @@ std::vector<std::pair<std::string, Tensor>> LohaDelta::named_parameters() {
   return out;
 }
 
+namespace {
+// peft's LOHA tensors; a conditioning scale s (it scales dW's rows) is folded into hada_w1_a's rows
+void loha_hf_export(const Attachments& list, HfAdapter& out) {
+  NoGradGuard ng;
+  for (const auto& [site, d] : list) {
+    auto& h = static_cast<const LohaDelta&>(*d);
+    const std::string pre = "base_model.model." + site + ".";
+    Tensor w1a = h.w1_a.detach();
+    if (h.scale.value.defined()) w1a = mul(w1a, view::unsqueeze(h.scale.value, 1));
+    out.tensors[pre + "hada_w1_a"] = w1a.to(DType::F32);
+    out.tensors[pre + "hada_w1_b"] = h.w1_b.to(DType::F32);
+    out.tensors[pre + "hada_w2_a"] = h.w2_a.to(DType::F32);
+    out.tensors[pre + "hada_w2_b"] = h.w2_b.to(DType::F32);
+    out.targets.push_back(site);
+    out.config = {{"peft_type", "LOHA"}, {"r", h.opts.r}, {"alpha", h.opts.alpha}, {"rank_dropout", h.opts.rank_dropout},
+                  {"module_dropout", h.opts.module_dropout}, {"init_weights", true}, {"use_effective_conv2d", false},
+                  {"rank_pattern", nlohmann::json::object()}, {"alpha_pattern", nlohmann::json::object()}};
+  }
+}
+}  // namespace
+
 DG_REGISTER_METHOD(loha) {
   MethodDef d;
   d.name = "loha";
@@ -42,6 +63,8 @@ DG_REGISTER_METHOD(loha) {
       add(path, std::make_shared<LohaDelta>(dc.name, o, dc.scale, *lin, gen));
   };
   d.merges = true;
+  d.hf_peft_type = "LOHA";
+  d.hf_export = loha_hf_export;
   d.golden = {{"loha", {{"deltas", {{{"name", "loha"}, {"method", "loha"}, {"r", 4}, {"alpha", 8},
                                      {"target_modules", {"blocks.*.attn.qkv", "blocks.*.mlp.fc1"}}}}}}}};
   d.examples = {{{"method", "loha"}, {"r", 4}},

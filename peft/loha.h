@@ -13,6 +13,7 @@ class LohaDelta : public WeightUpdateDelta {
   const char* method() const override { return "loha"; }
   std::vector<std::pair<std::string, Tensor>> named_parameters() override;
   Tensor w1_a, w1_b, w2_a, w2_b;  // [out, r], [r, in], [out, r], [r, in]
+  LycorisOptions opts;
 
  protected:
   Tensor update_weight() const override;

@@ -23,7 +23,7 @@ std::pair<int64_t, int64_t> lokr_factorization(int64_t dimension, int64_t factor
 LokrDelta::LokrDelta(const std::string& n, const LokrOptions& o, const ScaleConfig& sc, nn::Linear& base,
                      Generator& gen)
     : WeightUpdateDelta(n, sc, base, {o.rank_dropout, o.module_dropout, o.rank_dropout_scale}),
-      scaling_(o.alpha / double(o.r)) {
+      opts(o), scaling_(o.alpha / double(o.r)) {
   auto [in_m, in_n] = lokr_factorization(base.in_features, o.decompose_factor);
   auto [out_l, out_k] = lokr_factorization(base.out_features, o.decompose_factor);
   const bool full_w1 = !(o.decompose_both && double(o.r) < double(std::max(out_l, in_m)) / 2);
@@ -66,6 +66,31 @@ std::vector<std::pair<std::string, Tensor>> LokrDelta::named_parameters() {
   return out;
 }
 
+namespace {
+// peft's LOKR tensors; a scalar conditioning scale is folded into w1 (a per-channel one does not
+// factor through a Kronecker product)
+void lokr_hf_export(const Attachments& list, HfAdapter& out) {
+  NoGradGuard ng;
+  for (const auto& [site, d] : list) {
+    auto& k = static_cast<LokrDelta&>(*d);
+    DG_CHECK(!k.scale.value.defined() || k.scale.value.numel() == 1, "export_hf: lokr '", k.name,
+             "' has a per-channel scale, which peft's LoKr cannot hold");
+    for (auto& [n, t] : k.named_parameters()) {
+      if (n == "scale") continue;
+      Tensor v = t.detach();
+      if (k.scale.value.defined() && (n == "lokr_w1" || n == "lokr_w1_a")) v = mul(v, k.scale.value);
+      out.tensors["base_model.model." + site + "." + n] = v.to(DType::F32);
+    }
+    out.targets.push_back(site);
+    out.config = {{"peft_type", "LOKR"}, {"r", k.opts.r}, {"alpha", k.opts.alpha}, {"rank_dropout", k.opts.rank_dropout},
+                  {"module_dropout", k.opts.module_dropout}, {"decompose_both", k.opts.decompose_both},
+                  {"decompose_factor", k.opts.decompose_factor}, {"rank_dropout_scale", k.opts.rank_dropout_scale},
+                  {"init_weights", true}, {"use_effective_conv2d", false},
+                  {"rank_pattern", nlohmann::json::object()}, {"alpha_pattern", nlohmann::json::object()}};
+  }
+}
+}  // namespace
+
 DG_REGISTER_METHOD(lokr) {
   MethodDef d;
   d.name = "lokr";
@@ -87,6 +112,8 @@ DG_REGISTER_METHOD(lokr) {
       add(path, std::make_shared<LokrDelta>(dc.name, o, dc.scale, *lin, gen));
   };
   d.merges = true;
+  d.hf_peft_type = "LOKR";
+  d.hf_export = lokr_hf_export;
   d.golden = {{"lokr", {{"deltas", {{{"name", "lokr"}, {"method", "lokr"}, {"r", 4}, {"alpha", 8},
                                      {"target_modules", {"blocks.*.attn.qkv", "blocks.*.mlp.fc1"}}}}}}},
               {"lokr_both", {{"deltas", {{{"name", "lokr"}, {"method", "lokr"}, {"r", 1}, {"alpha", 2},

@@ -26,6 +26,7 @@ class LokrDelta : public WeightUpdateDelta {
   const char* method() const override { return "lokr"; }
   std::vector<std::pair<std::string, Tensor>> named_parameters() override;
   Tensor w1, w1_a, w1_b, w2, w2_a, w2_b;  // w1 or (w1_a, w1_b); w2 or (w2_a, w2_b)
+  LokrOptions opts;
 
  protected:
   Tensor update_weight() const override;

@@ -67,6 +67,27 @@ Tensor kaiming_projection(Generator& g, int64_t rows, int64_t cols) {
   g.uniform_(t, -b, b);
   return t;
 }
+
+// peft's VERA tensors with the shared projections (save_projection); a conditioning scale s
+// (it scales the update's rows) is folded into lambda_b
+void vera_hf_export(const Attachments& list, HfAdapter& out) {
+  NoGradGuard ng;
+  for (const auto& [site, d] : list) {
+    auto& v = static_cast<const VeraDelta&>(*d);
+    const std::string pre = "base_model.model." + site + ".";
+    Tensor b = v.lambda_b.detach();
+    if (v.scale.value.defined()) b = mul(b, v.scale.value);
+    out.tensors[pre + "vera_lambda_b"] = b.to(DType::F32);
+    out.tensors[pre + "vera_lambda_d"] = v.lambda_d.to(DType::F32);
+    out.tensors["base_model.vera_A"] = v.projections().A.to(DType::F32);
+    out.tensors["base_model.vera_B"] = v.projections().B.to(DType::F32);
+    out.targets.push_back(site);
+    const VeraOptions& o = v.options();
+    out.config = {{"peft_type", "VERA"}, {"r", o.r}, {"projection_prng_key", o.projection_prng_key},
+                  {"save_projection", true}, {"vera_dropout", o.vera_dropout}, {"d_initial", o.d_initial},
+                  {"init_weights", true}, {"fan_in_fan_out", false}, {"bias", "none"}};
+  }
+}
 }  // namespace
 
 DG_REGISTER_METHOD(vera) {
@@ -105,6 +126,8 @@ DG_REGISTER_METHOD(vera) {
       add(targets[i].first, std::make_shared<VeraDelta>(dc.name, o, dc.scale, *targets[i].second, proj, i == 0, gen));
   };
   d.merges = true;
+  d.hf_peft_type = "VERA";
+  d.hf_export = vera_hf_export;
   d.golden = {{"vera", {{"deltas", {{{"name", "vera"}, {"method", "vera"}, {"r", 4},
                                      {"target_modules", {"blocks.*.attn.qkv", "blocks.*.mlp.fc1"}}}}}}}};
   d.examples = {{{"method", "vera"}, {"r", 16}}};

@@ -42,6 +42,8 @@ class VeraDelta : public MethodDelta {
   void unmerge() override;
   bool merged() const override { return merged_; }
   Tensor lambda_b, lambda_d;  // [out], [r]
+  const VeraOptions& options() const { return opts_; }
+  const VeraProjections& projections() const { return *proj_; }
   Scale scale;
 
  private:

@@ -10,6 +10,7 @@
 #include "core/random.h"
 #include "data/dataset.h"
 #include "core/safetensors.h"
+#include "core/user_files.h"
 #include "nn/optim.h"
 #include "peft/peft_model.h"
 #include "tests/test_util.h"
@@ -356,6 +357,33 @@ TEST_CASE("peft: Hugging Face peft export/import round-trips logits") {
   auto pm2 = peft::PeftModel::from_file(m2, tmp("imported.safetensors"));
   NoGradGuard ng;
   CHECK(test::rel_err(pm2->forward(x), want) < 1e-6);
+}
+
+TEST_CASE("peft: every method with a Hugging Face export writes peft's tensors and peft_type") {
+  // scripts/check_hf_peft_methods.sh loads these into timm + peft and compares logits
+  int n = 0;
+  for (const peft::MethodDef* md : peft::all_methods()) {
+    if (!md->hf_export) continue;
+    json d = md->examples.at(0);
+    d["name"] = "d";
+    INFO(d.dump());
+    nn::VisionTransformer m(tiny());
+    peft::PeftModel pm(m, peft::parse_peft_config(json{{"deltas", {d}}}));
+    const std::string dir = tmp("hf_" + md->name);
+    pm.export_hf(dir);
+    const json c = read_json_file(dir + "/adapter_config.json", "adapter config");
+    CHECK(c.at("peft_type") == md->hf_peft_type);
+    CHECK(c.at("target_modules").size() == pm.attachments("d").size());
+    // every trainable delta tensor has its counterpart under base_model.model.<site>.
+    SafeTensors st = load_safetensors(dir + "/adapter_model.safetensors");
+    for (auto& [site, delta] : pm.attachments("d")) {
+      int found = 0;
+      for (auto& [k, t] : st.tensors) found += k.rfind("base_model.model." + site + ".", 0) == 0;
+      CHECK_MESSAGE(found > 0, site);
+    }
+    ++n;
+  }
+  CHECK(n >= 6);  // lora, dora, ia3, vera, loha, lokr
 }
 
 TEST_CASE("peft: config errors name the key") {

@@ -198,28 +198,40 @@ TEST_CASE("peft: the tape skips frozen weight-gradient GEMMs and head-only train
 }
 
 TEST_CASE("peft: masked-out elements are bit-identical after AdamW steps with weight decay") {
-  tape().clear();
-  nn::VisionTransformer m(tiny());
-  peft::PeftModel pm(m, peft::parse_peft_config(json{
-      {"masks", {{{"tensor", "blocks.*.mlp.fc1.weight"}, {"density", 0.05}, {"seed", 3}}}}, {"trainable", {"head.*"}}}));
-  REQUIRE(pm.masks().size() == 2);
-  auto before = snapshot(m);
-  train(pm, 5, 1e-2);
-  auto after = snapshot(m);
-  int changed = 0, kept = 0;
-  for (auto& [n, mask] : pm.masks()) {
-    std::vector<double> mk = mask.to_vector();
-    for (size_t i = 0; i < mk.size(); ++i) {
-      if (mk[i] == 0) {
-        kept += after[n][i] == before[n][i];
-        CHECK(after[n][i] == before[n][i]);
-      } else {
-        changed += after[n][i] != before[n][i];
+  // alone, and composed with second-wave deltas on the masked Linears (DoRA reads the masked
+  // weight for its norm) and elsewhere (SSF after every LayerNorm and Linear)
+  const std::vector<json> delta_sets = {
+      json::array(),
+      json::array({{{"name", "dora"}, {"method", "dora"}, {"r", 2}, {"target_modules", {"blocks.*.mlp.fc1"}}},
+                   {{"name", "ssf"}, {"method", "ssf"}}})};
+  for (const json& deltas : delta_sets) {
+    INFO(deltas.dump());
+    tape().clear();
+    nn::VisionTransformer m(tiny());
+    peft::PeftModel pm(m, peft::parse_peft_config(json{
+        {"deltas", deltas}, {"masks", {{{"tensor", "blocks.*.mlp.fc1.weight"}, {"density", 0.05}, {"seed", 3}}}},
+        {"trainable", {"head.*"}}}));
+    REQUIRE(pm.masks().size() == 2);
+    auto before = snapshot(m);
+    train(pm, 5, 1e-2);
+    auto after = snapshot(m);
+    int changed = 0, kept = 0;
+    for (auto& [n, mask] : pm.masks()) {
+      std::vector<double> mk = mask.to_vector();
+      for (size_t i = 0; i < mk.size(); ++i) {
+        if (mk[i] == 0) {
+          kept += after[n][i] == before[n][i];
+          CHECK(after[n][i] == before[n][i]);
+        } else {
+          changed += after[n][i] != before[n][i];
+        }
       }
     }
+    CHECK(changed > 0);
+    CHECK(kept > 0);
+    for (auto& [n, v] : before)  // the other base tensors are untouched
+      if (n.rfind("head.", 0) != 0 && !pm.masks().count(n)) CHECK_MESSAGE(after[n] == v, n);
   }
-  CHECK(changed > 0);
-  CHECK(kept > 0);
 }
 
 TEST_CASE("peft: delta files round-trip exactly and are refused by another base") {

@@ -2,16 +2,20 @@
 //   {"deltas": [{"name": "q_lora", "method": "lora", ...options, "scale": {...}}, ...],
 //    "trainable": ["head.*"], "masks": [{"tensor": "blocks.0.mlp.fc1.weight", "density": 0.01}]}
 // Option names follow the reference implementations: LoRA uses Hugging Face peft's
-// (r, lora_alpha, lora_dropout, target_modules, use_rslora); bottleneck adapters use
+// (r, lora_alpha, lora_dropout, target_modules, use_rslora, use_dora); bottleneck adapters use
 // adapter-plus's (config, act_layer, norm_layer, bias, init, scaling, dim, attn_adapter,
-// dropout, drop_path). Unknown keys and methods are errors that name the key.
+// dropout, drop_path). Each method's options are read by its registration
+// (peft/method_registry.h). Unknown keys and methods are errors that name the key.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "core/error.h"
 
 namespace dg::peft {
 
@@ -58,13 +62,25 @@ struct PromptConfig {
   bool deep = false;
 };
 
+// Options of a method whose option struct lives beside its delta class (ia3.h, ssf.h).
+struct MethodOptions {
+  virtual ~MethodOptions() = default;
+};
+
 struct DeltaConfig {
-  std::string name, method;  // method: lora houlsby pfeiffer parallel adapter_plus vpt_shallow vpt_deep
-  LoraConfig lora;
+  std::string name, method;  // method: a registered name (peft/method_registry.h)
+  LoraConfig lora;           // lora and dora
   AdapterConfig adapter;
   PromptConfig prompt;
   ScaleConfig scale;
+  std::shared_ptr<const MethodOptions> options;  // other methods' options
   nlohmann::json raw;  // as given, for metadata
+  template <class T>
+  const T& options_as() const {
+    auto* o = dynamic_cast<const T*>(options.get());
+    DG_CHECK(o, "delta '", name, "' (", method, "): its options were not parsed by its method");
+    return *o;
+  }
 };
 
 struct MaskConfig {

@@ -14,8 +14,14 @@
 #include "nn/delta.h"
 #include "nn/layers.h"
 #include "peft/config.h"
+#include "peft/method_registry.h"
 
 namespace dg::peft {
+
+// peft's LoRA options (r, lora_alpha, ...) into d.lora: the lora and dora registrations.
+void parse_lora_options(OptionReader& r, DeltaConfig& d);
+// LoRA deltas as peft's LORA adapter (lora and dora).
+void lora_hf_export(const Attachments& list, HfAdapter& out);
 
 // s in "out + s * branch": undefined value = the constant 1.
 struct Scale {
@@ -27,7 +33,7 @@ struct Scale {
   void add_to(std::vector<std::pair<std::string, Tensor>>& out) const;
 };
 
-class LoraDelta : public nn::Delta {
+class LoraDelta : public MethodDelta {
  public:
   // `fused_qkv`: the Linear is timm's qkv (out == 3 * in); with qkv_mode "separate" one
   // LoRA per projection in qkv_parts.
@@ -39,23 +45,26 @@ class LoraDelta : public nn::Delta {
   std::vector<std::pair<std::string, Tensor>> named_parameters() override;
 
   double scaling() const;                 // alpha / r, or alpha / sqrt(r) with rsLoRA
-  Tensor delta_weight() const;            // s * scaling * B @ A as a [out, in] tensor
-  void merge();                           // W += delta_weight(); forward then skips the branch
-  void unmerge();                         // restores W bit-exactly (the original is kept)
-  bool merged() const { return merged_; }
+  Tensor update_weight() const;           // scaling * B @ A as a [out, in] tensor (no s)
+  virtual Tensor delta_weight() const;    // what merge adds to W: s * update_weight()
+  void merge() override;                  // W += delta_weight(); forward then skips the branch
+  void unmerge() override;                // restores W bit-exactly (the original is kept)
+  bool merged() const override { return merged_; }
   // timm qkv split: "" (joint) or "q", "k", "v"
   struct Part { std::string id; Tensor A, B; int64_t row0; };
   std::vector<Part> parts;
   LoraConfig cfg;
   Scale scale;
 
- private:
+ protected:
+  // scaling * B(A(xd)) as [..., out] (zeros for projections without a LoRA), no s
+  Tensor low_rank_update(const Tensor& xd, const Tensor& y) const;
   nn::Linear& base_;
   bool merged_ = false;
-  Tensor original_W_;
+  MergeOriginals originals_;
 };
 
-class AdapterDelta : public nn::Delta {
+class AdapterDelta : public MethodDelta {
  public:
   AdapterDelta(const std::string& name, const AdapterConfig& c, const ScaleConfig& sc, int64_t dim, bool reads_input,
                double norm_eps, Generator& gen);
@@ -71,7 +80,7 @@ class AdapterDelta : public nn::Delta {
   double norm_eps;
 };
 
-class PromptDelta : public nn::Delta {
+class PromptDelta : public MethodDelta {
  public:
   // insert = true: shallow insertion after the cls token (site pos_drop, Post);
   // insert = false: replace the rows after the cls token (site blocks.i, Pre).

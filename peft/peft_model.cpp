@@ -78,55 +78,15 @@ PeftModel::PeftModel(nn::VisionTransformer& base, const PeftConfig& cfg, uint64_
 }
 
 void PeftModel::attach(const DeltaConfig& d, Generator& gen) {
-  std::vector<std::pair<std::string, std::shared_ptr<nn::Delta>>> list;
-  auto add = [&](const std::string& site, std::shared_ptr<nn::Delta> delta) {
+  const MethodDef& def = find_method(d.method, "delta '" + d.name + "'");
+  Attachments list;
+  def.attach(d, base_, gen, [&](const std::string& site, std::shared_ptr<MethodDelta> delta) {
     base_.add_delta(site, delta);
     list.emplace_back(site, delta);
-  };
-  const nn::ViTConfig& vc = base_.cfg;
-  if (d.method == "lora") {
-    for (auto& [path, m] : base_.named_modules()) {
-      if (!nn::glob_match_any(d.lora.target_modules, path)) continue;
-      auto* lin = dynamic_cast<nn::Linear*>(m);
-      if (!lin) {  // a wildcard may sweep over activations and dropouts: only Linears get LoRA
-        bool exact = false;
-        for (const std::string& g : d.lora.target_modules) exact = exact || g == path;
-        DG_CHECK(!exact, "lora '", d.name, "': target '", path, "' is not a Linear layer");
-        continue;
-      }
-      const bool qkv = path.size() >= 8 && path.compare(path.size() - 8, 8, "attn.qkv") == 0;
-      add(path, std::make_shared<LoraDelta>(d.name, d.lora, d.scale, *lin, qkv, gen));
-    }
-  } else if (d.method == "vpt_shallow" || d.method == "vpt_deep") {
-    DG_CHECK(vc.class_token, "vpt '", d.name, "': needs a model with a class token");
-    const double bound = std::sqrt(6.0 / double(vc.in_chans * vc.patch_size * vc.patch_size + vc.embed_dim));
-    add("pos_drop", std::make_shared<PromptDelta>(d.name, d.prompt, vc.embed_dim, bound, true, gen));
-    if (d.prompt.deep)
-      for (int64_t i = 1; i < vc.depth; ++i)
-        add("blocks." + std::to_string(i),
-            std::make_shared<PromptDelta>(d.name, d.prompt, vc.embed_dim, bound, false, gen));
-  } else {  // bottleneck adapters
-    const AdapterConfig& a = d.adapter;
-    for (int64_t i = 0; i < vc.depth; ++i) {
-      const std::string blk = "blocks." + std::to_string(i);
-      if (!nn::glob_match_any(a.blocks, blk)) continue;
-      auto make = [&](bool reads_input) {
-        return std::make_shared<AdapterDelta>(d.name, a, d.scale, vc.embed_dim, reads_input, vc.norm_eps, gen);
-      };
-      if (a.config == "post") {
-        add(blk, make(false));
-      } else if (a.config == "houlsby") {
-        if (a.attn_adapter) add(blk + ".attn_branch", make(false));
-        add(blk + ".mlp_branch", make(false));
-      } else if (a.config == "intermediate") {
-        add(blk + ".mlp_branch", make(false));
-      } else {  // parallel
-        add(blk + ".mlp_branch", make(true));
-      }
-    }
-  }
+  });
   DG_CHECK(!list.empty(), "delta '", d.name, "' (", d.method, ") matched no site of the model");
   deltas_.emplace_back(d.name, std::move(list));
+  methods_[d.name] = &def;
 }
 
 std::vector<std::string> PeftModel::delta_names() const {
@@ -153,6 +113,7 @@ void PeftModel::remove(const std::string& name) {
       deltas_.erase(it);
       break;
     }
+  methods_.erase(name);
 }
 
 void PeftModel::to(Device dev) {
@@ -192,11 +153,9 @@ std::string PeftModel::report() const {
   int64_t total = 0;
   for (const auto& [name, list] : deltas_) {
     int64_t n = 0;
-    for (const auto& [site, d] : list)
-      for (auto& [pn, t] : d->named_parameters())
-        if (t.requires_grad()) n += t.numel();
+    for (const auto& [site, d] : list) n += static_cast<MethodDelta&>(*d).trainable_count();
     total += n;
-    std::snprintf(line, sizeof line, "%-24s %-12s %8zu %12lld %8.3f%%\n", name.c_str(), list.front().second->method(),
+    std::snprintf(line, sizeof line, "%-24s %-12s %8zu %12lld %8.3f%%\n", name.c_str(), methods_.at(name)->name.c_str(),
                   list.size(), static_cast<long long>(n), 100.0 * double(n) / base);
     os << line;
   }
@@ -297,81 +256,65 @@ std::unique_ptr<PeftModel> PeftModel::from_file(nn::VisionTransformer& base, con
 
 void PeftModel::merge() {
   int n = 0;
-  for (auto& [name, list] : deltas_)
-    for (auto& [site, d] : list)
-      if (auto l = std::dynamic_pointer_cast<LoraDelta>(d)) {
-        l->merge();
+  for (auto& [name, list] : deltas_)  // in attachment order: a later delta at a site sees the earlier merged
+    if (methods_.at(name)->merges)
+      for (auto& [site, d] : list) {
+        static_cast<MethodDelta&>(*d).merge();
         ++n;
       }
-  DG_CHECK(n > 0, "merge: this PEFT model has no LoRA deltas to merge");
+  DG_CHECK(n > 0, "merge: this PEFT model has no deltas of a method that merges (",
+           method_names([](const MethodDef& m) { return m.merges; }), ")");
 }
 
 void PeftModel::unmerge() {
-  for (auto& [name, list] : deltas_)
-    for (auto& [site, d] : list)
-      if (auto l = std::dynamic_pointer_cast<LoraDelta>(d))
-        if (l->merged()) l->unmerge();
+  for (auto it = deltas_.rbegin(); it != deltas_.rend(); ++it)  // the reverse of merge: each restores its originals
+    for (auto& [site, d] : it->second)
+      if (auto& md = static_cast<MethodDelta&>(*d); md.merged()) md.unmerge();
+}
+
+bool PeftModel::mergeable(const std::string& name) const { return methods_.at(name)->merges; }
+const MethodDef& PeftModel::method_of(const std::string& name) const {
+  auto it = methods_.find(name);
+  DG_CHECK(it != methods_.end(), "no delta named '", name, "'");
+  return *it->second;
 }
 
 void PeftModel::export_hf(const std::string& dir, const std::string& delta_name) const {
-  const std::pair<std::string, std::vector<std::pair<std::string, std::shared_ptr<nn::Delta>>>>* pick = nullptr;
+  const std::pair<std::string, Attachments>* pick = nullptr;
   for (const auto& e : deltas_) {
-    const bool is_lora = std::dynamic_pointer_cast<LoraDelta>(e.second.front().second) != nullptr;
-    if (!is_lora || (!delta_name.empty() && e.first != delta_name)) continue;
-    DG_CHECK(!pick, "export_hf: several LoRA deltas; name the one to export");
+    if (!methods_.at(e.first)->hf_export || (!delta_name.empty() && e.first != delta_name)) continue;
+    DG_CHECK(!pick, "export_hf: several deltas peft can hold; name the one to export");
     pick = &e;
   }
-  DG_CHECK(pick, "export_hf: no LoRA delta", delta_name.empty() ? "" : " named '" + delta_name + "'");
+  const std::string exportable = method_names([](const MethodDef& m) { return bool(m.hf_export); });
+  DG_CHECK(pick, "export_hf: no delta", delta_name.empty() ? "" : " named '" + delta_name + "'", " of a method peft has (",
+           exportable, ")");
   std::filesystem::create_directories(dir);
-  std::map<std::string, Tensor> t;
-  std::vector<std::string> targets;
-  int64_t r_total = 0;
-  double alpha = 0, dropout_p = 0;
-  NoGradGuard ng;
-  for (const auto& [site, d] : pick->second) {
-    auto l = std::dynamic_pointer_cast<LoraDelta>(d);
-    const int64_t r = l->cfg.r, k = int64_t(l->parts.size()), in = l->parts[0].A.size(1);
-    const int64_t out = l->parts.size() == 1 && l->parts[0].id.empty() ? l->parts[0].B.size(0) : 3 * in;
-    // A' = [A_1; ...; A_k] [k r, in];  B' = block placement of B_i at its rows, times s
-    Tensor A = Tensor::zeros({k * r, in}), B = Tensor::zeros({out, k * r});
-    for (int64_t i = 0; i < k; ++i) {
-      const auto& p = l->parts[size_t(i)];
-      backend_of(A).copy(p.A.to(DType::F32), view::slice(A, 0, i * r, (i + 1) * r));
-      backend_of(B).copy(p.B.to(DType::F32),
-                         view::slice(view::slice(B, 0, p.row0, p.row0 + p.B.size(0)), 1, i * r, (i + 1) * r));
-    }
-    if (l->scale.value.defined()) B = mul(B, view::unsqueeze(view::expand(l->scale.value, {out}), 1));
-    t["base_model.model." + site + ".lora_A.weight"] = A;
-    t["base_model.model." + site + ".lora_B.weight"] = B;
-    targets.push_back(site);
-    // peft's scaling is lora_alpha / r: choose alpha so that it equals ours
-    r_total = k * r;
-    alpha = l->scaling() * double(r_total);
-    dropout_p = l->cfg.lora_dropout;
-  }
+  HfAdapter hf;
+  methods_.at(pick->first)->hf_export(pick->second, hf);
+  std::map<std::string, Tensor>& t = hf.tensors;
   // Trained base tensors (a head, BitFit biases, LayerNorms) and kept ones (a fresh head) go
   // as peft's modules_to_save: whole modules, every tensor of each.
   std::set<std::string> modules;
   auto base_params = base_.named_parameters(false);
   for (auto& [n, p] : base_params)
     if (p.requires_grad() || kept_.count(n)) modules.insert(n.substr(0, n.rfind('.')));
+  NoGradGuard ng;
   for (const std::string& m : modules) {
-    DG_CHECK(std::find(targets.begin(), targets.end(), m) == targets.end(), "export_hf: '", m,
-             "' carries a LoRA and trained base tensors; peft cannot hold both (modules_to_save and a LoRA target)");
+    DG_CHECK(std::find(hf.targets.begin(), hf.targets.end(), m) == hf.targets.end(), "export_hf: '", m,
+             "' carries a delta and trained base tensors; peft cannot hold both (modules_to_save and a target)");
     for (auto& [n, p] : base_params)
       if (n.rfind(m + ".", 0) == 0 && n.find('.', m.size() + 1) == std::string::npos) t["base_model.model." + n] = p;
   }
   for (const auto& [name, list] : deltas_)
     if (name != pick->first)
-      std::fprintf(stderr, "export-peft: delta '%s' (%s) is not exported (peft's LoRA format holds one LoRA)\n",
-                   name.c_str(), list.front().second->method());
+      std::fprintf(stderr, "export-peft: delta '%s' (%s) is not exported (a peft adapter file holds one delta)\n",
+                   name.c_str(), methods_.at(name)->name.c_str());
   save_safetensors(dir + "/adapter_model.safetensors", t, {{"format", "pt"}});
-  json c = {{"peft_type", "LORA"}, {"task_type", nullptr}, {"r", r_total}, {"lora_alpha", alpha},
-            {"lora_dropout", dropout_p}, {"target_modules", targets}, {"bias", "none"}, {"use_rslora", false},
-            {"fan_in_fan_out", false}, {"init_lora_weights", true}, {"inference_mode", true},
-            {"modules_to_save", modules.empty() ? json(nullptr) : json(std::vector<std::string>(modules.begin(), modules.end()))}, {"base_model_name_or_path", nullptr}, {"revision", nullptr},
-            {"layers_to_transform", nullptr}, {"layers_pattern", nullptr}, {"rank_pattern", json::object()},
-            {"alpha_pattern", json::object()}};
+  json c = hf.config;
+  c.update({{"task_type", nullptr}, {"target_modules", hf.targets}, {"inference_mode", true},
+            {"modules_to_save", modules.empty() ? json(nullptr) : json(std::vector<std::string>(modules.begin(), modules.end()))},
+            {"base_model_name_or_path", nullptr}, {"revision", nullptr}});
   write_file_atomic(dir + "/adapter_config.json", c.dump(2) + "\n");
 }
 
@@ -445,12 +388,14 @@ void import_hf(const std::string& dir, const std::string& out_file, nn::VisionTr
       dst.copy_(saved.at(n));
     }
   for (auto& [site, d] : pm.attachments("lora")) {
-    auto l = std::dynamic_pointer_cast<LoraDelta>(d);
+    std::map<std::string, Tensor> mine;
+    for (auto& [pn, t] : d->named_parameters()) mine[pn] = t;
     const auto& ab = mods.at(site);
-    DG_CHECK(ab.first.shape() == l->parts[0].A.shape() && ab.second.shape() == l->parts[0].B.shape(), "import-peft: '",
-             site, "' shapes A ", shape_str(ab.first.shape()), " B ", shape_str(ab.second.shape()), " do not fit the model");
-    l->parts[0].A.copy_(ab.first);
-    l->parts[0].B.copy_(ab.second);
+    DG_CHECK(ab.first.shape() == mine.at("lora_A").shape() && ab.second.shape() == mine.at("lora_B").shape(),
+             "import-peft: '", site, "' shapes A ", shape_str(ab.first.shape()), " B ", shape_str(ab.second.shape()),
+             " do not fit the model");
+    mine.at("lora_A").copy_(ab.first);
+    mine.at("lora_B").copy_(ab.second);
   }
   pm.save(out_file);
   pm.remove("lora");  // leave the base as it was (its tensors too)

@@ -11,6 +11,7 @@
 #include "nn/vit.h"
 #include "peft/config.h"
 #include "peft/deltas.h"
+#include "peft/method_registry.h"
 
 namespace dg::peft {
 
@@ -52,13 +53,16 @@ class PeftModel {
   // Build from a delta file alone: the PEFT config is read from its metadata.
   static std::unique_ptr<PeftModel> from_file(nn::VisionTransformer& base, const std::string& path);
 
-  // LoRA merge into the base weights (and exact unmerge).
+  // Merge every delta whose method merges (method_registry.h) into the base weights, in
+  // attachment order; unmerge restores the weights bit-exactly, in reverse order.
   void merge();
   void unmerge();
+  bool mergeable(const std::string& name) const;
+  const MethodDef& method_of(const std::string& name) const;
 
-  // Hugging Face peft format for LoRA on timm models (adapter_model.safetensors +
-  // adapter_config.json in `dir`). Separate q/k/v LoRAs export exactly as one joint LoRA
-  // of rank 3r (A stacked, B block-diagonal). Trained base tensors (a head, BitFit biases) and
+  // Hugging Face peft format on timm models (adapter_model.safetensors + adapter_config.json
+  // in `dir`) for one delta of a method with an hf_export (method_registry.h). Separate q/k/v
+  // LoRAs export exactly as one joint LoRA of rank 3r (A stacked, B block-diagonal). Trained base tensors (a head, BitFit biases) and
   // kept ones go as peft's modules_to_save (whole modules); other deltas are not exported (a
   // notice names them).
   void export_hf(const std::string& dir, const std::string& delta_name = "") const;
@@ -70,6 +74,7 @@ class PeftModel {
   std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::shared_ptr<nn::Delta>>>>> deltas_;
   std::map<std::string, Tensor> masks_;
   std::set<std::string> kept_;  // keep_base_tensor
+  std::map<std::string, const MethodDef*> methods_;  // config name -> its method
   void attach(const DeltaConfig& d, Generator& gen);
 };
 

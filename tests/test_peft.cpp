@@ -10,6 +10,7 @@
 #include "core/random.h"
 #include "data/dataset.h"
 #include "core/safetensors.h"
+#include "core/user_files.h"
 #include "nn/optim.h"
 #include "peft/peft_model.h"
 #include "tests/test_util.h"
@@ -138,25 +139,28 @@ TEST_CASE("peft: sites, names and the trainable report") {
 }
 
 TEST_CASE("peft: frozen tensors stay bit-identical, get no gradient and no optimizer state; each method learns") {
-  const std::vector<json> methods = {
-      {{"method", "lora"}, {"r", 4}, {"lora_alpha", 8}},
-      {{"method", "lora"}, {"r", 2}, {"qkv_mode", "separate"}},
-      {{"method", "houlsby"}, {"dim", 4}},
-      {{"method", "pfeiffer"}, {"dim", 4}},
-      {{"method", "parallel"}, {"dim", 4}, {"scaling", 0.1}},
-      {{"method", "adapter_plus"}, {"dim", 4}},
-      {{"method", "vpt_shallow"}, {"num_tokens", 4}},
-      {{"method", "vpt_deep"}, {"num_tokens", 4}},
-  };
-  for (const json& d : methods) {
-    INFO(d.dump());
+  // every registered method's examples (peft/method_registry.h), and compositions of a
+  // second-wave method with a first-wave one on one model
+  std::vector<json> methods;
+  for (const peft::MethodDef* m : peft::all_methods())
+    for (const json& e : m->examples) methods.push_back(json::array({e}));
+  methods.push_back(json::array({{{"method", "dora"}, {"r", 2}}, {{"method", "adapter_plus"}, {"dim", 4}}}));
+  methods.push_back(json::array({{{"method", "ssf"}}, {{"method", "lora"}, {"r", 2}, {"scale", {{"kind", "channel"}}}}}));
+  methods.push_back(json::array({{{"method", "ia3"}}, {{"method", "vpt_deep"}, {"num_tokens", 2}}}));
+  methods.push_back(json::array({{{"method", "vera"}, {"r", 8}, {"scale", {{"kind", "scalar"}}}}, {{"method", "houlsby"}, {"dim", 2}}}));
+  methods.push_back(json::array({{{"method", "lokr"}, {"r", 2}}, {{"method", "loha"}, {"r", 2}}, {{"method", "parallel"}, {"dim", 2}}}));
+  for (const json& ds : methods) {
     tape().clear();
     nn::VisionTransformer m(tiny());
     nn::load_state_dict(m, pretrained(), "pretrained");
     m.reset_head(5);  // a new task: a fresh head
-    json dd = d;
-    dd["name"] = "d";
-    peft::PeftModel pm(m, peft::parse_peft_config(json{{"deltas", {dd}}, {"trainable", {"head.*"}}}));
+    INFO(ds.dump());
+    json deltas = json::array();
+    for (json d : ds) {
+      d["name"] = "d" + std::to_string(deltas.size());
+      deltas.push_back(d);
+    }
+    peft::PeftModel pm(m, peft::parse_peft_config(json{{"deltas", deltas}, {"trainable", {"head.*"}}}));
     auto before = snapshot(m);
     auto [first, last] = train(pm, 20, 1e-2);
     CHECK(last < 0.5 * first);
@@ -194,28 +198,40 @@ TEST_CASE("peft: the tape skips frozen weight-gradient GEMMs and head-only train
 }
 
 TEST_CASE("peft: masked-out elements are bit-identical after AdamW steps with weight decay") {
-  tape().clear();
-  nn::VisionTransformer m(tiny());
-  peft::PeftModel pm(m, peft::parse_peft_config(json{
-      {"masks", {{{"tensor", "blocks.*.mlp.fc1.weight"}, {"density", 0.05}, {"seed", 3}}}}, {"trainable", {"head.*"}}}));
-  REQUIRE(pm.masks().size() == 2);
-  auto before = snapshot(m);
-  train(pm, 5, 1e-2);
-  auto after = snapshot(m);
-  int changed = 0, kept = 0;
-  for (auto& [n, mask] : pm.masks()) {
-    std::vector<double> mk = mask.to_vector();
-    for (size_t i = 0; i < mk.size(); ++i) {
-      if (mk[i] == 0) {
-        kept += after[n][i] == before[n][i];
-        CHECK(after[n][i] == before[n][i]);
-      } else {
-        changed += after[n][i] != before[n][i];
+  // alone, and composed with second-wave deltas on the masked Linears (DoRA reads the masked
+  // weight for its norm) and elsewhere (SSF after every LayerNorm and Linear)
+  const std::vector<json> delta_sets = {
+      json::array(),
+      json::array({{{"name", "dora"}, {"method", "dora"}, {"r", 2}, {"target_modules", {"blocks.*.mlp.fc1"}}},
+                   {{"name", "ssf"}, {"method", "ssf"}}})};
+  for (const json& deltas : delta_sets) {
+    INFO(deltas.dump());
+    tape().clear();
+    nn::VisionTransformer m(tiny());
+    peft::PeftModel pm(m, peft::parse_peft_config(json{
+        {"deltas", deltas}, {"masks", {{{"tensor", "blocks.*.mlp.fc1.weight"}, {"density", 0.05}, {"seed", 3}}}},
+        {"trainable", {"head.*"}}}));
+    REQUIRE(pm.masks().size() == 2);
+    auto before = snapshot(m);
+    train(pm, 5, 1e-2);
+    auto after = snapshot(m);
+    int changed = 0, kept = 0;
+    for (auto& [n, mask] : pm.masks()) {
+      std::vector<double> mk = mask.to_vector();
+      for (size_t i = 0; i < mk.size(); ++i) {
+        if (mk[i] == 0) {
+          kept += after[n][i] == before[n][i];
+          CHECK(after[n][i] == before[n][i]);
+        } else {
+          changed += after[n][i] != before[n][i];
+        }
       }
     }
+    CHECK(changed > 0);
+    CHECK(kept > 0);
+    for (auto& [n, v] : before)  // the other base tensors are untouched
+      if (n.rfind("head.", 0) != 0 && !pm.masks().count(n)) CHECK_MESSAGE(after[n] == v, n);
   }
-  CHECK(changed > 0);
-  CHECK(kept > 0);
 }
 
 TEST_CASE("peft: delta files round-trip exactly and are refused by another base") {
@@ -246,23 +262,88 @@ TEST_CASE("peft: delta files round-trip exactly and are refused by another base"
   CHECK_THROWS_WITH_AS(peft::PeftModel::from_file(m3, f), doctest::Contains("different base model"), Error);
 }
 
+namespace {
+// merge() keeps the logits (float32 rounding apart); unmerge() restores every base tensor bit-exactly.
+void check_merge_roundtrip(peft::PeftModel& pm) {
+  pm.base().eval();
+  auto [x, y] = toy_batch(4, 2);
+  NoGradGuard ng;
+  Tensor a = pm.forward(x);
+  auto w0 = snapshot(pm.base());
+  pm.merge();
+  CHECK(snapshot(pm.base()) != w0);
+  Tensor b = pm.forward(x);
+  CHECK(test::rel_err(b, a) < 1e-5);
+  pm.unmerge();
+  CHECK(snapshot(pm.base()) == w0);
+  CHECK(test::max_rel_err(pm.forward(x), a) < 1e-6);
+}
+}  // namespace
+
 TEST_CASE("peft: merged LoRA equals unmerged; unmerge restores the weights bit-exactly") {
   tape().clear();
   nn::VisionTransformer m(tiny());
   peft::PeftModel pm(m, peft::parse_peft_config(json{{"deltas", {{{"name", "l"}, {"method", "lora"}, {"r", 2},
       {"init", "random"}, {"target_modules", {"blocks.*.attn.qkv", "blocks.*.mlp.*"}}, {"qkv_mode", "separate"},
       {"scale", {{"kind", "channel"}, {"init", 1.3}}}}}}}));
-  m.eval();
-  auto [x, y] = toy_batch(4, 2);
-  NoGradGuard ng;
-  Tensor a = pm.forward(x);
-  auto w0 = snapshot(m);
-  pm.merge();
-  CHECK(snapshot(m) != w0);
-  Tensor b = pm.forward(x);
-  CHECK(test::rel_err(b, a) < 1e-5);
-  pm.unmerge();
-  CHECK(snapshot(m) == w0);
+  check_merge_roundtrip(pm);
+}
+
+TEST_CASE("peft: every method that merges: merged equals unmerged; unmerge restores the weights bit-exactly") {
+  // each registered example of a method that merges, and stacks of them at one site (merged in
+  // attachment order, unmerged in reverse)
+  std::vector<json> cases;
+  for (const peft::MethodDef* md : peft::all_methods())
+    if (md->merges)
+      for (const json& e : md->examples) cases.push_back(json::array({e}));
+  cases.push_back(json::array({{{"method", "lora"}, {"r", 2}}, {{"method", "ssf"}}}));
+  cases.push_back(json::array({{{"method", "ia3"}}, {{"method", "lora"}, {"r", 2}}}));  // both at qkv
+  for (const json& ds : cases) {
+    INFO(ds.dump());
+    tape().clear();
+    nn::VisionTransformer m(tiny());
+    nn::load_state_dict(m, pretrained(), "pretrained");
+    json deltas = json::array();
+    for (json d : ds) {
+      d["name"] = "d" + std::to_string(deltas.size());
+      deltas.push_back(d);
+    }
+    peft::PeftModel pm(m, peft::parse_peft_config(json{{"deltas", deltas}}));
+    {
+      NoGradGuard ng;  // non-zero deltas whatever the init (LoRA's B starts at zero)
+      Generator g(7);
+      for (auto& [name, t] : pm.trainable_parameters()) {
+        Tensor noise = Tensor::empty(t.shape());
+        g.normal_(noise, 0.0, 0.1);
+        Tensor(t).copy_(add(t, noise));
+      }
+    }
+    check_merge_roundtrip(pm);
+  }
+  CHECK(cases.size() >= 6);
+}
+
+TEST_CASE("peft: the report counts the second-wave methods' parameters") {
+  // tiny(): D 24, 2 blocks, qkv 72 rows, MLP hidden 96
+  const std::vector<std::pair<json, int64_t>> cases = {
+      {{{"method", "dora"}, {"r", 2}}, 2 * (2 * 24 + 72 * 2 + 72)},             // A, B, magnitude per qkv
+      {{{"method", "ia3"}}, 2 * (72 + 96)},                                       // qkv output, fc2 input
+      {{{"method", "ssf"}}, 2 * 24 + 2 * 2 * (24 + 72 + 24 + 24 + 96 + 24) + 2 * 24},  // patch_embed, blocks, norm
+      {{{"method", "vera"}, {"r", 4}}, 2 * (72 + 4)},  // lambda_b, lambda_d per qkv; the frozen A, B do not count
+      {{{"method", "loha"}, {"r", 2}}, 2 * 2 * (72 * 2 + 2 * 24)},  // two [72, 2] [2, 24] pairs per qkv
+      {{{"method", "lokr"}, {"r", 2}}, 2 * (8 * 4 + 9 * 2 + 2 * 6)},  // qkv 72 x 24 = kron([8, 4], [9, 6] of rank 2)
+  };
+  for (const auto& [d, want] : cases) {
+    INFO(d.dump());
+    nn::VisionTransformer m(tiny());
+    peft::PeftModel pm(m, peft::parse_peft_config(json{{"deltas", {d}}}));
+    int64_t n = 0;
+    for (auto& [k, t] : pm.trainable_parameters()) n += t.numel();
+    CHECK(n == want);
+    const std::string rep = pm.report();
+    CHECK(rep.find(d["method"].get<std::string>()) != std::string::npos);
+    CHECK(rep.find("trainable params: " + std::to_string(want) + " ") != std::string::npos);
+  }
 }
 
 TEST_CASE("peft: Hugging Face peft export/import round-trips logits") {
@@ -288,6 +369,33 @@ TEST_CASE("peft: Hugging Face peft export/import round-trips logits") {
   auto pm2 = peft::PeftModel::from_file(m2, tmp("imported.safetensors"));
   NoGradGuard ng;
   CHECK(test::rel_err(pm2->forward(x), want) < 1e-6);
+}
+
+TEST_CASE("peft: every method with a Hugging Face export writes peft's tensors and peft_type") {
+  // scripts/check_hf_peft_methods.sh loads these into timm + peft and compares logits
+  int n = 0;
+  for (const peft::MethodDef* md : peft::all_methods()) {
+    if (!md->hf_export) continue;
+    json d = md->examples.at(0);
+    d["name"] = "d";
+    INFO(d.dump());
+    nn::VisionTransformer m(tiny());
+    peft::PeftModel pm(m, peft::parse_peft_config(json{{"deltas", {d}}}));
+    const std::string dir = tmp("hf_" + md->name);
+    pm.export_hf(dir);
+    const json c = read_json_file(dir + "/adapter_config.json", "adapter config");
+    CHECK(c.at("peft_type") == md->hf_peft_type);
+    CHECK(c.at("target_modules").size() == pm.attachments("d").size());
+    // every trainable delta tensor has its counterpart under base_model.model.<site>.
+    SafeTensors st = load_safetensors(dir + "/adapter_model.safetensors");
+    for (auto& [site, delta] : pm.attachments("d")) {
+      int found = 0;
+      for (auto& [k, t] : st.tensors) found += k.rfind("base_model.model." + site + ".", 0) == 0;
+      CHECK_MESSAGE(found > 0, site);
+    }
+    ++n;
+  }
+  CHECK(n >= 6);  // lora, dora, ia3, vera, loha, lokr
 }
 
 TEST_CASE("peft: config errors name the key") {

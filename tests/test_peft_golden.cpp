@@ -1,12 +1,15 @@
 // PEFT gradients against PyTorch (tests/fixtures/peft_golden.safetensors, written by
 // scripts/make_peft_golden.py): non-zero deltas on the golden ViT, frozen base, and the
 // gradient of every delta tensor to relative 1e-4.
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 
 #include <nlohmann/json.hpp>
 
 #include "autograd/ops.h"
 #include "core/safetensors.h"
+#include "peft/method_registry.h"
 #include "peft/peft_model.h"
 #include "tests/test_util.h"
 
@@ -18,10 +21,21 @@ const SafeTensors& vit() {
   static SafeTensors st = load_safetensors(DG_SOURCE_DIR "/tests/fixtures/vit_golden.safetensors");
   return st;
 }
-const SafeTensors& gold() {
+const SafeTensors& gold_first_wave() {
   static SafeTensors st = load_safetensors(DG_SOURCE_DIR "/tests/fixtures/peft_golden.safetensors");
   return st;
 }
+// scripts/make_peft_methods_golden.py: real Hugging Face peft where peft has the method
+const SafeTensors& gold_methods() {
+  static SafeTensors st = load_safetensors(DG_SOURCE_DIR "/tests/fixtures/peft_methods_golden.safetensors");
+  return st;
+}
+const SafeTensors* fixture_of(const std::string& c) {
+  for (const SafeTensors* st : {&gold_first_wave(), &gold_methods()})
+    if (st->tensors.count(c + ".logits")) return st;
+  return nullptr;
+}
+const SafeTensors& gold() { return gold_first_wave(); }
 std::unique_ptr<nn::VisionTransformer> golden_base() {
   auto m = std::make_unique<nn::VisionTransformer>(
       nn::vit_config_from_json(json::parse(vit().metadata.at("config"))));
@@ -34,16 +48,24 @@ std::unique_ptr<nn::VisionTransformer> golden_base() {
   return m;
 }
 
-void check_case(const std::string& c, const json& config) {
+struct Parity {
+  double logits_abs = 0, logits_rel = 0, grad_rel = 0;  // max |d logits|, ||d logits||/||logits||, max over tensors of ||d g||/||g||
+};
+
+Parity check_case(const std::string& c, const json& config) {
   INFO("case ", c);
+  const SafeTensors* fx = fixture_of(c);
+  REQUIRE_MESSAGE(fx, "no fixture holds '", c, ".logits'");
+  const SafeTensors& gold = *fx;
+  Parity par;
   tape().clear();
   auto base = golden_base();
   peft::PeftModel pm(*base, peft::parse_peft_config(config));
   // copy the fixture's delta values in by name; every delta tensor must be in the fixture
   int n = 0;
   for (auto& [name, t] : pm.trainable_parameters()) {
-    auto it = gold().tensors.find(c + "." + name);
-    if (it != gold().tensors.end()) {
+    auto it = gold.tensors.find(c + "." + name);
+    if (it != gold.tensors.end()) {
       Tensor dst = t;
       dst.copy_(it->second);
       ++n;
@@ -52,8 +74,20 @@ void check_case(const std::string& c, const json& config) {
     }
   }
   CHECK((n > 0 || !pm.masks().empty()));
+  // frozen delta tensors the reference drew with its own generator (VeRA's shared projections)
+  for (auto& [name, t] : base->named_parameters(true)) {
+    auto it = gold.tensors.find(c + "." + name);
+    if (!t.requires_grad() && it != gold.tensors.end()) {
+      Tensor dst = t;
+      dst.copy_(it->second);
+    }
+  }
   Tensor logits = pm.forward(vit().tensors.at("input.images"));
-  CHECK(test::rel_err(logits, gold().tensors.at(c + ".logits")) < 1e-5);
+  const Tensor& want = gold.tensors.at(c + ".logits");
+  par.logits_rel = test::rel_err(logits, want);
+  CHECK(par.logits_rel < 1e-5);
+  const std::vector<double> got_v = logits.to_vector(), want_v = want.to_vector();
+  for (size_t i = 0; i < got_v.size(); ++i) par.logits_abs = std::max(par.logits_abs, std::abs(got_v[i] - want_v[i]));
   Tensor loss = cross_entropy(logits, vit().tensors.at("input.labels"));
   backward(loss);
   pm.mask_gradients();
@@ -61,13 +95,16 @@ void check_case(const std::string& c, const json& config) {
   for (auto& [name, t] : pm.trainable_parameters()) {
     INFO(name);
     REQUIRE(t.grad().defined());
-    CHECK(test::rel_err(t.grad(), gold().tensors.at(c + ".grad." + name)) < 1e-4);
+    const double e = test::rel_err(t.grad(), gold.tensors.at(c + ".grad." + name));
+    CHECK(e < 1e-4);
+    par.grad_rel = std::max(par.grad_rel, e);
     ++checked;
   }
   CHECK(checked > 0);
   // only deltas (and the masked tensor) received gradients
   for (auto& [name, t] : base->named_parameters(false))
     if (!t.requires_grad()) CHECK_MESSAGE(!t.grad().defined(), name);
+  return par;
 }
 
 json adapter(const char* name, const char* method, json extra) {
@@ -110,4 +147,20 @@ TEST_CASE("peft golden: an element-masked base tensor") {
   const std::string f = (dir / "mask.safetensors").string();
   save_safetensors(f, {{"blocks.0.mlp.fc1.weight", gold().tensors.at("masked.mask.blocks.0.mlp.fc1.weight")}});
   check_case("masked", {{"masks", {{{"tensor", "blocks.0.mlp.fc1.weight"}, {"file", f}}}}});
+}
+
+// Every registered method's golden cases (method_registry.h); tests/test_method_registry.cpp
+// checks that each method has at least one and that its fixture exists.
+TEST_CASE("peft golden: every registered method matches PyTorch (logits 1e-5, delta gradients 1e-4)") {
+  int n = 0;
+  for (const peft::MethodDef* m : peft::all_methods())
+    for (const peft::GoldenCase& g : m->golden) {
+      INFO("method ", m->name);
+      Parity p = check_case(g.name, g.config);
+      MESSAGE(m->name, " / ", g.name, ": max |logits diff| ", p.logits_abs, ", logits rel ", p.logits_rel,
+              ", max grad rel (per tensor, norm-wise) ", p.grad_rel);
+      CHECK(p.logits_abs < 1e-5);
+      ++n;
+    }
+  CHECK(n >= int(peft::all_methods().size()));
 }

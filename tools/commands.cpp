@@ -244,13 +244,14 @@ int cmd_merge(int argc, char** argv) {
   a.need("deltas");
   auto m = load_model(a);
   auto pm = attach_peft(*m, a);
-  for (auto& [site, d] : m->all_deltas())
-    if (std::string(d->method()) != "lora")
-      throw Error(str("merge: delta '", d->name, "' at '", site, "' is a ", d->method(), "; only LoRA folds into the weights"));
+  for (const std::string& name : pm->delta_names())
+    if (!pm->mergeable(name))
+      throw Error(str("merge: delta '", name, "' is a ", pm->method_of(name).name, "; only ",
+                      peft::method_names([](const peft::MethodDef& d) { return d.merges; }), " fold into the weights"));
   pm->merge();
   std::map<std::string, Tensor> sd = nn::state_dict(*m);
   save_safetensors(a.need("out"), sd, {{"format", "pt"}, {"generator", "deltagrad merge"}});
-  std::printf("merged %zu LoRA sites into %s\n", m->all_deltas().size(), a.get("out").c_str());
+  std::printf("merged %zu delta sites into %s\n", m->all_deltas().size(), a.get("out").c_str());
   return 0;
 }
 

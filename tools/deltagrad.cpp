@@ -16,6 +16,7 @@
 #include "core/cpu/cpu_info.h"
 #include "core/cpu/gemm_kernel.h"
 #include "core/error.h"
+#include "peft/method_registry.h"
 #include "tools/commands.h"
 
 #ifdef _OPENMP
@@ -31,8 +32,8 @@ const char* kUsage =
     "  eval          accuracy of a model (+ deltas) on a dataset\n"
     "  grads         one deterministic forward/backward: logits, loss and every trainable gradient\n"
     "  inspect       list tensors of a checkpoint or model: shapes, dtypes, trainable or frozen\n"
-    "  merge         fold LoRA deltas into the base weights (a plain timm-layout checkpoint)\n"
-    "  export-peft   write LoRA deltas in Hugging Face peft's format\n"
+    "  merge         fold mergeable deltas into the base weights (a plain timm-layout checkpoint)\n"
+    "  export-peft   write a delta in Hugging Face peft's format\n"
     "  import-peft   read a Hugging Face peft LoRA into a deltagrad delta file\n"
     "  --version     version, the CPU and its vector ISA, the CPU GEMM in use and why\n";
 
@@ -124,7 +125,11 @@ void put_escaped(const char* s) {
 namespace {
 int run(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
-    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    FILE* out = argc < 2 ? stderr : stdout;
+    std::fputs(kUsage, out);
+    std::fputs("PEFT methods (a delta's \"method\" in the --peft config):\n", out);
+    for (const dg::peft::MethodDef* m : dg::peft::all_methods())
+      std::fprintf(out, "  %-13s %s\n", m->name.c_str(), m->summary.c_str());
     return argc < 2 ? kExitBadInput : 0;
   }
   const std::string cmd = g_cmd = argv[1];

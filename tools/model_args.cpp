@@ -47,6 +47,9 @@ nn::ViTConfig model_config_for(const Args& a) {
 
 std::unique_ptr<nn::VisionTransformer> load_model(const Args& a, const nn::ViTConfig& c) {
   auto m = std::make_unique<nn::VisionTransformer>(c);
+  if (a.has("deltas") && !a.has("model"))
+    std::fprintf(stderr, "deltagrad: no --model: the frozen backbone is a random initialisation, not the base "
+                         "the deltas were trained on\n");
   if (a.has("model")) {
     SafeTensors st = load_safetensors(a.get("model"));
     nn::load_state_dict(*m, st.tensors, "'" + a.get("model") + "'");

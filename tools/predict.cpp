@@ -72,9 +72,6 @@ int cmd_predict(int argc, char** argv) {
 
   const nn::ViTConfig mc = model_config_for(a);
   const int64_t k = std::min<int64_t>(a.integer("topk", 5, 1), mc.num_classes), batch = a.integer("batch", 32, 1);
-  if (!a.has("model"))
-    std::fprintf(stderr, "deltagrad predict: no --model: the frozen backbone is a random initialisation, not the "
-                         "base the deltas were trained on\n");
   auto m = load_model(a, mc);
   auto pm = attach_peft(*m, a);
   m->eval();

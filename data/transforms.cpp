@@ -60,14 +60,14 @@ void resample_plane(const float* src, int64_t w, const AxisWeights& ys, const Ax
       double v = 0;
       const auto& wx = xs.weights[size_t(x)];
       for (size_t k = 0; k < wx.size(); ++k) v += wx[k] * double(src[y * w + xs.first[size_t(x)] + int64_t(k)]);
-      rows[size_t((y - y_lo) * out_w + x)] = v;
+      rows[size_t((y - y_lo) * out_w + x)] = std::clamp(v, 0.0, 1.0);  // PIL clips each pass (bicubic overshoots)
     }
   for (int64_t y = 0; y < out_h; ++y) {
     const auto& wy = ys.weights[size_t(y)];
     for (int64_t x = 0; x < out_w; ++x) {
       double v = 0;
       for (size_t k = 0; k < wy.size(); ++k) v += wy[k] * rows[size_t((ys.first[size_t(y)] + int64_t(k) - y_lo) * out_w + x)];
-      dst[y * out_w + x] = float(v);
+      dst[y * out_w + x] = float(std::clamp(v, 0.0, 1.0));
     }
   }
 }

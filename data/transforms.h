@@ -3,7 +3,8 @@
 //   train: RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3)) + RandomHorizontalFlip
 // Resampling is PIL's (Image.resize: separable, the filter widened by the scale factor when
 // shrinking, so downscaling averages instead of skipping pixels), computed in float as
-// torchvision does on tensors with antialias=True, without PIL's rounding to 8 bits per pass.
+// torchvision does on tensors with antialias=True, without PIL's rounding to 8 bits per pass (each
+// pass is clipped to [0, 1] as PIL clips to 0..255). Values are in [0, 1].
 #pragma once
 #include <algorithm>
 #include <cmath>

@@ -6,6 +6,9 @@
 #include <cstdint>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "core/safetensors.h"
 #include "data/loader.h"
 #include "data/transforms.h"
 #include "tests/test_util.h"
@@ -67,6 +70,31 @@ TEST_CASE("transforms: resize and centre crop of a ramp, a tall image and a stri
   std::vector<float> small(16);
   resize_center_crop(stripes.data(), 16, 64, 1, geometry(4, 1.0), small.data());
   for (float v : small) CHECK(v == doctest::Approx(0.25).epsilon(1e-6));
+}
+
+TEST_CASE("transforms: the eval transform matches timm's (PIL) on synthetic images, within PIL's 8-bit rounding") {
+  // tests/fixtures/transform_golden.safetensors: scripts/make_transform_golden.py ran timm's
+  // create_transform(is_training=False) on these images
+  SafeTensors f = load_safetensors(DG_SOURCE_DIR "/tests/fixtures/transform_golden.safetensors");
+  const nlohmann::json cases = nlohmann::json::parse(f.metadata.at("cases"));
+  REQUIRE(cases.size() >= 5);
+  for (size_t k = 0; k < cases.size(); ++k) {
+    CAPTURE(k);
+    const Tensor& src = f.tensors.at("src." + std::to_string(k));
+    const std::vector<double> want = f.tensors.at("out." + std::to_string(k)).to_vector();
+    std::vector<uint8_t> px;
+    for (double v : src.to_vector()) px.push_back(uint8_t(v));
+    const int64_t size = cases[k]["size"];
+    const EvalGeometry g = geometry(size, cases[k]["crop_pct"],
+                                    parse_interpolation(cases[k]["interpolation"], "fixture"));
+    std::vector<float> got(size_t(3 * size * size));
+    resize_center_crop(px.data(), src.size(0), src.size(1), 3, g, got.data());
+    REQUIRE(want.size() == got.size());
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(double(got[i]) - want[i]));
+    MESSAGE("case ", k, ": largest difference to timm ", worst * 255, " / 255");
+    CHECK(worst <= 1.5 / 255);
+  }
 }
 
 TEST_CASE("transforms: RandomResizedCrop boxes lie in the image with timm's scale and ratio ranges") {

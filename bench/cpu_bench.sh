@@ -26,6 +26,9 @@ RECOMPUTE=${RECOMPUTE-"lora lora_all adapter_plus vpt_deep"}
 PRECISION=${PRECISION:-f32}
 
 [ -x build/bench/bench_step ] || bash scripts/build.sh
+# The bench measures this CPU's full instruction set (AVX-512 where present), as before the build's
+# portable default (-Dmarch=x86-64-v3); --reconfigure also teaches an older build dir the option.
+meson setup --reconfigure build -Dmarch=native >/dev/null
 ninja -C build bench/bench_step bench/gemm_bench tools/deltagrad >/dev/null
 VENV=${VENV:-.venv-bench}  # VENV=path uses an existing one
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then

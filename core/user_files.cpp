@@ -82,4 +82,9 @@ nlohmann::json read_json_file(const std::string& path, const std::string& what) 
   }
 }
 
+std::string valid_utf8(const std::string& s) {
+  const nlohmann::json j(s);
+  return nlohmann::json::parse(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)).get<std::string>();
+}
+
 }  // namespace dg

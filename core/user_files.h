@@ -23,4 +23,8 @@ std::string read_regular_file(const std::string& path, const std::string& what,
 // excerpt escaped (printable()): never raw file bytes in a message.
 nlohmann::json read_json_file(const std::string& path, const std::string& what);
 
+// `s` with every byte sequence that is not UTF-8 replaced by U+FFFD: JSON holds UTF-8 only, and a
+// folder or file name need not be UTF-8 (nlohmann::json throws on dumping such a string).
+std::string valid_utf8(const std::string& s);
+
 }  // namespace dg

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <numeric>
 #include <set>
 #include <sstream>
@@ -138,7 +139,7 @@ DataSpec parse_data_spec(const std::string& spec) {
   d.path = mnist ? default_fashion_mnist_dir() : parts[0];
   // Every problem names the spec: a run config may hold it, far from the command line.
   auto fail = [&](const std::string& why) { return Error(str("--data '", spec, "': ", why)); };
-  const char* keys = mnist ? "classes=A-B, n=N, dir=PATH" : "val=F, n=N";
+  const char* keys = mnist ? "classes=A-B, n=N, dir=PATH" : "val=F, n=N, train=SPLIT, eval=SPLIT";
   std::set<std::string> seen;
   for (size_t i = 1; i < parts.size(); ++i) {
     const auto eq = parts[i].find('=');
@@ -158,11 +159,16 @@ DataSpec parse_data_spec(const std::string& spec) {
     } else if (k == "n") {
       if (!parse_count(v, d.n) || d.n < 1) throw fail(str("n=", v, ": expected a whole number of images >= 1"));
     } else if (k == "val" && !mnist) {
-      // Validation images are needed after every epoch: 0 (or none left for training) must fail now, not then.
+      // 0: nothing held out (eval scores the whole folder; train refuses it, having nothing to validate on)
       char* end = nullptr;
       d.val_fraction = std::strtod(v.c_str(), &end);
-      if (v.empty() || *end || !(d.val_fraction > 0 && d.val_fraction < 1))
-        throw fail(str("val=", v, ": expected the held-out fraction, a number strictly between 0 and 1"));
+      d.val_given = true;
+      if (v.empty() || *end || !(d.val_fraction >= 0 && d.val_fraction < 1))
+        throw fail(str("val=", v, ": expected the held-out fraction, a number from 0 (none) up to but not 1"));
+    } else if ((k == "train" || k == "eval") && !mnist) {
+      if (v.empty() || v.find('/') != std::string::npos || v == "." || v == "..")
+        throw fail(str(k, "=", v, ": expected the name of a split folder inside ", parts[0]));
+      (k == "train" ? d.train_split : d.eval_split) = v;
     } else if (k == "dir" && mnist) {
       if (v.empty()) throw fail("dir= needs a directory");
       d.path = v;
@@ -172,6 +178,57 @@ DataSpec parse_data_spec(const std::string& spec) {
     }
   }
   return d;
+}
+
+namespace {
+
+// A split folder holds class folders (a flat ImageFolder's class folder holds images).
+bool is_split(const std::filesystem::path& p) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(p, ec)) return false;
+  for (const auto& e : std::filesystem::directory_iterator(p, ec))
+    if (e.is_directory(ec)) return true;
+  return false;
+}
+
+}  // namespace
+
+SplitLayout find_split_layout(const DataSpec& d, const std::string& spec) {
+  namespace fs = std::filesystem;
+  const fs::path root(d.path);
+  auto found = [&] {
+    std::vector<std::string> names;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(root, ec))
+      if (is_split(e.path())) names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    std::string s;
+    for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
+    return s.empty() ? std::string("none: a flat folder of class folders") : s;
+  };
+  auto need = [&](const std::string& name, const char* key) {
+    if (!is_split(root / name))
+      throw Error(str("--data '", spec, "': ", key, "=", name, ": no split folder '", (root / name).string(),
+                      "' holding class folders (splits found: ", found(), ")"));
+    return name;
+  };
+  auto first = [&](std::initializer_list<const char*> names) {
+    for (const char* n : names)
+      if (is_split(root / n)) return std::string(n);
+    return std::string();
+  };
+  SplitLayout l;
+  l.train = d.train_split.empty() ? first({"train", "train800val200"}) : need(d.train_split, "train");
+  if (l.train.empty()) {
+    if (!d.eval_split.empty()) need(d.eval_split, "eval");  // eval= on a flat folder: say what is there
+    return l;
+  }
+  if (!d.eval_split.empty()) l.eval = need(d.eval_split, "eval");
+  else if (l.train == "train800val200") l.eval = first({"test"});
+  else if (l.train == "train800") l.eval = first({"val200", "test"});
+  else l.eval = first({"val", "validation", "test"});
+  if (l.eval == l.train) throw Error(str("--data '", spec, "': train= and eval= name the same split '", l.train, "'"));
+  return l;
 }
 
 }  // namespace dg::data

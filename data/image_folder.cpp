@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/user_files.h"
 #include "data/dataset.h"
+#include "data/transforms.h"
 
 // stb_image is compiled here, its only user, with every allocation bounded by `decode_limit`:
 // stb trusts the sizes in a file, and an 86-byte PNG whose IDAT chunk claimed 1.5 GB made it
@@ -174,11 +175,7 @@ const char* unsafe_for_stb(const std::string& b) {
 // takes bits; a file far denser than that is truncated data that stb would pad with zeros.
 constexpr int64_t kMaxPixelsPerByte = 16384, kFreePixels = int64_t(1) << 20;
 
-bool has_image_extension(const fs::path& p) {
-  std::string ext = p.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return char(std::tolower(ch)); });
-  return ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp";
-}
+bool has_image_extension(const fs::path& p) { return has_image_file_name(p.string()); }
 
 // Why an entry of a folder cannot be read as what it looks like (nullptr: it can, or it is not
 // meant to be: a notes.txt). Dangling symlinks and FIFOs were skipped without a word.
@@ -190,7 +187,32 @@ const char* unreadable_entry(const fs::directory_entry& e, bool want_directory) 
   return fs::is_directory(target) ? "a directory, not an image file" : "not a regular file (a FIFO, socket or device)";
 }
 
+// The sorted class folder names of an ImageFolder root; `skip(path, why)` hears of entries that
+// cannot be what they look like.
+template <class Skip>
+std::vector<std::string> list_class_folders(const std::string& root, Skip&& skip) {
+  DG_CHECK(fs::is_directory(root), "image folder '", root, "': not a directory");
+  std::vector<std::string> classes;
+  for (const auto& e : fs::directory_iterator(root)) {
+    if (const char* why = unreadable_entry(e, true)) skip(e.path().string(), why);
+    else if (e.is_directory()) classes.push_back(e.path().filename().string());
+  }
+  std::sort(classes.begin(), classes.end());
+  DG_CHECK(!classes.empty(), "image folder '", root, "': no class folders (expected root/<class>/*.png|jpg|jpeg|bmp)");
+  return classes;
+}
+
 }  // namespace
+
+bool has_image_file_name(const std::string& path) {
+  std::string ext = fs::path(path).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return char(std::tolower(ch)); });
+  return ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp";
+}
+
+std::vector<std::string> class_folders(const std::string& root) {
+  return list_class_folders(root, [](const std::string&, const char*) {});
+}
 
 void resize_bilinear(const uint8_t* src, int64_t h, int64_t w, int64_t channels, int64_t out_h, int64_t out_w,
                      float* dst) {
@@ -215,7 +237,73 @@ void resize_bilinear(const uint8_t* src, int64_t h, int64_t w, int64_t channels,
   }
 }
 
+std::string decode_image(const std::string& f, int64_t channels, DecodedImage& out) {
+  DG_CHECK(channels == 1 || channels == 3, "image '", f, "': channels must be 1 or 3, got ", channels);
+  std::string bytes;
+  try {
+    bytes = read_regular_file(f, "image", kMaxFileBytes);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
+  const char* why = bytes.empty() ? "empty file" : unsafe_for_stb(bytes);
+  auto over_limit = [&](int64_t w, int64_t h) {
+    return str(w, " x ", h, " pixels is more than the limit of ", kMaxPixels, " pixels (8192 x 8192) per image");
+  };
+  int w = 0, h = 0, c = 0;
+  // Header first: refuse absurd sizes before stb allocates for them. stb holds at most the
+  // compressed data (PNG's IDAT gathered by doubling: < 2x the file) or the image at 16 bits
+  // x 4 channels (JPEG in blocks of up to 32 pixels), one piece at a time, plus its state.
+  decode_limit = 2 * bytes.size() + (size_t(1) << 20);
+  decode_out_of_memory = false;
+  if (why || !stbi_info_from_memory(data, int(bytes.size()), &w, &h, &c)) {
+    int64_t hw = 0, hh = 0;  // stb calls an image it finds too large "not of any known type"
+    if (!why && header_dimensions(bytes, hw, hh) && hw * hh > kMaxPixels) return over_limit(hw, hh);
+    return why ? why : stbi_failure_reason();
+  }
+  if (int64_t(w) * h > kMaxPixels) return over_limit(w, h);
+  if (int64_t(w) * h > std::max(kFreePixels, kMaxPixelsPerByte * int64_t(bytes.size())))
+    return str(w, " x ", h, " pixels cannot come from ", bytes.size(), " bytes (truncated)");
+  if (w < 1 || h < 1 || c < 1 || c > 4)  // 0 rows: found by fuzz/fuzz_image
+    return str(w, " x ", h, " pixels with ", c, " channels (limits: 1 to ", kMaxPixels, " pixels, 1-4 channels)");
+  // stb converts 1 (gray), 2 (gray+alpha), 3 (RGB) and 4 (RGBA) to `channels`: gray is
+  // replicated, RGB -> gray uses stb's luma weights, alpha is dropped (not composited).
+  decode_limit = std::min(kMaxDecodeAlloc, decode_limit + 8 * size_t(w + 32) * size_t(h + 32));
+  unsigned char* img = stbi_load_from_memory(data, int(bytes.size()), &w, &h, &c, int(channels));
+  if (!img && decode_out_of_memory) throw OutOfMemory(str("decoding image '", f, "' (", w, " x ", h, " pixels)"));
+  if (!img || w < 1 || h < 1) {
+    stbi_image_free(img);
+    return img ? "no pixels" : stbi_failure_reason();
+  }
+  try {
+    out.pixels.assign(img, img + size_t(w) * size_t(h) * size_t(channels));
+  } catch (const std::bad_alloc&) {
+    stbi_image_free(img);
+    throw OutOfMemory(str("holding decoded image '", f, "' (", w, " x ", h, " pixels)"));
+  }
+  stbi_image_free(img);
+  out.h = h, out.w = w, out.channels = channels;
+  return "";
+}
+
+Tensor load_image(const std::string& path, int64_t channels, const EvalGeometry& g) {
+  DecodedImage img;
+  const std::string why = decode_image(path, channels, img);
+  DG_CHECK(why.empty(), "image '", path, "': ", why);
+  Tensor t = Tensor::empty({channels, g.size, g.size});
+  resize_center_crop(img.pixels.data(), img.h, img.w, channels, g, t.data<float>());
+  return t;
+}
+
 ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channels) {
+  EvalGeometry g;
+  g.size = size;
+  return load_image_folder(root, channels, g);
+}
+
+ImageSet load_image_folder(const std::string& root, int64_t channels, const EvalGeometry& g,
+                           const std::vector<std::string>& known_classes) {
+  const int64_t size = g.size;
   DG_CHECK(fs::is_directory(root), "image folder '", root, "': not a directory");
   DG_CHECK(channels == 1 || channels == 3, "image folder '", root, "': channels must be 1 or 3, got ", channels);
   DG_CHECK(size >= 1 && size <= 4096, "image folder '", root, "': image size must be in 1..4096, got ", size);
@@ -224,13 +312,17 @@ ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channe
     std::fprintf(stderr, "image folder: skipping '%s': %s\n", printable(path).c_str(), printable(why).c_str());
     ++skipped;
   };
-  std::vector<std::string> classes;
-  for (const auto& e : fs::directory_iterator(root)) {
-    if (const char* why = unreadable_entry(e, true)) skip(e.path().string(), why);
-    else if (e.is_directory()) classes.push_back(e.path().filename().string());
+  const std::vector<std::string> classes = list_class_folders(root, skip);
+  // Another split of the same dataset (val beside train): labels are the training split's indices.
+  std::vector<int64_t> label_of(classes.size());
+  for (size_t k = 0; k < classes.size(); ++k) {
+    label_of[k] = int64_t(k);
+    if (known_classes.empty()) continue;
+    const auto it = std::find(known_classes.begin(), known_classes.end(), classes[k]);
+    DG_CHECK(it != known_classes.end(), "image folder '", root, "': class folder '", classes[k],
+             "' is not a class of the training split (", known_classes.size(), " classes)");
+    label_of[k] = it - known_classes.begin();
   }
-  std::sort(classes.begin(), classes.end());
-  DG_CHECK(!classes.empty(), "image folder '", root, "': no class folders (expected root/<class>/*.png|jpg|jpeg|bmp)");
 
   const int64_t per = channels * size * size;
   std::vector<float> pix;  // [N, C, size, size], grown per image
@@ -247,64 +339,20 @@ ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channe
              "' has no images (.png, .jpg, .jpeg, .bmp)");
     int64_t kept = 0;
     for (const std::string& f : files) {
-      std::string bytes;
-      try {
-        bytes = read_regular_file(f, "image", kMaxFileBytes);
-      } catch (const Error& e) {
-        skip(f, e.what());
-        continue;
-      }
-      const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
-      const char* why = bytes.empty() ? "empty file" : unsafe_for_stb(bytes);
-      auto over_limit = [&](int64_t w, int64_t h) {
-        skip(f, str(w, " x ", h, " pixels is more than the limit of ", kMaxPixels, " pixels (8192 x 8192) per image"));
-      };
-      int w = 0, h = 0, c = 0;
-      // Header first: refuse absurd sizes before stb allocates for them. stb holds at most the
-      // compressed data (PNG's IDAT gathered by doubling: < 2x the file) or the image at 16 bits
-      // x 4 channels (JPEG in blocks of up to 32 pixels), one piece at a time, plus its state.
-      decode_limit = 2 * bytes.size() + (size_t(1) << 20);
-      decode_out_of_memory = false;
-      if (why || !stbi_info_from_memory(data, int(bytes.size()), &w, &h, &c)) {
-        int64_t hw = 0, hh = 0;  // stb calls an image it finds too large "not of any known type"
-        if (!why && header_dimensions(bytes, hw, hh) && hw * hh > kMaxPixels) over_limit(hw, hh);
-        else skip(f, why ? why : stbi_failure_reason());
-        continue;
-      }
-      if (int64_t(w) * h > kMaxPixels) {
-        over_limit(w, h);
-        continue;
-      }
-      if (int64_t(w) * h > std::max(kFreePixels, kMaxPixelsPerByte * int64_t(bytes.size()))) {
-        skip(f, str(w, " x ", h, " pixels cannot come from ", bytes.size(), " bytes (truncated)"));
-        continue;
-      }
-      if (w < 1 || h < 1 || int64_t(w) * h > kMaxPixels || c < 1 || c > 4) {  // 0 rows: found by fuzz/fuzz_image
-        skip(f, str(w, " x ", h, " pixels with ", c, " channels (limits: 1 to ", kMaxPixels, " pixels, 1-4 channels)"));
-        continue;
-      }
-      // stb converts 1 (gray), 2 (gray+alpha), 3 (RGB) and 4 (RGBA) to `channels`: gray is
-      // replicated, RGB -> gray uses stb's luma weights, alpha is dropped (not composited).
-      decode_limit = std::min(kMaxDecodeAlloc, decode_limit + 8 * size_t(w + 32) * size_t(h + 32));
-      unsigned char* img = stbi_load_from_memory(data, int(bytes.size()), &w, &h, &c, int(channels));
-      if (!img && decode_out_of_memory)
-        throw OutOfMemory(str("decoding image '", f, "' (", w, " x ", h, " pixels)"));
-      if (!img || w < 1 || h < 1) {
-        skip(f, img ? "no pixels" : stbi_failure_reason());
-        stbi_image_free(img);
+      DecodedImage img;
+      if (const std::string why = decode_image(f, channels, img); !why.empty()) {
+        skip(f, why);
         continue;
       }
       const size_t base = pix.size();
       try {
         pix.resize(base + size_t(per));
       } catch (const std::bad_alloc&) {
-        stbi_image_free(img);
         throw OutOfMemory(str("image folder '", root, "': holding ", labels.size() + 1, " decoded images of ",
                               channels, " x ", size, " x ", size, " floats"));
       }
-      resize_bilinear(img, h, w, channels, size, size, pix.data() + base);
-      stbi_image_free(img);
-      labels.push_back(int64_t(k));
+      resize_center_crop(img.pixels.data(), img.h, img.w, channels, g, pix.data() + base);
+      labels.push_back(label_of[k]);
       ++kept;
     }
     DG_CHECK(kept > 0, "image folder '", root, "': none of the ", files.size(), " images in class folder '", dir.string(),
@@ -316,8 +364,8 @@ ImageSet load_image_folder(const std::string& root, int64_t size, int64_t channe
   const int64_t n = int64_t(labels.size());
   s.images = Tensor::from_vector(pix, {n, channels, size, size});
   s.labels = Tensor::from_vector(labels, {n});
-  s.num_classes = int64_t(classes.size());
-  s.class_names = classes;
+  s.num_classes = known_classes.empty() ? int64_t(classes.size()) : int64_t(known_classes.size());
+  s.class_names = known_classes.empty() ? classes : known_classes;
   s.skipped = skipped;
   return s;
 }

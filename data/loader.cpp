@@ -62,6 +62,7 @@ Batch DataLoader::make_batch(int64_t epoch, int64_t step, const std::vector<int6
   const float* src = set_.images.data<float>();
   const int64_t* sl = set_.labels.data<int64_t>();
   float* dst = out.images.data<float>();
+  std::vector<float> crop, resized;  // random-resized-crop's buffers, reused across the batch
   for (int64_t b = 0; b < B; ++b) {
     const int64_t i = idx[size_t(b0 + b)];
     lab[size_t(b)] = sl[i];
@@ -70,15 +71,28 @@ Batch DataLoader::make_batch(int64_t epoch, int64_t step, const std::vector<int6
     const uint64_t key = (opt_.seed + 0x51ED27ull) * 0x9E3779B97F4A7C15ull ^ (uint64_t(epoch) << 32) ^ uint64_t(i);
     // Flip, then crop with offset (dy, dx) in [-pad, pad]^2 from the zero-padded image: output
     // pixel (y, x) reads the (flipped) source at (y + dy, x + dx), zero outside.
-    const int64_t dy = opt_.pad ? int64_t(philox::uniform(key, 0) * float(2 * opt_.pad + 1)) - opt_.pad : 0;
-    const int64_t dx = opt_.pad ? int64_t(philox::uniform(key, 1) * float(2 * opt_.pad + 1)) - opt_.pad : 0;
+    const int64_t pad = opt_.random_resized_crop ? 0 : opt_.pad;
+    const int64_t dy = pad ? int64_t(philox::uniform(key, 0) * float(2 * pad + 1)) - pad : 0;
+    const int64_t dx = pad ? int64_t(philox::uniform(key, 1) * float(2 * pad + 1)) - pad : 0;
     const bool flip = opt_.hflip && philox::uniform(key, 2) < 0.5f;
+    const float* img = src + i * per;
+    if (opt_.random_resized_crop) {  // crop, then resize the crop alone (torchvision's resized_crop)
+      const CropBox box = random_resized_crop_box(H, W, [&](int k) { return double(philox::uniform(key, uint64_t(3 + k))); });
+      crop.resize(size_t(C * box.height * box.width));
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t y = 0; y < box.height; ++y)
+          std::copy_n(img + (c * H + box.top + y) * W + box.left, box.width, crop.data() + (c * box.height + y) * box.width);
+      resized.resize(size_t(per));
+      resample_region(crop.data(), C, box.height, box.width, 0, 0, double(box.height), double(box.width), H, W,
+                      opt_.interpolation, resized.data());
+      img = resized.data();
+    }
     for (int64_t c = 0; c < C; ++c) {
       const double m = opt_.mean[opt_.mean.size() == 1 ? 0 : size_t(c)], s = opt_.std[opt_.std.size() == 1 ? 0 : size_t(c)];
       for (int64_t y = 0; y < H; ++y)
         for (int64_t x = 0; x < W; ++x) {
           const int64_t sy = y + dy, sx0 = x + dx, sx = flip ? W - 1 - sx0 : sx0;
-          const float v = (sy < 0 || sy >= H || sx0 < 0 || sx0 >= W) ? 0.0f : src[i * per + (c * H + sy) * W + sx];
+          const float v = (sy < 0 || sy >= H || sx0 < 0 || sx0 >= W) ? 0.0f : img[(c * H + sy) * W + sx];
           dst[b * per + (c * H + y) * W + x] = float((double(v) - m) / s);
         }
     }

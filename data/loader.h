@@ -19,6 +19,10 @@ struct LoaderOptions {
   bool shuffle = true, drop_last = false;
   int64_t pad = 0;     // random crop after zero padding by `pad` pixels (0: none), torchvision RandomCrop
   bool hflip = false;  // random horizontal flip
+  // timm's RandomResizedCrop (transforms.h) of each stored image, resampled back to its size
+  // with `interpolation`; pad is then ignored
+  bool random_resized_crop = false;
+  Interpolation interpolation = Interpolation::Bilinear;
   std::vector<double> mean = {0.5}, std = {0.5};  // per channel (one value broadcasts)
   uint64_t seed = 0;
   int64_t prefetch = 3;  // batches prepared ahead (the queue's bound)

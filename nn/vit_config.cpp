@@ -17,6 +17,9 @@ std::vector<std::string> vit_preset_names() {
 
 ViTConfig vit_preset(const std::string& name) {
   ViTConfig c;
+  // timm's pretrained_cfg for these ViTs (vision_transformer.py _cfg, the augreg weights):
+  // crop_pct 0.9, bicubic, mean = std = 0.5 (IMAGENET_INCEPTION_MEAN / _STD)
+  if (name.rfind("vit_", 0) == 0 && name != "vit_mnist_28") c.crop_pct = 0.9, c.interpolation = "bicubic";
   if (name == "vit_tiny_patch16_224") {
     c.embed_dim = 192, c.num_heads = 3;
   } else if (name == "vit_small_patch16_224") {
@@ -42,7 +45,17 @@ json to_json(const ViTConfig& c) {
           {"mlp_ratio", c.mlp_ratio}, {"qkv_bias", c.qkv_bias}, {"num_classes", c.num_classes},
           {"global_pool", c.global_pool}, {"class_token", c.class_token}, {"norm_eps", c.norm_eps},
           {"drop_rate", c.drop_rate}, {"attn_drop_rate", c.attn_drop_rate}, {"drop_path_rate", c.drop_path_rate},
-          {"init_values", c.init_values}, {"mean", c.mean}, {"std", c.std}};
+          {"init_values", c.init_values}, {"mean", c.mean}, {"std", c.std}, {"crop_pct", c.crop_pct},
+          {"interpolation", c.interpolation}, {"class_names", c.class_names}};
+}
+
+std::string backbone_differences(const ViTConfig& a, const ViTConfig& b) {
+  const json ja = to_json(a), jb = to_json(b);
+  std::string out;
+  for (const char* k : {"img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
+                        "global_pool", "class_token", "norm_eps", "init_values"})
+    if (ja[k] != jb[k]) out += str(out.empty() ? "" : "; ", k, ": ", ja[k].dump(), " vs ", jb[k].dump());
+  return out;
 }
 
 ViTConfig vit_config_from_json(const json& j, const std::string& what) {
@@ -72,6 +85,8 @@ ViTConfig vit_config_from_json(const json& j, const std::string& what) {
     c.drop_rate = base["drop_rate"], c.attn_drop_rate = base["attn_drop_rate"];
     c.drop_path_rate = base["drop_path_rate"], c.init_values = base["init_values"];
     c.mean = base["mean"].get<std::vector<double>>(), c.std = base["std"].get<std::vector<double>>();
+    c.class_names = base["class_names"].get<std::vector<std::string>>();
+    c.crop_pct = base["crop_pct"], c.interpolation = base["interpolation"];
   } catch (const json::exception& e) {
     throw Error(str(what, ": ", e.what()));
   }
@@ -90,6 +105,9 @@ ViTConfig vit_config_from_json(const json& j, const std::string& what) {
                         {"drop_path_rate", c.drop_path_rate}})
     in_range(key, v, v >= 0 && v < 1, "a probability in [0, 1)");
   in_range("init_values", c.init_values, c.init_values >= 0 && std::isfinite(c.init_values), "finite and >= 0 (0: no LayerScale)");
+  in_range("crop_pct", c.crop_pct, c.crop_pct > 0 && c.crop_pct <= 1, "in (0, 1] (1: no border cut)");
+  DG_CHECK(c.interpolation == "bilinear" || c.interpolation == "bicubic", what, ": key 'interpolation' must be ",
+           "bilinear or bicubic, got '", c.interpolation, "'");
   for (double m : c.mean) in_range("mean", m, std::isfinite(m), "finite in every channel");
   for (double v : c.std) in_range("std", v, v > 0 && std::isfinite(v), "finite and > 0 in every channel");
   DG_CHECK(c.patch_size > 0 && c.img_size % c.patch_size == 0, what, ": img_size ", c.img_size,
@@ -100,6 +118,8 @@ ViTConfig vit_config_from_json(const json& j, const std::string& what) {
   DG_CHECK(c.global_pool != "token" || c.class_token, what, ": global_pool 'token' needs class_token");
   DG_CHECK(int64_t(c.mean.size()) == c.in_chans && int64_t(c.std.size()) == c.in_chans, what,
            ": mean and std need one value per input channel (", c.in_chans, ")");
+  DG_CHECK(c.class_names.empty() || int64_t(c.class_names.size()) == c.num_classes, what, ": class_names has ",
+           c.class_names.size(), " names for num_classes ", c.num_classes, " (one name per class, or none)");
   return c;
 }
 

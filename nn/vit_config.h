@@ -18,6 +18,14 @@ struct ViTConfig {
   double drop_rate = 0.0, attn_drop_rate = 0.0, drop_path_rate = 0.0;
   double init_values = 0.0;  // LayerScale init; 0 = no LayerScale
   std::vector<double> mean = {0.5, 0.5, 0.5}, std = {0.5, 0.5, 0.5};  // input normalisation
+  // Image geometry (data/transforms.h): for evaluation the short side is resized to
+  // floor(img_size / crop_pct) and the centre img_size square cropped, resampled with
+  // `interpolation` ("bilinear" or "bicubic"). The timm presets carry timm's pretrained_cfg values.
+  double crop_pct = 1.0;
+  std::string interpolation = "bilinear";
+  // The head's classes by index (empty: unnamed). A run records its dataset's here, so a delta
+  // file's model config says which output is which class.
+  std::vector<std::string> class_names;
 
   int64_t grid() const { return img_size / patch_size; }
   int64_t num_patches() const { return grid() * grid(); }
@@ -30,5 +38,8 @@ std::vector<std::string> vit_preset_names();
 ViTConfig vit_config_from_json(const nlohmann::json& j, const std::string& what = "model config");
 ViTConfig load_vit_config(const std::string& path_or_preset);  // a file path, or a preset name
 nlohmann::json to_json(const ViTConfig& c);
+// The keys that shape the backbone's tensors or its forward (not the head's classes, dropout or
+// input handling) where `a` and `b` differ, as "key: A vs B" joined by "; " ("" if none).
+std::string backbone_differences(const ViTConfig& a, const ViTConfig& b);
 
 }  // namespace dg::nn

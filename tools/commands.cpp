@@ -12,6 +12,7 @@
 #include "core/safetensors.h"
 #include "core/user_files.h"
 #include "peft/peft_model.h"
+#include "tools/model_args.h"
 #include "train/trainer.h"
 
 namespace dg::cli {
@@ -19,43 +20,6 @@ namespace dg::cli {
 using nlohmann::json;
 
 namespace {
-
-// The number of classes a delta file was trained for (its model config's), or -1.
-int64_t delta_file_classes(const std::string& path) {
-  SafeTensors st = load_safetensors(path);
-  auto it = st.metadata.find("model_config");
-  if (it == st.metadata.end()) return -1;
-  json j = json::parse(it->second, nullptr, false);
-  return j.is_object() && j.contains("num_classes") && j["num_classes"].is_number_integer() ? j["num_classes"].get<int64_t>()
-                                                                                             : -1;
-}
-
-// Model from --model-config (+ --model weights); a checkpoint without head gets a fresh one.
-// With --deltas, the head has the delta file's classes (train's delta files hold a head for
-// the run's dataset, whatever the preset's head had).
-std::unique_ptr<nn::VisionTransformer> load_model(const Args& a, int64_t num_classes = -1) {
-  nn::ViTConfig c = nn::load_vit_config(a.need("model-config"));
-  if (num_classes <= 0 && a.has("deltas")) {
-    num_classes = delta_file_classes(a.get("deltas"));
-    if (num_classes > 0 && num_classes != c.num_classes)
-      std::fprintf(stderr, "deltagrad: the head has %lld classes, as in '%s' (the model config says %lld)\n",
-                   (long long)num_classes, a.get("deltas").c_str(), (long long)c.num_classes);
-  }
-  if (num_classes > 0) c.num_classes = num_classes;
-  auto m = std::make_unique<nn::VisionTransformer>(c);
-  if (a.has("model")) {
-    SafeTensors st = load_safetensors(a.get("model"));
-    nn::load_state_dict(*m, st.tensors, "'" + a.get("model") + "'");
-  }
-  return m;
-}
-
-std::unique_ptr<peft::PeftModel> attach_peft(nn::VisionTransformer& m, const Args& a) {
-  if (a.has("deltas")) return peft::PeftModel::from_file(m, a.get("deltas"));
-  if (a.has("peft"))
-    return std::make_unique<peft::PeftModel>(m, peft::load_peft_config(a.get("peft")));
-  return nullptr;
-}
 
 void on_sigint(int) { train::Trainer::request_stop(); }
 
@@ -97,7 +61,13 @@ int cmd_train(int argc, char** argv) {
       "                [--recompute-mlp]   (redo each MLP's fc1 in backward: ~1/4 less memory, one more GEMM)\n"
       "                [--precision f32|bf16]  (bf16: mixed precision, bf16 GEMMs and saved activations)\n"
       "                [--checkpoint-every STEPS] [--checkpoint-minutes M]  (checkpoints inside an epoch too)\n"
-      "  SPEC: fashion-mnist[:classes=5-9][:n=1000]  or an ImageFolder path root/<class>/*.png[:val=0.1]\n"
+      "                [--augment auto|random-resized-crop|pad-crop]  (auto: random-resized-crop + flips for\n"
+      "                image folders, as timm trains; pad-crop for Fashion-MNIST)\n"
+      "  SPEC: fashion-mnist[:classes=5-9][:n=1000]\n"
+      "     or an ImageFolder path root/<class>/*.png[:val=0.1][:n=1000]\n"
+      "     or a folder of splits root/train, root/val, root/test (VTAB-1k: train800val200, train800, val200,\n"
+      "        test) of class folders[:train=SPLIT][:eval=SPLIT]; default: train on train, evaluate on val\n"
+      "  Images are resized and centre-cropped as timm evaluates (the model config's crop_pct, interpolation).\n"
       "  Every option is also a key of the run config JSON (saved as RUN_DIR/run_config.json).\n"
       "  RUN_DIR is locked while a run writes it: a second run on it is refused.\n"
       "  Ctrl-C stops after the current step with a checkpoint; --resume RUN_DIR continues that run in place,\n"
@@ -105,7 +75,7 @@ int cmd_train(int argc, char** argv) {
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2,
                       {"model-config", "model", "peft", "data", "epochs", "batch", "lr", "weight-decay", "warmup", "seed",
-                       "device", "out", "config", "resume", "precision", "checkpoint-every", "checkpoint-minutes"},
+                       "device", "out", "config", "resume", "precision", "checkpoint-every", "checkpoint-minutes", "augment"},
                       {"quiet", "recompute-mlp"});
   json rc = json::object();
   if (a.has("resume")) {
@@ -137,6 +107,7 @@ int cmd_train(int argc, char** argv) {
   if (a.has("quiet")) rc["quiet"] = true;
   if (a.has("recompute-mlp")) rc["recompute_mlp"] = true;
   if (a.has("precision")) rc["precision"] = a.get("precision");
+  if (a.has("augment")) rc["augment"] = a.get("augment");
   if (a.has("checkpoint-every")) rc["checkpoint_every"] = a.integer("checkpoint-every", 0, 0);
   if (a.has("checkpoint-minutes")) rc["checkpoint_minutes"] = a.num("checkpoint-minutes", 0);
   if (!a.has("resume") && !a.has("config") && !a.has("data")) throw UsageError("missing required option --data");
@@ -155,14 +126,23 @@ int cmd_train(int argc, char** argv) {
 
 int cmd_eval(int argc, char** argv) {
   const char* help =
-      "deltagrad eval --model-config C --model W.safetensors [--deltas D.safetensors] --data SPEC\n"
-      "               [--precision f32|bf16]\n";
+      "deltagrad eval (--deltas D.safetensors [--model-config C] | --model-config C) [--model W.safetensors]\n"
+      "               --data SPEC [--seed S] [--precision f32|bf16]\n"
+      "  With --deltas the model config and the head's classes are the delta file's; the data must have\n"
+      "  those classes. Scores the data's evaluation images (see SPEC in deltagrad train --help): a split\n"
+      "  folder's eval split (root:eval=test for the test split), a flat folder's held-out share, or the\n"
+      "  whole flat folder with root:val=0.\n";
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "data", "seed", "precision"});
   AutocastGuard autocast(parse_precision(a.get("precision", "f32"), "--precision"));
-  nn::ViTConfig mc = nn::load_vit_config(a.need("model-config"));
-  auto [tr, va] = train::load_data(a.need("data"), mc, uint64_t(a.integer("seed", 0, 0)));
-  auto m = load_model(a, tr.num_classes);
+  nn::ViTConfig mc = model_config_for(a);
+  auto [tr, va] = train::load_data(a.need("data"), mc, uint64_t(a.integer("seed", 0, 0)), train::DataUse::EvalOnly);
+  if (a.has("deltas")) {
+    check_data_classes(va, a.get("data"), mc, a.get("deltas"));
+  } else {
+    mc.num_classes = tr.num_classes, mc.class_names = tr.class_names;
+  }
+  auto m = load_model(a, mc);
   auto pm = attach_peft(*m, a);
   double acc = train::evaluate(*m, va, mc.mean, mc.std);
   std::printf("accuracy %.4f on %lld images\n", acc, (long long)va.size());
@@ -171,11 +151,12 @@ int cmd_eval(int argc, char** argv) {
 
 int cmd_grads(int argc, char** argv) {
   const char* help =
-      "deltagrad grads --model M.safetensors --model-config C [--peft P.json] [--deltas D.safetensors]\n"
+      "deltagrad grads --model M.safetensors (--model-config C [--peft P.json] | --deltas D.safetensors [--model-config C])\n"
       "                --batch B.safetensors --out O.safetensors\n"
       "  B holds `images` (N,C,H,W f32) and `labels` (N, i64 or i32). One deterministic forward and backward\n"
       "  (dropout and drop-path off); O gets `logits`, `loss` and `grad.<name>` for every trainable tensor.\n"
-      "  Without --peft or --deltas every parameter is trainable (a full fine-tune).\n";
+      "  Without --peft or --deltas every parameter is trainable (a full fine-tune). With --deltas the model\n"
+      "  config is the delta file's (a --model-config given too must describe the same backbone).\n";
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2, {"model", "model-config", "peft", "deltas", "batch", "out"});
   auto m = load_model(a);
@@ -201,13 +182,14 @@ int cmd_grads(int argc, char** argv) {
 int cmd_inspect(int argc, char** argv) {
   const char* help =
       "deltagrad inspect FILE.safetensors [--model-config C] [--peft P.json | --deltas D.safetensors]\n"
-      "  Without --model-config: the file's tensors and metadata. With it: the model's tensors (loaded from\n"
+      "  (--deltas alone: the model config is the delta file's.)\n"
+      "  Without --model-config or --deltas: the file's tensors and metadata. With it: the model's tensors (loaded from\n"
       "  FILE), trainable or frozen, totals, and the PEFT report.\n";
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2, {"model-config", "peft", "deltas"});
   if (a.positional.size() != 1) throw UsageError("expected one checkpoint file");
   const std::string file = a.positional[0];
-  if (!a.has("model-config")) {
+  if (!a.has("model-config") && !a.has("deltas")) {
     SafeTensors st = load_safetensors(file);
     int64_t total = 0;
     for (auto& [n, t] : st.tensors) {
@@ -238,7 +220,9 @@ int cmd_inspect(int argc, char** argv) {
 }
 
 int cmd_merge(int argc, char** argv) {
-  const char* help = "deltagrad merge --model-config C --model W.safetensors --deltas D.safetensors --out M.safetensors\n";
+  const char* help =
+      "deltagrad merge --model W.safetensors --deltas D.safetensors [--model-config C] --out M.safetensors\n"
+      "  The model config is the delta file's (a --model-config given too must describe the same backbone).\n";
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "out"});
   a.need("deltas");
@@ -257,7 +241,8 @@ int cmd_merge(int argc, char** argv) {
 
 int cmd_export_peft(int argc, char** argv) {
   const char* help =
-      "deltagrad export-peft --model-config C [--model W] (--deltas D.safetensors | --peft P.json) --out DIR [--name DELTA]\n"
+      "deltagrad export-peft [--model W] (--deltas D.safetensors [--model-config C] | --peft P.json --model-config C)\n"
+      "                      --out DIR [--name DELTA]\n"
       "  With --peft, the freshly initialised deltas are exported (a way to cross-check against Python peft).\n";
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "peft", "out", "name"});
@@ -273,7 +258,9 @@ int cmd_import_peft(int argc, char** argv) {
   const char* help = "deltagrad import-peft --model-config C [--model W] --in DIR --out D.safetensors\n";
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2, {"model-config", "model", "in", "out"});
-  auto m = load_model(a, peft::hf_head_classes(a.need("in")));  // a saved head sets the classes
+  nn::ViTConfig mc = nn::load_vit_config(a.need("model-config"));
+  if (const int64_t k = peft::hf_head_classes(a.need("in")); k > 0) mc.num_classes = k;  // a saved head sets the classes
+  auto m = load_model(a, mc);
   peft::import_hf(a.need("in"), a.need("out"), *m);
   std::printf("wrote %s\n", a.get("out").c_str());
   return 0;

@@ -15,5 +15,6 @@ int cmd_merge(int argc, char** argv);
 int cmd_export_peft(int argc, char** argv);
 int cmd_import_peft(int argc, char** argv);
 int cmd_demo(int argc, char** argv);
+int cmd_predict(int argc, char** argv);  // tools/predict.cpp
 
 }  // namespace dg::cli

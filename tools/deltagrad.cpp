@@ -30,6 +30,7 @@ const char* kUsage =
     "  demo          pretrain a small ViT on Fashion-MNIST 0-4, fine-tune on 5-9 with every method, print the table\n"
     "  train         fine-tune a ViT with a PEFT config on a dataset\n"
     "  eval          accuracy of a model (+ deltas) on a dataset\n"
+    "  predict       top-k classes of images, by class name, with a delta file\n"
     "  grads         one deterministic forward/backward: logits, loss and every trainable gradient\n"
     "  inspect       list tensors of a checkpoint or model: shapes, dtypes, trainable or frozen\n"
     "  merge         fold mergeable deltas into the base weights (a plain timm-layout checkpoint)\n"
@@ -144,6 +145,7 @@ int run(int argc, char** argv) {
     if (cmd == "export-peft") return dg::cli::cmd_export_peft(argc, argv);
     if (cmd == "import-peft") return dg::cli::cmd_import_peft(argc, argv);
     if (cmd == "demo") return dg::cli::cmd_demo(argc, argv);
+    if (cmd == "predict") return dg::cli::cmd_predict(argc, argv);
     std::fprintf(stderr, "deltagrad: unknown command '%s' (see deltagrad --help)\n", dg::printable(cmd).c_str());
     return kExitBadInput;
   } catch (const dg::cli::UsageError& e) {

@@ -9,12 +9,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 
 #include "autograd/autocast.h"
 #include "autograd/ops.h"
 #include "core/backend.h"
 #include "core/random.h"
 #include "core/safetensors.h"
+#include "core/user_files.h"
 #include "nn/optim.h"
 #include "nn/schedule.h"
 
@@ -30,7 +32,7 @@ json to_json(const RunConfig& c) {
   return {{"model_config", c.model_config}, {"model", c.model}, {"peft", c.peft}, {"data", c.data},
           {"epochs", c.epochs}, {"batch", c.batch}, {"lr", c.lr}, {"weight_decay", c.weight_decay},
           {"min_lr", c.min_lr}, {"label_smoothing", c.label_smoothing}, {"clip_grad", c.clip_grad},
-          {"warmup_steps", c.warmup_steps}, {"pad", c.pad}, {"hflip", c.hflip}, {"seed", c.seed},
+          {"warmup_steps", c.warmup_steps}, {"augment", c.augment}, {"pad", c.pad}, {"hflip", c.hflip}, {"seed", c.seed},
           {"device", c.device}, {"out", c.out}, {"max_steps", c.max_steps},
           {"checkpoint_every", c.checkpoint_every}, {"checkpoint_minutes", c.checkpoint_minutes},
           {"eval_every", c.eval_every}, {"log_every", c.log_every}, {"quiet", c.quiet},
@@ -59,7 +61,7 @@ RunConfig run_config_from_json(const json& j) {
     c.checkpoint_every = base["checkpoint_every"], c.checkpoint_minutes = base["checkpoint_minutes"];
     c.eval_every = base["eval_every"], c.log_every = base["log_every"], c.quiet = base["quiet"];
     c.recompute_mlp = base["recompute_mlp"];
-    c.precision = base["precision"];
+    c.precision = base["precision"], c.augment = base["augment"];
   } catch (const json::exception& e) {
     throw Error(str("run config: ", e.what()));
   }
@@ -72,10 +74,13 @@ RunConfig run_config_from_json(const json& j) {
            "run config: checkpoint_every, max_steps and warmup_steps must be >= 0");
   DG_CHECK(c.device == "cpu" || c.device == "cuda", "run config: device must be cpu or cuda, got '", c.device, "'");
   parse_precision(c.precision, "run config: key 'precision'");
+  DG_CHECK(c.augment == "auto" || c.augment == "random-resized-crop" || c.augment == "pad-crop",
+           "run config: augment must be auto, random-resized-crop or pad-crop, got '", c.augment, "'");
   return c;
 }
 
-std::pair<data::ImageSet, data::ImageSet> load_data(const std::string& spec, const nn::ViTConfig& mc, uint64_t seed) {
+std::pair<data::ImageSet, data::ImageSet> load_data(const std::string& spec, const nn::ViTConfig& mc, uint64_t seed,
+                                                     DataUse use) {
   data::DataSpec d = data::parse_data_spec(spec);
   // One class would train to a trivial 100%: nothing to tell apart.
   auto need_two = [&](int64_t classes, const std::string& where) {
@@ -90,16 +95,40 @@ std::pair<data::ImageSet, data::ImageSet> load_data(const std::string& spec, con
     data::ImageSet tr = data::load_fashion_mnist(d.path, true), te = data::load_fashion_mnist(d.path, false);
     return {data::select_classes(tr, cls, d.n, seed), data::select_classes(te, cls)};
   }
-  data::ImageSet all = data::load_image_folder(d.path, mc.img_size, mc.in_chans);
-  need_two(all.num_classes, "image folder '" + d.path + "'");
-  auto [tr, va] = data::split(all, d.val_fraction, seed);
-  DG_CHECK(va.size() > 0, "--data '", spec, "': holding out ", d.val_fraction, " of ", all.size(),
-           " images leaves no validation image (each class rounds its share; a larger val= or more images needed)");
-  if (d.n > 0) {
-    std::vector<int64_t> cls(static_cast<size_t>(all.num_classes));
+  data::EvalGeometry g;
+  g.size = mc.img_size, g.crop_pct = mc.crop_pct;
+  g.interpolation = data::parse_interpolation(mc.interpolation, "model config");
+  const data::SplitLayout layout = data::find_split_layout(d, spec);
+  const std::string root = layout.train.empty() ? d.path : d.path + "/" + layout.train;
+  data::ImageSet tr, va;
+  if (!layout.eval.empty()) {  // a folder of splits: train on one, evaluate on another
+    DG_CHECK(!d.val_given, "--data '", spec, "': val= holds out a share of the training images, but '", d.path,
+             "' has an evaluation split '", layout.eval, "': leave out val=, or choose the split with eval=SPLIT");
+    if (use == DataUse::Train) {
+      tr = data::load_image_folder(root, mc.in_chans, g);
+    } else {  // eval only needs the training split's classes
+      tr.class_names = data::class_folders(root);
+      tr.num_classes = int64_t(tr.class_names.size());
+    }
+    need_two(tr.num_classes, "split '" + root + "'");
+    va = data::load_image_folder(d.path + "/" + layout.eval, mc.in_chans, g, tr.class_names);
+  } else {
+    data::ImageSet all = data::load_image_folder(root, mc.in_chans, g);
+    need_two(all.num_classes, "image folder '" + root + "'");
+    if (d.val_fraction == 0) {
+      DG_CHECK(use == DataUse::EvalOnly, "--data '", spec, "': val=0 holds out no image, and training evaluates ",
+               "after every epoch: give val=F (e.g. val=0.1) or a folder with train/ and val/ splits");
+      tr.num_classes = all.num_classes, tr.class_names = all.class_names;
+      return {tr, all};
+    }
+    std::tie(tr, va) = data::split(all, d.val_fraction, seed);
+    DG_CHECK(va.size() > 0, "--data '", spec, "': holding out ", d.val_fraction, " of ", all.size(),
+             " images leaves no validation image (each class rounds its share; a larger val= or more images needed)");
+  }
+  if (d.n > 0 && use == DataUse::Train) {
+    std::vector<int64_t> cls(static_cast<size_t>(tr.num_classes));
     for (size_t i = 0; i < cls.size(); ++i) cls[i] = int64_t(i);
     tr = data::select_classes(tr, cls, d.n, seed);
-    tr.class_names = all.class_names;
   }
   return {tr, va};
 }
@@ -128,6 +157,9 @@ Trainer::Trainer(const RunConfig& cfg, const data::ImageSet& tr, const data::Ima
   nn::ViTConfig mc = nn::load_vit_config(cfg.model_config);
   DG_CHECK(tr.num_classes > 0, "trainer: the training set has no classes");
   mc.num_classes = tr.num_classes;
+  // the delta file's model config then says which output is which class (predict prints them)
+  if (int64_t(tr.class_names.size()) == tr.num_classes)
+    for (const std::string& n : tr.class_names) mc.class_names.push_back(valid_utf8(n));
   DG_CHECK(tr.images.size(1) == mc.in_chans && tr.images.size(2) == mc.img_size, "trainer: images ",
            shape_str(tr.images.shape()), " do not fit the model (", mc.in_chans, " channels, ", mc.img_size, " px)");
   model_ = std::make_unique<nn::VisionTransformer>(mc);
@@ -278,6 +310,12 @@ TrainResult Trainer::fit(bool resume) {
   data::LoaderOptions lo;
   lo.batch = cfg_.batch, lo.shuffle = true, lo.pad = cfg_.pad, lo.hflip = cfg_.hflip, lo.seed = cfg_.seed;
   lo.mean = mc.mean, lo.std = mc.std;
+  const std::string augment =
+      cfg_.augment != "auto" ? cfg_.augment : cfg_.data.rfind("fashion-mnist", 0) == 0 ? "pad-crop" : "random-resized-crop";
+  if (augment == "random-resized-crop") {  // timm's training transform: no padding, flips on
+    lo.random_resized_crop = true, lo.pad = 0, lo.hflip = true;
+    lo.interpolation = data::parse_interpolation(mc.interpolation, "model config");
+  }
   data::DataLoader loader(train_set_, lo);
   const int64_t spe = loader.batches_per_epoch(), total = spe * cfg_.epochs;
   auto params = peft_->trainable_parameters();
@@ -297,6 +335,8 @@ TrainResult Trainer::fit(bool resume) {
                   base_hash_.c_str(), cfg_.data.c_str(), (long long)cfg_.batch);
   }
   write_file_atomic(cfg_.out + "/run_config.json", to_json(cfg_).dump(2) + "\n");
+  // output index -> class name (also in the delta file's model config)
+  write_file_atomic(cfg_.out + "/class_names.json", nlohmann::json(model_->cfg.class_names).dump(1) + "\n");
   res.trainable_params = 0;
   for (auto& [n, p] : params) {
     auto it = peft_->masks().find(n);

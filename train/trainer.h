@@ -22,7 +22,11 @@ struct RunConfig {
   int64_t epochs = 10, batch = 64;
   double lr = 1e-3, weight_decay = 0.05, min_lr = 1e-6, label_smoothing = 0.0, clip_grad = 1.0;
   int64_t warmup_steps = 0;
-  int64_t pad = 2;     // random-crop padding
+  // "random-resized-crop": timm's RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + horizontal flip;
+  // "pad-crop": a random crop after zero padding by `pad` pixels (+ flips if hflip);
+  // "auto": random-resized-crop for image folders, pad-crop for Fashion-MNIST
+  std::string augment = "auto";
+  int64_t pad = 2;     // random-crop padding (pad-crop)
   bool hflip = false;  // horizontal flips (off for Fashion-MNIST's asymmetric items? they allow it; off by default)
   uint64_t seed = 0;
   std::string device = "cpu";
@@ -92,9 +96,14 @@ class Trainer {
   void save_checkpoint(const std::string& path, nn::Optimizer& opt, const RunPosition& pos) const;
 };
 
-// Load the data a spec names: (train, val) sets; for Fashion-MNIST val is the test split
-// of the selected classes, for folders a seeded held-out fraction.
-std::pair<data::ImageSet, data::ImageSet> load_data(const std::string& spec, const nn::ViTConfig& mc, uint64_t seed);
+// Load the data a spec names: (train, val) sets; for Fashion-MNIST val is the test split of the
+// selected classes, for a folder of splits the evaluation split (data::find_split_layout), for a
+// flat folder a seeded held-out fraction. Folder images get the model config's eval geometry
+// (crop_pct, interpolation). EvalOnly: the train set holds only the classes (no images, unless
+// the val set is held out of it), and a flat folder with val=0 is evaluated whole.
+enum class DataUse { Train, EvalOnly };
+std::pair<data::ImageSet, data::ImageSet> load_data(const std::string& spec, const nn::ViTConfig& mc, uint64_t seed,
+                                                    DataUse use = DataUse::Train);
 
 // curves.svg: two panels over epochs, train loss per step (left) and validation accuracy per
 // evaluated epoch (right; a single evaluation is a point), with axis numbers and a title.

@@ -30,6 +30,11 @@ struct Scale {
   Scale() = default;
   Scale(const ScaleConfig& c, int64_t channels);
   Tensor apply(const Tensor& branch) const;  // branch [..., channels]
+  // When the branch ends in a Linear, s * (h W^T + b) = h (s W)^T + s b: the scale folds into
+  // W's rows [channels, in] and b, so no [..., channels] pass runs and no branch is saved for
+  // the scale's gradient (Adapter+ saved 12 x [B, N, D] for it). Undefined w/b pass through.
+  // w holds the channels [row0, row0 + w.size(0)) of the branch.
+  Tensor fold_rows(const Tensor& w, int64_t row0 = 0) const;
   void add_to(std::vector<std::pair<std::string, Tensor>>& out) const;
 };
 
@@ -57,8 +62,9 @@ class LoraDelta : public MethodDelta {
   Scale scale;
 
  protected:
-  // scaling * B(A(xd)) as [..., out] (zeros for projections without a LoRA), no s
-  Tensor low_rank_update(const Tensor& xd, const Tensor& y) const;
+  // scaling * B(A(xd)) as [..., out] (zeros for projections without a LoRA); with
+  // fold_scale, s folded into B's rows (LoRA), else no s (DoRA applies s elsewhere)
+  Tensor low_rank_update(const Tensor& xd, const Tensor& y, bool fold_scale = false) const;
   nn::Linear& base_;
   bool merged_ = false;
   MergeOriginals originals_;

@@ -30,7 +30,7 @@ Tensor WeightUpdateDelta::apply(const Tensor& x, const Tensor& y) {
     keep = Tensor::from_vector(k, {dw.size(0), 1}).to(dw.dtype()).to(dw.device());
     dw = mul(dw, keep);
   }
-  return add(y, scale.apply(linear(x, dw)));
+  return add(y, linear(x, scale.fold_rows(dw)));  // s (x dW^T) = x (s dW)^T
 }
 
 void WeightUpdateDelta::merge() {

@@ -17,9 +17,6 @@
 #include <string>
 #include <vector>
 
-#ifdef DG_HAVE_OPENBLAS
-#include <cblas.h>
-#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -122,17 +119,17 @@ int main(int argc, char** argv) {
         be.gemm(g, A, B, C);
       });
     }
-#ifdef DG_HAVE_OPENBLAS
-    outs.push_back(Tensor::zeros({c.batch, c.M, c.N}));
-    fns.push_back([&, C = outs.back()] {  // OpenBLAS's own threads inside each product
-      openblas_set_num_threads(omp_threads);
-      for (int64_t i = 0; i < c.batch; ++i)
-        cblas_sgemm(CblasRowMajor, c.ta ? CblasTrans : CblasNoTrans, CblasNoTrans, int(c.M), int(c.N), int(c.K), 1.0f,
-                    A.data<float>() + i * g.stride_a, int(g.lda), B.data<float>() + i * g.stride_b, int(g.ldb), 0.0f,
-                    C.data<float>() + i * g.stride_c, int(g.ldc));
-      openblas_set_num_threads(1);
-    });
-#endif
+    if (cpu::have_openblas()) {
+      outs.push_back(Tensor::zeros({c.batch, c.M, c.N}));
+      fns.push_back([&, C = outs.back()] {  // OpenBLAS's own threads inside each product
+        cpu::openblas_set_threads(omp_threads);
+        for (int64_t i = 0; i < c.batch; ++i)
+          cpu::openblas_gemm(c.ta, false, int(c.M), int(c.N), int(c.K), 1.0f, A.data<float>() + i * g.stride_a,
+                             int(g.lda), B.data<float>() + i * g.stride_b, int(g.ldb), 0.0f,
+                             C.data<float>() + i * g.stride_c, int(g.ldc));
+        cpu::openblas_set_threads(1);
+      });
+    }
     for (auto& f : fns) f();  // warm up (page faults, thread pools, JIT code)
     std::vector<std::vector<double>> t(fns.size());
     for (int r = 0; r < runs; ++r)

@@ -57,6 +57,8 @@ int print_version() {
   if (have_openblas()) {
     const std::string core = openblas_corename(), warn = openblas_kernel_warning(core, c.avx2, c.avx512f);
     std::printf("OpenBLAS core: %s%s%s\n", core.c_str(), warn.empty() ? "" : " -- warning: ", warn.c_str());
+  } else if (openblas_load_error() != "built without OpenBLAS") {
+    std::printf("OpenBLAS: not used: %s\n", openblas_load_error().c_str());
   }
   return 0;
 }
@@ -66,9 +68,9 @@ std::string g_cmd = "?";
 
 void report(const std::string& msg) { std::fprintf(stderr, "deltagrad %s: %s\n", g_cmd.c_str(), dg::printable(msg).c_str()); }
 
-// Out of memory ends with _exit: OpenBLAS's server threads map their work buffers when the library
-// loads and retry a failed mapping forever, and its exit handler waits for them, so a normal exit
-// after running out of memory could hang there. Nothing else is left to flush.
+// Out of memory ends with _exit: a library's exit handler may wait for threads stuck on a failed
+// mapping (OpenBLAS's did, when it was linked and ran its own pool), so a normal exit after
+// running out of memory could hang there. Nothing else is left to flush.
 [[noreturn]] void exit_out_of_memory() {
   std::fflush(nullptr);
   ::_exit(kExitOutOfMemory);

@@ -21,12 +21,6 @@
 #include <omp.h>
 #endif
 
-#ifdef DG_HAVE_OPENBLAS
-extern "C" {
-void* blas_memory_alloc(int procpos);  // exported by libopenblas; what cblas_sgemm calls inside
-void blas_memory_free(void* buffer);
-}
-#endif
 
 namespace dg::cpu {
 
@@ -39,7 +33,7 @@ std::mutex g_mu;
 }  // namespace
 
 void reserve_openblas_buffers(int threads) {
-#ifdef DG_HAVE_OPENBLAS
+  if (!have_openblas()) return;
   if (threads <= g_reserved.load(std::memory_order_acquire)) return;
 #ifdef _OPENMP
   if (omp_in_parallel()) return;  // a nested team has one thread: the next call from outside does it
@@ -55,14 +49,11 @@ void reserve_openblas_buffers(int threads) {
   ::munmap(probe, need);
 #pragma omp parallel num_threads(threads)
   {
-    void* b = blas_memory_alloc(0);
+    void* b = openblas_buffer_alloc();
 #pragma omp barrier
-    blas_memory_free(b);
+    openblas_buffer_free(b);
   }
   g_reserved.store(threads, std::memory_order_release);
-#else
-  (void)threads;
-#endif
 }
 
 }  // namespace dg::cpu

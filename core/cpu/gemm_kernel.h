@@ -40,8 +40,20 @@ void reserve_openblas_buffers(int threads);
 // (the chosen f32 library, or `f64` products where OpenBLAS is built).
 void prepare_gemm_threads(bool f64);
 bool have_onednn();
+// OpenBLAS, opened on first use (core/cpu/openblas_loader.cpp says why it is not linked).
+// openblas_loaded() opens it; the others throw dg::Error where it cannot be opened.
+bool openblas_loaded();
+std::string openblas_load_error();  // why it is not loaded ("" when it is)
+void openblas_gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* a, int lda, const float* b,
+                   int ldb, float beta, float* c, int ldc);  // cblas_sgemm, row major
+void openblas_gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* a, int lda, const double* b,
+                   int ldb, double beta, double* c, int ldc);
+void openblas_set_threads(int n);  // its own pool (gemm_bench's "openblas-own" row); 1 otherwise
+void* openblas_buffer_alloc();     // blas_memory_alloc(0): a work buffer, as cblas_sgemm takes one
+void openblas_buffer_free(void* p);
 // OpenBLAS's kernel set (openblas_get_corename(): "Haswell", "SkylakeX", "Prescott", ...); "" without it.
 std::string openblas_corename();
+std::string openblas_config();  // openblas_get_config(); "" without it
 // "Eigen 3.4.0; OpenBLAS 0.3.21 ...; oneDNN 2.6.3 (...)": what this build links.
 std::string gemm_library_versions();
 

@@ -3,6 +3,7 @@
 // returns a status) falls back to Eigen for that product, so a result is always computed.
 #define EIGEN_DONT_PARALLELIZE
 #include <Eigen/Core>
+#include <sys/mman.h>
 #include <algorithm>
 #include <climits>
 
@@ -10,9 +11,6 @@
 #include "core/cpu/gemm_kernel.h"
 #include "core/cpu/gemm_libs.h"
 
-#ifdef DG_HAVE_OPENBLAS
-#include <cblas.h>
-#endif
 #ifdef DG_HAVE_ONEDNN
 #include <oneapi/dnnl/dnnl.h>
 #endif
@@ -44,22 +42,6 @@ void gemm_eigen(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, cons
   else if (!ta && tb) C.noalias() += alpha * A * B.transpose();
   else C.noalias() += alpha * A.transpose() * B.transpose();
 }
-
-#ifdef DG_HAVE_OPENBLAS
-void blas(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha, const float* a, int lda,
-          const float* b, int ldb, float beta, float* c, int ldc) {
-  cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-void blas(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, double alpha, const double* a, int lda,
-          const double* b, int ldb, double beta, double* c, int ldc) {
-  cblas_dgemm(CblasRowMajor, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-// OpenBLAS runs on the thread that calls it: its own pool would fight our OpenMP threads.
-const bool openblas_one_thread = [] {
-  openblas_set_num_threads(1);
-  return true;
-}();
-#endif
 
 #ifdef DG_HAVE_ONEDNN
 // dnnl_sgemm takes its thread count from OpenMP: one inside a parallel region, else
@@ -123,17 +105,22 @@ std::string lib_names_joined() {
   return s;
 }
 
-bool have_openblas() {
-#ifdef DG_HAVE_OPENBLAS
-  return true;
-#else
-  return false;
-#endif
-}
+bool have_openblas() { return openblas_loaded(); }  // built in, and the library opens
 
+// oneDNN generates its GEMM kernels once, on first use, and does not check that allocation:
+// under a memory limit (ulimit -v) with ~20 MiB of address space left, dnnl_sgemm crashed with
+// SIGSEGV inside that one-time initialisation. So it is used only where 64 MiB are free when
+// it is first asked for; else the products run in the other libraries.
 bool have_onednn() {
 #ifdef DG_HAVE_ONEDNN
-  return true;
+  static const bool room = [] {
+    constexpr size_t kNeed = size_t(64) << 20;
+    void* probe = ::mmap(nullptr, kNeed, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (probe == MAP_FAILED) return false;
+    ::munmap(probe, kNeed);
+    return true;
+  }();
+  return room;
 #else
   return false;
 #endif
@@ -146,20 +133,17 @@ void gemm_one(GemmLib lib, bool ta, bool tb, int64_t M, int64_t N, int64_t K, T 
   if (K > 0) {  // the libraries want ld >= the stored row length even for an empty K: Eigen does K == 0
 #ifdef DG_HAVE_ONEDNN
     if constexpr (std::is_same_v<T, float>)
-      if ((lib == GemmLib::OneDNN || lib == GemmLib::OneDNNThreads) &&
+      if ((lib == GemmLib::OneDNN || lib == GemmLib::OneDNNThreads) && have_onednn() &&
           onednn_sgemm(lib == GemmLib::OneDNNThreads, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc))
         return;
 #endif
-#ifdef DG_HAVE_OPENBLAS
     // cblas takes int sizes. float64 under oneDNN comes here too (oneDNN has no dgemm).
     const bool fits = std::max({M, N, K, lda, ldb, ldc}) <= INT_MAX;
     const bool f64_of_onednn = std::is_same_v<T, double> && lib != GemmLib::Eigen;
-    if (fits && (lib == GemmLib::OpenBLAS || f64_of_onednn)) {
-      blas(ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N), int(K), alpha, a,
-           int(lda), b, int(ldb), beta, c, int(ldc));
+    if (fits && (lib == GemmLib::OpenBLAS || f64_of_onednn) && have_openblas()) {
+      openblas_gemm(ta, tb, int(M), int(N), int(K), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
       return;
     }
-#endif
   }
   gemm_eigen<T>(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
 }
@@ -168,22 +152,10 @@ template void gemm_one<float>(GemmLib, bool, bool, int64_t, int64_t, int64_t, fl
 template void gemm_one<double>(GemmLib, bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
                                const double*, int64_t, double, double*, int64_t);
 
-std::string openblas_corename() {
-#ifdef DG_HAVE_OPENBLAS
-  const char* n = openblas_get_corename();
-  return n ? n : "";
-#else
-  return "";
-#endif
-}
-
 std::string gemm_library_versions() {
   std::string s = "Eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) + "." +
                   std::to_string(EIGEN_MINOR_VERSION);
-#ifdef DG_HAVE_OPENBLAS
-  const char* cfg = openblas_get_config();
-  s += std::string("; ") + (cfg ? cfg : "OpenBLAS");
-#endif
+  if (have_openblas()) s += "; " + openblas_config();
 #ifdef DG_HAVE_ONEDNN
   const dnnl_version_t* v = dnnl_version();
   s += "; oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +

@@ -184,6 +184,7 @@ DG_REGISTER_METHOD(lora) {
   d.merges = true;
   d.hf_peft_type = "LORA";
   d.hf_export = lora_hf_export;
+  d.hf_import = [](const HfAdapter& a) { return lora_family_hf_import(a, false); };
   d.golden = {{"lora_joint", one({{"name", "lora"}, {"method", "lora"}, {"r", 4}, {"lora_alpha", 16}})},
               {"lora_separate", one({{"name", "qv"}, {"method", "lora"}, {"r", 2}, {"lora_alpha", 8},
                                      {"qkv_mode", "separate"}, {"qkv_parts", {"q", "v"}}})}};

@@ -22,6 +22,8 @@ namespace dg::peft {
 void parse_lora_options(OptionReader& r, DeltaConfig& d);
 // LoRA deltas as peft's LORA adapter (lora and dora).
 void lora_hf_export(const Attachments& list, HfAdapter& out);
+// peft's LORA format back (peft/hf_import.cpp); dora: with use_dora's lora_magnitude_vector
+HfImported lora_family_hf_import(const HfAdapter& a, bool dora);
 
 // s in "out + s * branch": undefined value = the constant 1.
 struct Scale {

@@ -44,6 +44,18 @@ Tensor DoraDelta::delta_weight() const {
   return d;
 }
 
+// After another delta, DoRA renormalises a base output that holds that delta's update too,
+// while its norm is of W + scaling B A alone: no merged weight is defined for that.
+std::string DoraDelta::merge_refusal(const std::vector<const nn::Delta*>& site, size_t index) const {
+  const nn::Delta* before = nullptr;  // a Post delta applied before this one (an input-scaling ia3 is fine)
+  for (size_t j = 0; j < index; ++j)
+    if (site[j]->position() == Position::Post) before = site[j];
+  if (!before) return "";
+  return str("dora '", name, "' applies after ", before->method(), " '", before->name,
+             "' on the same Linear, and its merge is defined only on the base weight; keep them unmerged, or list "
+             "the dora first in 'deltas'");
+}
+
 }  // namespace dg::peft
 
 namespace dg::peft {
@@ -80,6 +92,8 @@ DG_REGISTER_METHOD(dora) {
   d.merges = true;
   d.hf_peft_type = "LORA";
   d.hf_export = dora_hf_export;
+  d.hf_import = [](const HfAdapter& a) { return lora_family_hf_import(a, true); };
+  d.hf_flag = "use_dora";
   using nlohmann::json;
   const json dora = {{"name", "dora"}, {"method", "dora"}, {"r", 4}, {"lora_alpha", 8},
                      {"target_modules", {"blocks.*.attn.qkv", "blocks.*.mlp.fc1"}}};

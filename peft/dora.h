@@ -16,6 +16,7 @@ class DoraDelta : public LoraDelta {
   Tensor apply(const Tensor& x, const Tensor& y) override;
   std::vector<std::pair<std::string, Tensor>> named_parameters() override;
   Tensor delta_weight() const override;
+  std::string merge_refusal(const std::vector<const nn::Delta*>& site, size_t index) const override;
   Tensor magnitude;  // [out]: peft's lora_magnitude_vector, initialised to n
 
  private:

@@ -2,6 +2,7 @@
 
 #include "autograd/ops.h"
 #include "nn/glob.h"
+#include "peft/hf_format.h"
 
 namespace dg::peft {
 
@@ -31,6 +32,18 @@ void Ia3Delta::merge() {
   merged_ = true;
 }
 
+// The other deltas at the Linear read the scaled input x * l. Merged before this one, their
+// updates are scaled with W (W' = (W + dW) diag(l)): exact. Merged after it, their update
+// would be added to W diag(l) and read x itself.
+std::string Ia3Delta::merge_refusal(const std::vector<const nn::Delta*>& site, size_t index) const {
+  if (!feedforward_ || index + 1 == site.size()) return "";
+  const nn::Delta* other = site[index + 1];
+  return str("ia3 '", name, "' scales the Linear's input (feedforward_modules) and ", other->method(), " '", other->name,
+             "', which reads that scaled input, would merge after it, adding its update to W diag(l) where it must be "
+             "scaled too; list the ia3 after the other deltas in 'deltas' (then it merges last, exactly), or keep "
+             "them unmerged");
+}
+
 void Ia3Delta::unmerge() {
   DG_CHECK(merged_, "ia3 '", name, "': not merged");
   NoGradGuard ng;
@@ -52,6 +65,24 @@ void ia3_hf_export(const Attachments& list, HfAdapter& out) {
   }
   out.config = {{"peft_type", "IA3"}, {"feedforward_modules", ff}, {"init_ia3_weights", true},
                 {"fan_in_fan_out", false}};
+}
+
+// ia3_l [out, 1] scales a module's output; [1, in] its input (peft's feedforward_modules)
+HfImported ia3_hf_import(const HfAdapter& a) {
+  hf_refuse(a, "fan_in_fan_out", false, "timm's Linear layers keep W as [out, in]");
+  const HfModules mods = hf_module_tensors(a, {"ia3_l"});
+  DG_CHECK(!mods.empty(), "import-peft: '", hf_tensors_file(a), "' holds no ia3_l tensors");
+  HfImported out;
+  std::vector<std::string> ff;
+  for (const auto& [m, t] : mods) {
+    const Tensor& l = hf_need(a, mods, m, "ia3_l");
+    DG_CHECK(l.dim() == 2 && (l.size(0) == 1 || l.size(1) == 1), "import-peft: '", hf_tensors_file(a), "': '", m,
+             ".ia3_l' has shape ", shape_str(l.shape()), ", expected [out, 1] or, for a feedforward module, [1, in]");
+    if (l.size(0) == 1 && l.size(1) != 1) ff.push_back(m);
+    out.tensors[m]["ia3_l"] = reshape(l, {l.numel()});
+  }
+  out.delta = {{"method", "ia3"}, {"target_modules", hf_module_names(mods)}, {"feedforward_modules", ff}};
+  return out;
 }
 }  // namespace
 
@@ -83,6 +114,7 @@ DG_REGISTER_METHOD(ia3) {
   d.merges = true;
   d.hf_peft_type = "IA3";
   d.hf_export = ia3_hf_export;
+  d.hf_import = ia3_hf_import;
   d.golden = {{"ia3", {{"deltas", {{{"name", "ia3"}, {"method", "ia3"}}}}}}};
   d.examples = {{{"method", "ia3"}},
                 {{"method", "ia3"}, {"target_modules", {"blocks.*.attn.*", "blocks.*.mlp.*"}},

@@ -28,6 +28,7 @@ class Ia3Delta : public MethodDelta {
   void merge() override;
   void unmerge() override;
   bool merged() const override { return merged_; }
+  std::string merge_refusal(const std::vector<const nn::Delta*>& site, size_t index) const override;
   bool feedforward() const { return feedforward_; }
   Tensor l;  // [in] (feedforward) or [out]
 

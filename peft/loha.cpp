@@ -1,6 +1,7 @@
 #include "peft/loha.h"
 
 #include "autograd/ops.h"
+#include "peft/hf_format.h"
 
 namespace dg::peft {
 
@@ -45,6 +46,21 @@ void loha_hf_export(const Attachments& list, HfAdapter& out) {
                   {"rank_pattern", nlohmann::json::object()}, {"alpha_pattern", nlohmann::json::object()}};
   }
 }
+
+HfImported loha_hf_import(const HfAdapter& a) {
+  const LycorisOptions o = lycoris_hf_options(a);
+  const HfModules mods = hf_module_tensors(a, {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"});
+  DG_CHECK(!mods.empty(), "import-peft: '", hf_tensors_file(a), "' holds no LoHa tensors");
+  HfImported out;
+  for (const auto& [m, t] : mods)
+    for (const char* n : {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"}) {
+      const Tensor& w = hf_need(a, mods, m, n);
+      hf_check_rank(a, m, n, w.dim() == 2 ? w.size(n[8] == 'a' ? 1 : 0) : -1, o.r);  // w*_a [out, r], w*_b [r, in]
+      out.tensors[m][n] = w;
+    }
+  out.delta = lycoris_hf_delta("loha", o, hf_module_names(mods));
+  return out;
+}
 }  // namespace
 
 DG_REGISTER_METHOD(loha) {
@@ -65,6 +81,7 @@ DG_REGISTER_METHOD(loha) {
   d.merges = true;
   d.hf_peft_type = "LOHA";
   d.hf_export = loha_hf_export;
+  d.hf_import = loha_hf_import;
   d.golden = {{"loha", {{"deltas", {{{"name", "loha"}, {"method", "loha"}, {"r", 4}, {"alpha", 8},
                                      {"target_modules", {"blocks.*.attn.qkv", "blocks.*.mlp.fc1"}}}}}}}};
   d.examples = {{{"method", "loha"}, {"r", 4}},

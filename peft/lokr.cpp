@@ -1,6 +1,7 @@
 #include "peft/lokr.h"
 
 #include "autograd/ops.h"
+#include "peft/hf_format.h"
 
 namespace dg::peft {
 
@@ -89,6 +90,22 @@ void lokr_hf_export(const Attachments& list, HfAdapter& out) {
                   {"rank_pattern", nlohmann::json::object()}, {"alpha_pattern", nlohmann::json::object()}};
   }
 }
+
+// which factors a module has follows from the options (LokrDelta's constructor); a file whose
+// factors differ fails the importer's per-tensor check
+HfImported lokr_hf_import(const HfAdapter& a) {
+  const LycorisOptions o = lycoris_hf_options(a);
+  const std::vector<std::string> names{"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"};
+  const HfModules mods = hf_module_tensors(a, names);
+  DG_CHECK(!mods.empty(), "import-peft: '", hf_tensors_file(a), "' holds no LoKr tensors");
+  HfImported out;
+  for (const auto& [m, t] : mods) out.tensors[m] = t;
+  out.delta = lycoris_hf_delta("lokr", o, hf_module_names(mods));
+  out.delta["decompose_both"] = hf_option<bool>(a, "decompose_both", false);
+  out.delta["decompose_factor"] = hf_option<int64_t>(a, "decompose_factor", -1);
+  out.delta["rank_dropout_scale"] = hf_option<bool>(a, "rank_dropout_scale", false);
+  return out;
+}
 }  // namespace
 
 DG_REGISTER_METHOD(lokr) {
@@ -114,6 +131,7 @@ DG_REGISTER_METHOD(lokr) {
   d.merges = true;
   d.hf_peft_type = "LOKR";
   d.hf_export = lokr_hf_export;
+  d.hf_import = lokr_hf_import;
   d.golden = {{"lokr", {{"deltas", {{{"name", "lokr"}, {"method", "lokr"}, {"r", 4}, {"alpha", 8},
                                      {"target_modules", {"blocks.*.attn.qkv", "blocks.*.mlp.fc1"}}}}}}},
               {"lokr_both", {{"deltas", {{{"name", "lokr"}, {"method", "lokr"}, {"r", 1}, {"alpha", 2},

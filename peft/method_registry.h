@@ -1,7 +1,7 @@
 // The PEFT method registry, as ops have one (autograd/op_registry.h): a method is one delta
 // class plus one registration beside it. The registration maps the config's `method` name to
 // its option parser, its attachment (which sites of the ViT get a delta) and its abilities
-// (merge / unmerge, Hugging Face peft export, the report's parameter count), and names the
+// (merge / unmerge, Hugging Face peft export and import, the report's parameter count), and names the
 // checks it must pass: golden parity cases (fixtures made by scripts/make_peft*_golden.py)
 // and examples for the frozen-base test. tests/test_method_registry.cpp fails when a
 // registered method lacks a golden case, an example or a README row. The config's error
@@ -32,8 +32,14 @@ class MethodDelta : public nn::Delta {
   virtual void merge();    // fold into the base weights; forward then skips the delta
   virtual void unmerge();  // restore the base weights bit-exactly (the originals are kept)
   virtual bool merged() const { return false; }
+  // Why merging this delta would not reproduce the unmerged forward, given every delta at its
+  // site in merge (config) order, this one site[index], or "" when it is exact.
+  virtual std::string merge_refusal(const std::vector<const nn::Delta*>& site, size_t index) const { return ""; }
   // The report's parameter count: trainable elements (frozen shared tensors do not count).
   virtual int64_t trainable_count();
+  // What a delta file records beside this delta's tensors to rebuild it exactly (VeRA: the
+  // seed, generator and shapes of the projections it regenerates), or null. Loading checks it.
+  virtual nlohmann::json file_metadata() const { return nullptr; }
 };
 
 // The pre-merge values of the base tensors a merge writes: unmerge copies them back, so
@@ -56,6 +62,16 @@ struct HfAdapter {
   std::map<std::string, Tensor> tensors;
   nlohmann::json config = nlohmann::json::object();
   std::vector<std::string> targets;  // modules that carry the delta
+  std::string dir;                   // import: the adapter folder (error messages name its files)
+};
+
+// What an hf_import makes of a peft adapter: one entry of the PEFT config's "deltas" (the
+// caller names it) and the delta's tensors under deltagrad's local names (named_parameters()),
+// per site, plus shared ones (VeRA's projections) for whichever attachment lists them.
+struct HfImported {
+  nlohmann::json delta;
+  std::map<std::string, std::map<std::string, Tensor>> tensors;  // site -> local name -> value
+  std::map<std::string, Tensor> shared;                          // local name -> value
 };
 
 struct GoldenCase {
@@ -82,6 +98,13 @@ struct MethodDef {
   // peft's peft_type this method exports as, and the export itself ("" / empty: none).
   std::string hf_peft_type;
   std::function<void(const Attachments&, HfAdapter&)> hf_export;
+  // The inverse of hf_export: the adapter's tensors (modules_to_save taken out) and its
+  // adapter_config.json to a delta config and tensors. A peft option deltagrad does not
+  // implement is an error naming the file and key (peft/hf_format.h has the helpers).
+  std::function<HfImported(const HfAdapter&)> hf_import;
+  // The adapter_config.json key that, when true, picks this method among those of its
+  // peft_type (dora: use_dora); "" for the method picked when no such key is true.
+  std::string hf_flag;
   std::vector<GoldenCase> golden;        // parity with PyTorch (tests/test_peft_golden.cpp runs them)
   std::vector<nlohmann::json> examples;  // deltas for the frozen-base test on a tiny ViT; each must learn
   std::optional<DemoRow> demo;

@@ -201,11 +201,20 @@ void PeftModel::save(const std::string& path) const {
     for (const auto& [site, d] : list)
       for (auto& [pn, p] : d->named_parameters()) t[site + "." + name + "." + pn] = p;
   for (const auto& [n, m] : masks_) t["mask." + n] = m;
-  save_safetensors(path, t,
-                   {{"format", "deltagrad.delta/1"},
-                    {"peft_config", cfg_.raw.dump()},
-                    {"base_identity", base_identity(base_)},
-                    {"model_config", nn::to_json(base_.cfg).dump()}});
+  std::map<std::string, std::string> meta{{"format", "deltagrad.delta/1"},
+                                          {"peft_config", cfg_.raw.dump()},
+                                          {"base_identity", base_identity(base_)},
+                                          {"model_config", nn::to_json(base_.cfg).dump()}};
+  if (json dm = delta_metadata(); !dm.empty()) meta["delta_metadata"] = dm.dump();
+  save_safetensors(path, t, meta);
+}
+
+json PeftModel::delta_metadata() const {
+  json out = json::object();
+  for (const auto& [name, list] : deltas_)
+    for (const auto& [site, d] : list)
+      if (json m = static_cast<const MethodDelta&>(*d).file_metadata(); !m.is_null()) out[site + "." + name] = m;
+  return out;
 }
 
 void PeftModel::load(const std::string& path) {
@@ -217,6 +226,18 @@ void PeftModel::load(const std::string& path) {
   };
   DG_CHECK(meta("format") == "deltagrad.delta/1", "delta file '", path, "': unknown format '", meta("format"), "'");
   const std::string id = base_identity(base_);
+  if (const json want = delta_metadata(); !want.empty()) {  // e.g. VeRA's regenerated projections
+    auto it = st.metadata.find("delta_metadata");
+    const json got = it == st.metadata.end() ? json::object() : json::parse(it->second, nullptr, false);
+    for (auto e = want.begin(); e != want.end(); ++e) {
+      const std::string& k = e.key();
+      const json& v = e.value();
+      const bool found = got.is_object() && got.contains(k);
+      DG_CHECK(found && got.at(k) == v, "delta file '", path, "': delta_metadata of '", k, "' is ",
+               found ? got.at(k).dump() : std::string("missing"), ", this build rebuilds it as ", v.dump(),
+               " (a file made by another generator or config keeps its tensors: save_projection)");
+    }
+  }
   DG_CHECK(meta("base_identity") == id, "delta file '", path, "' was made for a different base model (identity ",
            meta("base_identity"), ", this base ", id, "): tensor names or shapes differ");
   std::map<std::string, Tensor> mine;
@@ -255,6 +276,16 @@ std::unique_ptr<PeftModel> PeftModel::from_file(nn::VisionTransformer& base, con
 }
 
 void PeftModel::merge() {
+  // Refused before anything merges: a combination whose merged weights would not compute the
+  // unmerged forward (each delta judges, seeing its site's deltas in merge order).
+  std::map<std::string, std::vector<const nn::Delta*>> sites;
+  for (auto& [name, list] : deltas_)
+    for (auto& [site, d] : list) sites[site].push_back(d.get());
+  for (auto& [site, ds] : sites)
+    for (size_t i = 0; i < ds.size(); ++i)
+      if (methods_.at(ds[i]->name)->merges)
+        if (std::string why = static_cast<const MethodDelta*>(ds[i])->merge_refusal(ds, i); !why.empty())
+          throw Error(str("merge: at '", site, "': ", why));
   int n = 0;
   for (auto& [name, list] : deltas_)  // in attachment order: a later delta at a site sees the earlier merged
     if (methods_.at(name)->merges)
@@ -316,95 +347,6 @@ void PeftModel::export_hf(const std::string& dir, const std::string& delta_name)
             {"modules_to_save", modules.empty() ? json(nullptr) : json(std::vector<std::string>(modules.begin(), modules.end()))},
             {"base_model_name_or_path", nullptr}, {"revision", nullptr}});
   write_file_atomic(dir + "/adapter_config.json", c.dump(2) + "\n");
-}
-
-int64_t hf_head_classes(const std::string& dir) {
-  SafeTensors st = load_safetensors(dir + "/adapter_model.safetensors");
-  auto it = st.tensors.find("base_model.model.head.weight");
-  return it == st.tensors.end() || it->second.dim() != 2 ? -1 : it->second.size(0);
-}
-
-void import_hf(const std::string& dir, const std::string& out_file, nn::VisionTransformer& base) {
-  const json c = read_json_file(dir + "/adapter_config.json", "import-peft: adapter config");
-  DG_CHECK(c.is_object(), "import-peft: '", dir, "/adapter_config.json' is not a JSON object");
-  DG_CHECK(c.value("peft_type", "") == "LORA", "import-peft: peft_type '", c.value("peft_type", ""),
-           "' is not LORA (only LoRA can be imported)");
-  DG_CHECK(c.value("bias", "none") == "none", "import-peft: bias '", c.value("bias", ""), "' is not supported");
-  SafeTensors st = load_safetensors(dir + "/adapter_model.safetensors");
-  std::map<std::string, std::pair<Tensor, Tensor>> mods;  // module path -> (A, B)
-  std::map<std::string, Tensor> saved;                     // modules_to_save: base tensor name -> value
-  auto base_params = base.named_parameters(false);
-  for (const auto& [k, t] : st.tensors) {
-    std::string key = k;
-    const std::string pre = "base_model.model.";
-    DG_CHECK(key.rfind(pre, 0) == 0, "import-peft: unexpected key '", k, "' (expected base_model.model.<module>.lora_A.weight)");
-    key = key.substr(pre.size());
-    if (key.find("lora_") == std::string::npos) {  // a tensor of a modules_to_save module (a head, a norm)
-      auto it = std::find_if(base_params.begin(), base_params.end(), [&](auto& np) { return np.first == key; });
-      DG_CHECK(it != base_params.end(), "import-peft: '", k, "' names no tensor of this model (modules_to_save)");
-      DG_CHECK(t.shape() == it->second.shape(), "import-peft: '", k, "' has shape ", shape_str(t.shape()),
-               ", the model's '", key, "' ", shape_str(it->second.shape()), " (for a head: the model config's num_classes)");
-      saved[key] = t;
-      continue;
-    }
-    for (const char* ab : {".lora_A.weight", ".lora_B.weight", ".lora_A.default.weight", ".lora_B.default.weight"}) {
-      const std::string s = ab;
-      if (key.size() > s.size() && key.compare(key.size() - s.size(), s.size(), s) == 0) {
-        auto& slot = mods[key.substr(0, key.size() - s.size())];
-        (s[6] == 'A' ? slot.first : slot.second) = t;
-        key.clear();
-        break;
-      }
-    }
-    DG_CHECK(key.empty(), "import-peft: unexpected key '", k, "'");
-  }
-  DG_CHECK(!mods.empty(), "import-peft: no LoRA tensors in '", dir, "/adapter_model.safetensors'");
-  const int64_t r = c.value("r", int64_t(0));
-  std::vector<std::string> targets;
-  for (auto& [m, ab] : mods) {
-    DG_CHECK(ab.first.defined() && ab.second.defined(), "import-peft: module '", m, "' lacks lora_A or lora_B");
-    DG_CHECK(ab.first.size(0) == r && ab.second.size(1) == r, "import-peft: '", m, "' has rank ", ab.first.size(0),
-             ", adapter_config says r = ", r);
-    targets.push_back(m);
-  }
-  json pc = {{"deltas", json::array({{{"name", "lora"}, {"method", "lora"}, {"r", r},
-                                      {"lora_alpha", c.value("lora_alpha", double(r))},
-                                      {"lora_dropout", c.value("lora_dropout", 0.0)},
-                                      {"use_rslora", c.value("use_rslora", false)},
-                                      {"target_modules", targets}}})}};
-  std::map<std::string, Tensor> original;
-  for (auto& [n, p] : base_params)
-    if (saved.count(n)) original[n] = p.clone();
-  if (!saved.empty()) {
-    json names = json::array();
-    for (auto& [n, t] : saved) names.push_back(n);
-    pc["trainable"] = names;
-  }
-  PeftModel pm(base, parse_peft_config(pc, "imported peft config"));
-  NoGradGuard ng;
-  for (auto& [n, p] : base_params)
-    if (saved.count(n)) {
-      Tensor dst = p;
-      dst.copy_(saved.at(n));
-    }
-  for (auto& [site, d] : pm.attachments("lora")) {
-    std::map<std::string, Tensor> mine;
-    for (auto& [pn, t] : d->named_parameters()) mine[pn] = t;
-    const auto& ab = mods.at(site);
-    DG_CHECK(ab.first.shape() == mine.at("lora_A").shape() && ab.second.shape() == mine.at("lora_B").shape(),
-             "import-peft: '", site, "' shapes A ", shape_str(ab.first.shape()), " B ", shape_str(ab.second.shape()),
-             " do not fit the model");
-    mine.at("lora_A").copy_(ab.first);
-    mine.at("lora_B").copy_(ab.second);
-  }
-  pm.save(out_file);
-  pm.remove("lora");  // leave the base as it was (its tensors too)
-  for (auto& [n, p] : base_params)
-    if (saved.count(n)) {
-      Tensor dst = p;
-      dst.copy_(original.at(n));
-      dst.set_requires_grad(false);
-    }
 }
 
 }  // namespace dg::peft

@@ -76,15 +76,18 @@ class PeftModel {
   std::set<std::string> kept_;  // keep_base_tensor
   std::map<std::string, const MethodDef*> methods_;  // config name -> its method
   void attach(const DeltaConfig& d, Generator& gen);
+  nlohmann::json delta_metadata() const;  // "<site>.<delta>" -> file_metadata(), for each that has one
 };
 
 // 64-bit FNV-1a over base tensor names and shapes, hex: "which base model is this".
 std::string base_identity(nn::Module& base);
 
-// Import a Hugging Face peft LoRA (dir with adapter_model.safetensors, adapter_config.json)
-// as a PEFT config + delta tensors that PeftModel::load understands.
+// Import a Hugging Face peft adapter (dir with adapter_model.safetensors, adapter_config.json)
+// of any method with an hf_import (its peft_type, and use_dora, pick it) as a PEFT config +
+// delta tensors that PeftModel::load understands (peft/hf_import.cpp). modules_to_save
+// tensors become trained base tensors of the delta file.
 void import_hf(const std::string& dir, const std::string& out_delta_file, nn::VisionTransformer& base);
-// The classes of the head a Hugging Face peft LoRA saved (modules_to_save), or -1 if none.
+// The classes of the head a Hugging Face peft adapter saved (modules_to_save), or -1 if none.
 int64_t hf_head_classes(const std::string& dir);
 
 }  // namespace dg::peft

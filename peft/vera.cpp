@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "autograd/ops.h"
+#include "peft/hf_format.h"
 
 namespace dg::peft {
 
@@ -35,12 +36,24 @@ Tensor VeraDelta::apply(const Tensor& x, const Tensor& y) {
 
 std::vector<std::pair<std::string, Tensor>> VeraDelta::named_parameters() {
   std::vector<std::pair<std::string, Tensor>> out{{"vera_lambda_b", lambda_b}, {"vera_lambda_d", lambda_d}};
-  if (owns_) {
+  if (owns_ && opts_.save_projection) {
     out.emplace_back("vera_A", proj_->A);
     out.emplace_back("vera_B", proj_->B);
   }
   scale.add_to(out);
   return out;
+}
+
+// Not torch's generator: a projection_prng_key gives other values than in peft (its files
+// therefore keep the projections, save_projection).
+const char* const kProjectionGenerator = "deltagrad Philox 4x32-10 (core/random.h), U(-sqrt(6/cols), sqrt(6/cols)), A then B";
+
+nlohmann::json VeraDelta::file_metadata() const {
+  if (!owns_ || opts_.save_projection) return nullptr;
+  return {{"projections", {{"generator", kProjectionGenerator},
+                           {"projection_prng_key", opts_.projection_prng_key},
+                           {"vera_A", proj_->A.shape()},
+                           {"vera_B", proj_->B.shape()}}}};
 }
 
 void VeraDelta::merge() {
@@ -67,6 +80,17 @@ Tensor kaiming_projection(Generator& g, int64_t rows, int64_t cols) {
   g.uniform_(t, -b, b);
   return t;
 }
+}  // namespace
+
+VeraProjections vera_projections(uint64_t key, int64_t r, int64_t max_in, int64_t max_out) {
+  Generator pg(key);  // the projections depend on the key alone, as peft's
+  VeraProjections p;
+  p.A = kaiming_projection(pg, r, max_in);
+  p.B = kaiming_projection(pg, max_out, r);
+  return p;
+}
+
+namespace {
 
 // peft's VERA tensors with the shared projections (save_projection); a conditioning scale s
 // (it scales the update's rows) is folded into lambda_b
@@ -88,6 +112,42 @@ void vera_hf_export(const Attachments& list, HfAdapter& out) {
                   {"init_weights", true}, {"fan_in_fan_out", false}, {"bias", "none"}};
   }
 }
+
+bool same_values(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && a.to(DType::F32).to_vector() == b.to(DType::F32).to_vector();
+}
+
+// peft's VERA tensors: the shared projections must be in the file (save_projection). When
+// they are the ones our generator draws for projection_prng_key (an export of ours), the
+// delta file regenerates them; else (torch's, from peft) it keeps them (save_projection).
+HfImported vera_hf_import(const HfAdapter& a) {
+  hf_refuse(a, "fan_in_fan_out", false, "timm's Linear layers keep W as [out, in]");
+  hf_refuse(a, "bias", "none", "its VeRA trains no biases");
+  DG_CHECK(hf_option<bool>(a, "save_projection", true), "import-peft: '", hf_config_file(a),
+           "': 'save_projection' is false, expected true (peft then redraws vera_A and vera_B with torch's generator "
+           "from projection_prng_key; deltagrad's generator is not torch's: save the adapter with save_projection=True)");
+  const std::string ka = "base_model.vera_A", kb = "base_model.vera_B";
+  const HfModules mods = hf_module_tensors(a, {"vera_lambda_b", "vera_lambda_d"}, {ka, kb});
+  DG_CHECK(!mods.empty(), "import-peft: '", hf_tensors_file(a), "' holds no VeRA tensors");
+  DG_CHECK(a.tensors.count(ka) && a.tensors.count(kb), "import-peft: '", hf_tensors_file(a), "' lacks '", ka, "' or '",
+           kb, "' (the shared projections that save_projection=True writes)");
+  const Tensor &A = a.tensors.at(ka), &B = a.tensors.at(kb);
+  const int64_t r = hf_option<int64_t>(a, "r", 256);
+  DG_CHECK(A.dim() == 2 && B.dim() == 2, "import-peft: '", hf_tensors_file(a), "': vera_A and vera_B must be matrices");
+  hf_check_rank(a, "base_model", "vera_A", A.size(0), r);
+  hf_check_rank(a, "base_model", "vera_B", B.size(1), r);
+  HfImported out;
+  for (const auto& [m, t] : mods)
+    for (const char* n : {"vera_lambda_b", "vera_lambda_d"}) out.tensors[m][n] = hf_need(a, mods, m, n);
+  const uint64_t key = hf_option<uint64_t>(a, "projection_prng_key", 0);
+  const VeraProjections ours = vera_projections(key, r, A.size(1), B.size(0));
+  const bool regenerate = same_values(ours.A, A) && same_values(ours.B, B);
+  if (!regenerate) out.shared = {{"vera_A", A}, {"vera_B", B}};
+  out.delta = {{"method", "vera"}, {"r", r}, {"projection_prng_key", key}, {"save_projection", !regenerate},
+               {"vera_dropout", hf_option<double>(a, "vera_dropout", 0.0)},
+               {"d_initial", hf_option<double>(a, "d_initial", 0.1)}, {"target_modules", hf_module_names(mods)}};
+  return out;
+}
 }  // namespace
 
 DG_REGISTER_METHOD(vera) {
@@ -103,10 +163,7 @@ DG_REGISTER_METHOD(vera) {
     r.get("vera_dropout", o->vera_dropout);
     r.get("d_initial", o->d_initial);
     r.get("init_weights", o->init_weights);
-    bool save_projection = true;
-    r.get("save_projection", save_projection);
-    DG_CHECK(save_projection, r.where, ": save_projection must be true (deltagrad's generator is not torch's: the "
-             "projections are kept in the delta file)");
+    r.get("save_projection", o->save_projection);
     DG_CHECK(o->r >= 1, r.where, ": r must be >= 1, got ", o->r);
     DG_CHECK(o->vera_dropout >= 0 && o->vera_dropout < 1, r.where, ": vera_dropout must be in [0, 1)");
     DG_CHECK(!o->target_modules.empty(), r.where, ": target_modules is empty");
@@ -118,17 +175,16 @@ DG_REGISTER_METHOD(vera) {
     if (targets.empty()) return;
     int64_t max_in = 0, max_out = 0;
     for (auto& [path, lin] : targets) max_in = std::max(max_in, lin->in_features), max_out = std::max(max_out, lin->out_features);
-    Generator pg(o.projection_prng_key);  // the projections depend on the key alone, as peft's
-    auto proj = std::make_shared<VeraProjections>();
-    proj->A = kaiming_projection(pg, o.r, max_in);
-    proj->B = kaiming_projection(pg, max_out, o.r);
+    auto proj = std::make_shared<VeraProjections>(vera_projections(o.projection_prng_key, o.r, max_in, max_out));
     for (size_t i = 0; i < targets.size(); ++i)
       add(targets[i].first, std::make_shared<VeraDelta>(dc.name, o, dc.scale, *targets[i].second, proj, i == 0, gen));
   };
   d.merges = true;
   d.hf_peft_type = "VERA";
   d.hf_export = vera_hf_export;
-  d.golden = {{"vera", {{"deltas", {{{"name", "vera"}, {"method", "vera"}, {"r", 4},
+  d.hf_import = vera_hf_import;
+  // the fixture's projections are torch's: kept as delta tensors (save_projection)
+  d.golden = {{"vera", {{"deltas", {{{"name", "vera"}, {"method", "vera"}, {"r", 4}, {"save_projection", true},
                                      {"target_modules", {"blocks.*.attn.qkv", "blocks.*.mlp.fc1"}}}}}}}};
   d.examples = {{{"method", "vera"}, {"r", 16}}};
   d.demo = DemoRow{"VeRA r=64 (qkv)", {{"name", "vera"}, {"method", "vera"}, {"r", 64}}, 1e-2};

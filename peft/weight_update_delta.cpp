@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "autograd/ops.h"
+#include "peft/hf_format.h"
 
 namespace dg::peft {
 
@@ -67,6 +68,22 @@ void parse_lycoris_options(OptionReader& r, LycorisOptions& o) {
   DG_CHECK(o.rank_dropout >= 0 && o.rank_dropout < 1, r.where, ": rank_dropout must be in [0, 1)");
   DG_CHECK(o.module_dropout >= 0 && o.module_dropout < 1, r.where, ": module_dropout must be in [0, 1)");
   DG_CHECK(!o.target_modules.empty(), r.where, ": target_modules is empty");
+}
+
+LycorisOptions lycoris_hf_options(const HfAdapter& a) {
+  hf_refuse(a, "rank_pattern", nlohmann::json::object(), "one r for every module");
+  hf_refuse(a, "alpha_pattern", nlohmann::json::object(), "one alpha for every module");
+  LycorisOptions o;
+  o.r = hf_option<int64_t>(a, "r", 8);
+  o.alpha = hf_option<double>(a, "alpha", 8.0);
+  o.rank_dropout = hf_option<double>(a, "rank_dropout", 0.0);
+  o.module_dropout = hf_option<double>(a, "module_dropout", 0.0);
+  return o;
+}
+
+nlohmann::json lycoris_hf_delta(const char* method, const LycorisOptions& o, const std::vector<std::string>& targets) {
+  return {{"method", method}, {"r", o.r}, {"alpha", o.alpha}, {"rank_dropout", o.rank_dropout},
+          {"module_dropout", o.module_dropout}, {"target_modules", targets}};
 }
 
 }  // namespace dg::peft

@@ -46,5 +46,9 @@ struct LycorisOptions : MethodOptions {
   bool init_weights = true;
 };
 void parse_lycoris_options(OptionReader& r, LycorisOptions& o);
+// hf_import: adapter_config.json's LyCORIS options (r, alpha, dropouts; rank_pattern and
+// alpha_pattern refused), and the delta config entry they make with `targets`.
+LycorisOptions lycoris_hf_options(const HfAdapter& a);
+nlohmann::json lycoris_hf_delta(const char* method, const LycorisOptions& o, const std::vector<std::string>& targets);
 
 }  // namespace dg::peft

@@ -2,7 +2,8 @@
 # Cross-check the second-wave methods' Hugging Face peft export: for each of DoRA, IA3, VeRA,
 # LoHa and LoKr (non-zero deltas from a seeded init), deltagrad's export is loaded into timm +
 # peft (PeftModel.from_pretrained) on a small timm ViT, and peft's logits must equal the
-# logits deltagrad computes for the same deltas. Needs a python with torch, timm, peft and
+# logits deltagrad computes for the same deltas; import-peft of the export gives deltagrad's
+# logits again, bit for bit. Needs a python with torch, timm, peft and
 # safetensors (PYTHON, default python3; e.g. .venv-bench/bin/python). Usage:
 #   scripts/check_hf_peft_methods.sh BUILD_DIR
 set -euo pipefail
@@ -38,6 +39,11 @@ for m in dora ia3 vera loha lokr; do
     --out "$W/hf_$m" > /dev/null
   "$B/tools/deltagrad" grads --model "$W/small.safetensors" --model-config "$W/small.json" --peft "$W/$m.json" \
     --batch "$W/batch.safetensors" --out "$W/out_$m.safetensors" > /dev/null
+  # and back: import-peft of the export gives the same logits
+  "$B/tools/deltagrad" import-peft --model-config "$W/small.json" --model "$W/small.safetensors" --in "$W/hf_$m" \
+    --out "$W/imp_$m.safetensors" > /dev/null
+  "$B/tools/deltagrad" grads --model "$W/small.safetensors" --model-config "$W/small.json" --deltas "$W/imp_$m.safetensors" \
+    --batch "$W/batch.safetensors" --out "$W/back_$m.safetensors" > /dev/null
   "$PY" - "$W" "$m" <<'PY' || fail=1
 import sys, torch, peft
 from timm.models.vision_transformer import VisionTransformer
@@ -51,6 +57,8 @@ with torch.no_grad():
     base = vit(x)
     got = PeftModel.from_pretrained(vit, f"{w}/hf_{m}").eval()(x)
 ours = load_file(f"{w}/out_{m}.safetensors")["logits"]
+back = load_file(f"{w}/back_{m}.safetensors")["logits"]
+assert torch.equal(back, ours), f"{m}: import-peft of the export changed the logits"
 err = ((got - ours).norm() / ours.norm()).item()
 moved = ((got - base).norm() / base.norm()).item()
 print(f"{m}: peft {peft.__version__} logits vs deltagrad: relative error {err:.2e} (the delta moved the logits by {moved:.2e})")

@@ -117,7 +117,7 @@ def vera_case(T, seed):
     pm = peft.get_peft_model(m, cfg).eval()
     peft_deltas(pm, P, g, "vera", lambda kind, p: torch.randn(p.shape, generator=g) * 0.5)
     # the shared projections (peft's buffers base_model.vera_A/B.default): deltagrad keeps them
-    # with the delta's first attachment
+    # with the delta's first attachment (the case sets save_projection: true)
     T["vera.blocks.0.attn.qkv.vera.vera_A"] = pm.base_model.vera_A["default"].detach().clone()
     T["vera.blocks.0.attn.qkv.vera.vera_B"] = pm.base_model.vera_B["default"].detach().clone()
     finish("vera", pm, P, T)

@@ -323,6 +323,52 @@ TEST_CASE("peft: every method that merges: merged equals unmerged; unmerge resto
   CHECK(cases.size() >= 6);
 }
 
+TEST_CASE("peft: merge refuses an input-scaling ia3 sharing a Linear, and a dora after another delta") {
+  auto build = [](nn::VisionTransformer& m, json deltas) {
+    auto pm = std::make_unique<peft::PeftModel>(m, peft::parse_peft_config(json{{"deltas", deltas}}));
+    NoGradGuard ng;
+    Generator g(3);
+    for (auto& [name, t] : pm->trainable_parameters()) g.normal_(t, 0.5, 0.3);
+    return pm;
+  };
+  auto [x, y] = toy_batch(4, 2);
+  const json ia3 = {{"name", "ia3"}, {"method", "ia3"}};  // scales fc2's input (feedforward_modules)
+  const json lora_fc2 = {{"name", "lora"}, {"method", "lora"}, {"r", 2}, {"target_modules", {"blocks.*.mlp.fc2"}}};
+  const json lora_qkv = {{"name", "lora"}, {"method", "lora"}, {"r", 2}};
+  const json dora_qkv = {{"name", "dora"}, {"method", "dora"}, {"r", 2}};
+  struct Case {
+    json deltas;
+    const char* why;
+  };
+  for (const Case& c : {Case{{ia3, lora_fc2}, "merge: at 'blocks.0.mlp.fc2': ia3 'ia3' scales the Linear's input"},
+                        Case{{lora_qkv, dora_qkv}, "merge: at 'blocks.0.attn.qkv': dora 'dora' applies after lora 'lora'"}}) {
+    INFO(c.deltas.dump());
+    tape().clear();
+    nn::VisionTransformer m(tiny());
+    m.eval();
+    auto pm = build(m, c.deltas);
+    const auto w0 = snapshot(m);
+    CHECK_THROWS_WITH_AS(pm->merge(), doctest::Contains(c.why), Error);
+    CHECK(snapshot(m) == w0);  // refused before anything merged
+    // the refusal is needed: merging each delta anyway changes the logits
+    NoGradGuard ng;
+    const Tensor want = pm->forward(x);
+    for (const std::string& n : pm->delta_names())
+      for (auto& [site, d] : pm->attachments(n)) static_cast<peft::MethodDelta&>(*d).merge();
+    CHECK(test::rel_err(pm->forward(x), want) > 1e-3);
+  }
+  // the exact orders merge: the input-scaling ia3 after the other delta on its Linear, dora
+  // before (also with an input-scaling ia3 on its Linear)
+  const json ia3_qkv = {{"name", "ia3"}, {"method", "ia3"}, {"feedforward_modules", {"blocks.*.attn.qkv"}}};
+  for (const json& deltas : {json{lora_fc2, ia3}, json{dora_qkv, lora_qkv}, json{dora_qkv, ia3_qkv}}) {
+    INFO(deltas.dump());
+    tape().clear();
+    nn::VisionTransformer m(tiny());
+    auto pm = build(m, deltas);
+    check_merge_roundtrip(*pm);
+  }
+}
+
 TEST_CASE("peft: the report counts the second-wave methods' parameters") {
   // tiny(): D 24, 2 blocks, qkv 72 rows, MLP hidden 96
   const std::vector<std::pair<json, int64_t>> cases = {

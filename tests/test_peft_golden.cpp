@@ -11,16 +11,14 @@
 #include "core/safetensors.h"
 #include "peft/method_registry.h"
 #include "peft/peft_model.h"
+#include "tests/golden_vit.h"
 #include "tests/test_util.h"
 
 using namespace dg;
 using nlohmann::json;
 
 namespace {
-const SafeTensors& vit() {
-  static SafeTensors st = load_safetensors(DG_SOURCE_DIR "/tests/fixtures/vit_golden.safetensors");
-  return st;
-}
+const SafeTensors& vit() { return test::golden_vit_file(); }
 const SafeTensors& gold_first_wave() {
   static SafeTensors st = load_safetensors(DG_SOURCE_DIR "/tests/fixtures/peft_golden.safetensors");
   return st;
@@ -36,17 +34,7 @@ const SafeTensors* fixture_of(const std::string& c) {
   return nullptr;
 }
 const SafeTensors& gold() { return gold_first_wave(); }
-std::unique_ptr<nn::VisionTransformer> golden_base() {
-  auto m = std::make_unique<nn::VisionTransformer>(
-      nn::vit_config_from_json(json::parse(vit().metadata.at("config"))));
-  std::map<std::string, Tensor> w;
-  for (auto& [k, t] : vit().tensors)
-    if (k.find('.') == std::string::npos ? (k == "cls_token" || k == "pos_embed") : k.rfind("grad.", 0) && k.rfind("input.", 0))
-      w[k] = t;
-  nn::load_state_dict(*m, w, "vit_golden");
-  m->eval();
-  return m;
-}
+using test::golden_base;
 
 struct Parity {
   double logits_abs = 0, logits_rel = 0, grad_rel = 0;  // max |d logits|, ||d logits||/||logits||, max over tensors of ||d g||/||g||

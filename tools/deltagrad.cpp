@@ -35,7 +35,7 @@ const char* kUsage =
     "  inspect       list tensors of a checkpoint or model: shapes, dtypes, trainable or frozen\n"
     "  merge         fold mergeable deltas into the base weights (a plain timm-layout checkpoint)\n"
     "  export-peft   write a delta in Hugging Face peft's format\n"
-    "  import-peft   read a Hugging Face peft LoRA into a deltagrad delta file\n"
+    "  import-peft   read a Hugging Face peft adapter (LoRA, DoRA, IA3, VeRA, LoHa, LoKr) into a delta file\n"
     "  --version     version, the CPU and its vector ISA, the CPU GEMM in use and why\n";
 
 // What a performance question needs first: which CPU, which kernels run on it, and why.

@@ -270,6 +270,19 @@ std::unique_ptr<PeftModel> PeftModel::from_file(nn::VisionTransformer& base, con
   DG_CHECK(it != st.metadata.end(), "delta file '", path, "': no peft_config in its metadata");
   json j = json::parse(it->second, nullptr, false);
   DG_CHECK(!j.is_discarded(), "delta file '", path, "': peft_config metadata is not valid JSON");
+  // VeRA files written before the seed-only format (2026-12-02) hold vera_A and vera_B and
+  // have no save_projection key (it now defaults to false): read them as they were written.
+  if (j.is_object() && j.contains("deltas") && j["deltas"].is_array())
+    for (json& d : j["deltas"]) {
+      if (!d.is_object() || !d.contains("method") || d["method"] != "vera" || d.contains("save_projection")) continue;
+      const std::string suffix = "." + (d.contains("name") && d["name"].is_string() ? d["name"].get<std::string>()
+                                                                                    : std::string("vera")) + ".vera_A";
+      for (const auto& [n, t] : st.tensors)
+        if (n.size() > suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0) {
+          d["save_projection"] = true;
+          break;
+        }
+    }
   auto m = std::make_unique<PeftModel>(base, parse_peft_config(j, "peft_config in '" + path + "'"));
   m->load(path);
   return m;

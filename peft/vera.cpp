@@ -30,8 +30,10 @@ Tensor VeraDelta::sliced_B() const { return slice(proj_->B, 0, 0, base_.out_feat
 Tensor VeraDelta::apply(const Tensor& x, const Tensor& y) {
   if (merged_) return y;
   Tensor xd = training && opts_.vera_dropout > 0 ? dropout(x, opts_.vera_dropout, true, default_generator().next_key()) : x;
-  Tensor d = mul(linear(mul(linear(xd, sliced_A()), lambda_d), sliced_B()), lambda_b);
-  return add(y, scale.apply(d));
+  // lambda_b * (B h) = (diag(lambda_b) B) h: lambda_b (and s) scale B's rows [out, r], so no
+  // [..., out] pass runs and the output is not saved for their gradients
+  Tensor Bb = scale.fold_rows(mul(sliced_B(), unsqueeze(lambda_b, 1)));
+  return add(y, linear(mul(linear(xd, sliced_A()), lambda_d), Bb));
 }
 
 std::vector<std::pair<std::string, Tensor>> VeraDelta::named_parameters() {

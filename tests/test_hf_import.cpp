@@ -220,6 +220,18 @@ TEST_CASE("vera: a delta file holds the vectors and the seed; loading regenerate
               size[1], size[0]);
   // (less the few hundred bytes of metadata that record the seed instead)
   CHECK(size[1] - size[0] >= (32 * 48 + 192 * 32) * 4 - 512);
+  {  // a file of the earlier format (projections in the file, no save_projection key) still loads
+    SafeTensors st = load_safetensors((dir / "kept.safetensors").string());
+    json cfg = json::parse(st.metadata.at("peft_config"));
+    cfg["deltas"][0].erase("save_projection");
+    st.metadata["peft_config"] = cfg.dump();
+    const std::string old_file = (dir / "old_format.safetensors").string();
+    save_safetensors(old_file, st.tensors, st.metadata);
+    auto b1 = test::golden_base(), b2 = test::golden_base();
+    auto kept = peft::PeftModel::from_file(*b1, (dir / "kept.safetensors").string());
+    auto old = peft::PeftModel::from_file(*b2, old_file);
+    CHECK(same_bits(logits_of(*old), logits_of(*kept)));
+  }
   // a file whose projections were drawn otherwise (another key here) is refused, not silently redrawn
   auto base = test::golden_base();
   auto other = std::make_unique<peft::PeftModel>(*base, peft::parse_peft_config(json{{"deltas", {{

@@ -242,8 +242,11 @@ TEST_CASE("peft: masked-out elements are bit-identical after AdamW steps with we
 
 TEST_CASE("peft: delta files round-trip exactly and are refused by another base") {
   tape().clear();
+  // FacT's shared factors are saved once (with blocks.0.attn.qkv) and must reach every block on load
   auto make = [] { return json{{"deltas", {{{"name", "q"}, {"method", "lora"}, {"r", 2}, {"init", "random"}},
-                                           {{"name", "a"}, {"method", "adapter_plus"}, {"dim", 3}}}},
+                                           {{"name", "a"}, {"method", "adapter_plus"}, {"dim", 3}},
+                                           {{"name", "f"}, {"method", "fact_tk"}, {"dim", 3}},
+                                           {{"name", "h"}, {"method", "hydra"}, {"dim", 2}}}},
                                {"trainable", {"head.*"}}}; };
   nn::VisionTransformer m(tiny());
   peft::PeftModel pm(m, peft::parse_peft_config(make()), 7);

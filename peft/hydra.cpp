@@ -95,7 +95,7 @@ DG_REGISTER_METHOD(hydra) {
                                                   {{"name", "aplus"}, {"method", "adapter_plus"}, {"dim", 4},
                                                    {"init", "bert"}}}}}}};
   d.examples = {{{"method", "hydra"}, {"dim", 2}}};
-  d.demo = DemoRow{"Hydra dim=8", {{"name", "hydra"}, {"method", "hydra"}, {"dim", 8}}, 1e-2};
+  d.demo = DemoRow{"Hydra dim=2", {{"name", "hydra"}, {"method", "hydra"}, {"dim", 2}}, 1e-2};  // the code's default dim
   return d;
 }
 

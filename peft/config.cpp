@@ -63,7 +63,7 @@ PeftConfig parse_peft_config(const json& j, const std::string& what) {
       def->parse(r, dc);
       def = &find_method(dc.method, where);
       r.used.insert("scale");
-      if (d.contains("scale")) {
+      if (d.contains("scale") && !(def->numeric_scale && d["scale"].is_number())) {
         DG_CHECK(def->no_scale.empty(), where, ": ", def->no_scale);
         dc.scale = parse_scale(d["scale"], where);
       }

@@ -90,6 +90,9 @@ struct MethodDef {
   int order = 0;        // listing order (README table, errors, demo)
   std::string summary;  // where it attaches and what it computes (CLI help)
   std::string no_scale; // non-empty: a 'scale' object is refused with this reason
+  // A number under 'scale' is the method's own option (the reference's name: FacT's and Hydra's
+  // s), read by `parse`; an object is still the conditioning scale (refused where no_scale says).
+  bool numeric_scale = false;
   // Read the method's options into `d` (defaults first); unknown keys are the caller's.
   std::function<void(OptionReader&, DeltaConfig& d)> parse;
   // Create the deltas and attach each with `add`; zero sites is an error the caller reports.

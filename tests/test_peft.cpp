@@ -149,6 +149,9 @@ TEST_CASE("peft: frozen tensors stay bit-identical, get no gradient and no optim
   methods.push_back(json::array({{{"method", "ia3"}}, {{"method", "vpt_deep"}, {"num_tokens", 2}}}));
   methods.push_back(json::array({{{"method", "vera"}, {"r", 8}, {"scale", {{"kind", "scalar"}}}}, {{"method", "houlsby"}, {"dim", 2}}}));
   methods.push_back(json::array({{{"method", "lokr"}, {"r", 2}}, {{"method", "loha"}, {"r", 2}}, {{"method", "parallel"}, {"dim", 2}}}));
+  methods.push_back(json::array({{{"method", "fact_tk"}, {"dim", 4}}, {{"method", "lora"}, {"r", 2}}}));
+  methods.push_back(json::array({{{"method", "hydra"}, {"dim", 2}}, {{"method", "adapter_plus"}, {"dim", 4}}}));
+  methods.push_back(json::array({{{"method", "fact_tt"}, {"dim", 2}}, {{"method", "hydra"}, {"dim", 2}, {"scale", 0.5}}}));
   for (const json& ds : methods) {
     tape().clear();
     nn::VisionTransformer m(tiny());
@@ -203,7 +206,10 @@ TEST_CASE("peft: masked-out elements are bit-identical after AdamW steps with we
   const std::vector<json> delta_sets = {
       json::array(),
       json::array({{{"name", "dora"}, {"method", "dora"}, {"r", 2}, {"target_modules", {"blocks.*.mlp.fc1"}}},
-                   {{"name", "ssf"}, {"method", "ssf"}}})};
+                   {{"name", "ssf"}, {"method", "ssf"}}}),
+      // FacT's shared factors reach the masked fc1; Hydra on it reads its input and output
+      json::array({{{"name", "fact"}, {"method", "fact_tk"}, {"dim", 4}},
+                   {{"name", "hydra"}, {"method", "hydra"}, {"target_modules", {"blocks.*.mlp.fc1"}}}})};
   for (const json& deltas : delta_sets) {
     INFO(deltas.dump());
     tape().clear();
@@ -236,8 +242,11 @@ TEST_CASE("peft: masked-out elements are bit-identical after AdamW steps with we
 
 TEST_CASE("peft: delta files round-trip exactly and are refused by another base") {
   tape().clear();
+  // FacT's shared factors are saved once (with blocks.0.attn.qkv) and must reach every block on load
   auto make = [] { return json{{"deltas", {{{"name", "q"}, {"method", "lora"}, {"r", 2}, {"init", "random"}},
-                                           {{"name", "a"}, {"method", "adapter_plus"}, {"dim", 3}}}},
+                                           {{"name", "a"}, {"method", "adapter_plus"}, {"dim", 3}},
+                                           {{"name", "f"}, {"method", "fact_tk"}, {"dim", 3}},
+                                           {{"name", "h"}, {"method", "hydra"}, {"dim", 2}}}},
                                {"trainable", {"head.*"}}}; };
   nn::VisionTransformer m(tiny());
   peft::PeftModel pm(m, peft::parse_peft_config(make()), 7);
@@ -298,6 +307,10 @@ TEST_CASE("peft: every method that merges: merged equals unmerged; unmerge resto
       for (const json& e : md->examples) cases.push_back(json::array({e}));
   cases.push_back(json::array({{{"method", "lora"}, {"r", 2}}, {{"method", "ssf"}}}));
   cases.push_back(json::array({{{"method", "ia3"}}, {{"method", "lora"}, {"r", 2}}}));  // both at qkv
+  cases.push_back(json::array({{{"method", "fact_tk"}, {"dim", 3}}, {{"method", "lora"}, {"r", 2}}}));  // both at qkv
+  // Hydra's sequential branch reads the output SSF scales (and SSF's merge changes the W it reads)
+  cases.push_back(json::array({{{"method", "ssf"}}, {{"method", "hydra"}, {"dim", 2}}}));
+  cases.push_back(json::array({{{"method", "hydra"}, {"dim", 2}}, {{"method", "ssf"}}}));
   for (const json& ds : cases) {
     INFO(ds.dump());
     tape().clear();
@@ -378,6 +391,12 @@ TEST_CASE("peft: the report counts the second-wave methods' parameters") {
       {{{"method", "vera"}, {"r", 4}}, 2 * (72 + 4)},  // lambda_b, lambda_d per qkv; the frozen A, B do not count
       {{{"method", "loha"}, {"r", 2}}, 2 * 2 * (72 * 2 + 2 * 24)},  // two [72, 2] [2, 24] pairs per qkv
       {{{"method", "lokr"}, {"r", 2}}, 2 * (8 * 4 + 9 * 2 + 2 * 6)},  // qkv 72 x 24 = kron([8, 4], [9, 6] of rank 2)
+      // FacT dim 4: U [4, 24] and V [24, 4] once; per block q, k, v, o cores [4, 4], fc1 [16, 4], fc2 [4, 16]
+      {{{"method", "fact_tt"}, {"dim", 4}}, 2 * 24 * 4 + 2 * (4 * 16 + 2 * 64)},
+      // ... or C [4, 4, 4] and P [4, 12 per block] once
+      {{{"method", "fact_tk"}, {"dim", 4}}, 2 * 24 * 4 + 64 + 4 * 12 * 2},
+      // Hydra dim 2 on proj (24 -> 24) and fc2 (96 -> 24): per branch down [2, in] + 2, up [24, 2] + 24
+      {{{"method", "hydra"}, {"dim", 2}}, 2 * ((2 * 24 + 2 + 48 + 24) * 3 + (2 * 96 + 2 + 48 + 24))},
   };
   for (const auto& [d, want] : cases) {
     INFO(d.dump());
@@ -453,6 +472,13 @@ TEST_CASE("peft: config errors name the key") {
   bad(json{{"deltas", {{{"method", "lora"}, {"rank", 4}}}}}, "unknown key 'rank'");
   bad(json{{"deltas", {{{"method", "adapter_plus"}, {"scaling", "wide"}}}}}, "'scaling' must be");
   bad(json{{"deltas", {{{"method", "lora"}, {"r", "8"}}}}}, "'r' has the wrong type");
+  // FacT's and Hydra's 'scale' is their number s; the conditioning-scale object is refused
+  bad(json{{"deltas", {{{"method", "fact_tk"}, {"scale", {{"kind", "scalar"}}}}}}}, "fact_tk's 'scale' must be a number");
+  bad(json{{"deltas", {{{"method", "hydra"}, {"scale", {{"kind", "channel"}}}}}}}, "hydra's 'scale' must be a number");
+  bad(json{{"deltas", {{{"method", "hydra"}, {"scale", "big"}}}}}, "hydra's 'scale' must be a number");
+  bad(json{{"deltas", {{{"method", "lora"}, {"scale", 2}}}}}, "'scale' must be an object");  // no numeric scale of its own
+  bad(json{{"deltas", {{{"method", "fact_tt"}, {"dim", 0}}}}}, "dim must be >= 1");
+  bad(json{{"deltas", {{{"method", "hydra"}, {"dropout", 1.0}}}}}, "dropout must be in [0, 1)");
   bad(json{{"deltas", {{{"method", "lora"}}, {{"method", "lora"}}}}}, "duplicate delta name 'lora'");
   bad(json{{"masks", {{{"tensor", "x"}}}}}, "exactly one of 'density'");
   nn::VisionTransformer m(tiny());

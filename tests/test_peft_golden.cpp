@@ -28,8 +28,13 @@ const SafeTensors& gold_methods() {
   static SafeTensors st = load_safetensors(DG_SOURCE_DIR "/tests/fixtures/peft_methods_golden.safetensors");
   return st;
 }
+// scripts/make_peft_fact_hydra_golden.py: the FacT and Hydra authors' forwards in plain PyTorch
+const SafeTensors& gold_fact_hydra() {
+  static SafeTensors st = load_safetensors(DG_SOURCE_DIR "/tests/fixtures/peft_fact_hydra_golden.safetensors");
+  return st;
+}
 const SafeTensors* fixture_of(const std::string& c) {
-  for (const SafeTensors* st : {&gold_first_wave(), &gold_methods()})
+  for (const SafeTensors* st : {&gold_first_wave(), &gold_methods(), &gold_fact_hydra()})
     if (st->tensors.count(c + ".logits")) return st;
   return nullptr;
 }

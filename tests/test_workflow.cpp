@@ -20,24 +20,9 @@ namespace {
 
 fs::path tmpdir(const std::string& name) { return test::fresh_dir("workflow", name); }
 
-std::string slurp(const fs::path& p) {
-  std::ostringstream os;
-  os << std::ifstream(p).rdbuf();
-  return os.str();
-}
-
-struct Cli {
-  int code;
-  std::string out, err;
-};
-// The CLI with `args` (a shell word list), its stdout and stderr kept.
-Cli cli(const std::string& args) {
-  static int n = 0;
-  const fs::path d = tmpdir("cli" + std::to_string(n++));
-  const int rc = std::system((std::string(DG_BUILD_DIR) + "/tools/deltagrad " + args + " > " + (d / "out").string() +
-                              " 2> " + (d / "err").string()).c_str());
-  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(d / "out"), slurp(d / "err")};
-}
+using test::Cli;
+using test::slurp;
+test::Cli cli(const std::string& args) { return test::run_cli(args, "workflow"); }
 
 // A trained run on the stripes folder with saved base weights: (folder, base weights, delta file).
 struct TrainedRun {

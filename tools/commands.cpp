@@ -1,5 +1,6 @@
 #include "tools/commands.h"
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -26,20 +27,6 @@ void on_sigint(int) { train::Trainer::request_stop(); }
 bool same_path(const std::string& a, const std::string& b) {
   std::error_code ec;
   return std::filesystem::weakly_canonical(a, ec) == std::filesystem::weakly_canonical(b, ec);
-}
-
-std::string absolute_if_file(const std::string& p) {
-  std::error_code ec;
-  return std::filesystem::is_regular_file(p, ec) ? std::filesystem::absolute(p).lexically_normal().string() : p;
-}
-
-// SPEC's path part (before the first ':'), made absolute where it names something on disk.
-std::string absolute_data_path(const std::string& spec) {
-  const size_t colon = spec.find(':');
-  const std::string path = spec.substr(0, colon), rest = colon == std::string::npos ? "" : spec.substr(colon);
-  std::error_code ec;
-  if (path == "fashion-mnist" || !std::filesystem::exists(path, ec)) return spec;
-  return std::filesystem::absolute(path).lexically_normal().string() + rest;
 }
 
 }  // namespace

@@ -138,13 +138,18 @@ TEST_CASE("cli inputs: out of memory under an address-space limit is one clear l
       trained = true;
     } else if (r.code == 127 && contains(r.err, "error while loading shared libraries")) {
       continue;  // the dynamic loader could not map a library: before any of our code ran
+    } else if (r.code == 128 + SIGINT && contains(r.err, "OpenBLAS blas_thread_init: pthread_create failed")) {
+      // OpenBLAS's constructor, at library load, could not start its threads and raised SIGINT on
+      // the process (strace: tgkill(self, SIGINT)): before main, so before any of our code ran.
+      // Which limit lands here moves with the binary's size (88 MiB in one build).
+      continue;
     } else {
       ++out_of_memory;
       REQUIRE(r.code == 3);
       CHECK(contains(r.err, "deltagrad train: out of memory"));
       // and it names what was being allocated
       CHECK((contains(r.err, "tensor of shape") || contains(r.err, "OpenBLAS's work buffers") ||
-             contains(r.err, "a C++ allocation") || contains(r.err, "cannot start a thread") || contains(r.err, "decoding image") || contains(r.err, "image folder")));
+             contains(r.err, "a C++ allocation") || contains(r.err, "cannot start a thread") || contains(r.err, "initialising oneDNN") || contains(r.err, "encoding the PNG") || contains(r.err, "decoding image") || contains(r.err, "image folder")));
     }
   }
   CHECK(trained);

@@ -201,8 +201,9 @@ void write_png(const std::string& path, const RgbImage& img) {
   auto append = [](void* ctx, void* data, int size) {
     static_cast<std::string*>(ctx)->append(static_cast<const char*>(data), size_t(size));
   };
-  DG_CHECK(stbi_write_png_to_func(append, &bytes, img.w, img.h, 3, img.px.data(), img.w * 3) != 0,
-           "cannot encode the PNG for '", path, "'");
+  // stb fails only when an allocation does (the sizes are ours)
+  if (stbi_write_png_to_func(append, &bytes, img.w, img.h, 3, img.px.data(), img.w * 3) == 0)
+    throw OutOfMemory(str("encoding the PNG for '", path, "' (", img.w, " x ", img.h, " pixels)"));
   write_file_atomic(path, bytes);
 }
 

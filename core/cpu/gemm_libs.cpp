@@ -2,6 +2,8 @@
 // buffers with the caller's strides (no copies); a library that refuses a call (oneDNN
 // returns a status) falls back to Eigen for that product, so a result is always computed.
 #define EIGEN_DONT_PARALLELIZE
+#include <sys/mman.h>
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <climits>
@@ -9,6 +11,7 @@
 #include "core/build_config.h"
 #include "core/cpu/gemm_kernel.h"
 #include "core/cpu/gemm_libs.h"
+#include "core/error.h"
 
 #ifdef DG_HAVE_OPENBLAS
 #include <cblas.h>
@@ -65,8 +68,29 @@ const bool openblas_one_thread = [] {
 // dnnl_sgemm takes its thread count from OpenMP: one inside a parallel region, else
 // omp_get_max_threads(). `own_threads` false pins a product called outside a region to the
 // calling thread too, so "onednn" is one thread per product wherever it is called.
+//
+// oneDNN's first product initialises the library (its ITT hooks, its JIT kernels: about 6 MiB of
+// address space) and does not survive a failed allocation there: under ulimit -v it crashed with
+// SIGSEGV in __itt_pt_write, in a 4 MiB band of limits (102-104 MiB for the test's small ViT).
+// So the first call checks for room first, with a mapping of our own, and
+// throws OutOfMemory (one clear line, exit code 3) instead of letting oneDNN crash. The check asks
+// for twice what the initialisation took (VmSize before and after a first dnnl_sgemm).
+void check_room_for_onednn_init() {
+  static const bool checked = [] {
+    constexpr size_t kInitBytes = size_t(12) << 20;
+    void* probe = ::mmap(nullptr, kInitBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (probe == MAP_FAILED)
+      throw OutOfMemory(str("initialising oneDNN for its first product (", kInitBytes >> 20,
+                            " MiB of address space; a memory limit such as ulimit -v is too low)"));
+    ::munmap(probe, kInitBytes);
+    return true;
+  }();
+  (void)checked;
+}
+
 bool onednn_sgemm(bool own_threads, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* a,
                   int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  check_room_for_onednn_init();
 #ifdef _OPENMP
   const int saved = omp_get_max_threads();
   const bool pin = !own_threads && !omp_in_parallel() && saved > 1;

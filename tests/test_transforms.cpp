@@ -120,6 +120,26 @@ TEST_CASE("transforms: RandomResizedCrop boxes lie in the image with timm's scal
   CHECK((f.top == 0 && f.left == 6 && f.height == 50 && f.width == 67));
 }
 
+TEST_CASE("transforms: RandomResizedCrop boxes are torchvision's get_params boxes for the same random draws") {
+  // tests/fixtures/rrc_golden.json: torchvision's own RandomResizedCrop.get_params, its draws
+  // replaced by fixed ones (scripts/make_rrc_golden.py says how they map to ours), on square,
+  // wide, tall, tiny and random image sizes; a fifth of the cases exhaust the 10 tries.
+  const nlohmann::json f = nlohmann::json::parse(test::slurp(DG_SOURCE_DIR "/tests/fixtures/rrc_golden.json"));
+  REQUIRE(f["cases"].size() == 200);
+  int fallbacks = 0;
+  for (const auto& c : f["cases"]) {
+    const std::vector<double> u = c["u"];
+    const int64_t h = c["h"], w = c["w"];
+    const CropBox b = random_resized_crop_box(h, w, [&](int k) { return u.at(size_t(k)); });
+    const std::vector<int64_t> want = c["box"];
+    CAPTURE(h);
+    CAPTURE(w);
+    CHECK(std::vector<int64_t>{b.top, b.left, b.height, b.width} == want);
+    fallbacks += (b.height == h || b.width == w) && (b.top == (h - b.height) / 2 && b.left == (w - b.width) / 2);
+  }
+  CHECK(fallbacks >= 30);  // the fallback was exercised, not just the tries
+}
+
 TEST_CASE("loader: random-resized-crop keeps a flat image flat and varies a textured one by epoch") {
   ImageSet s;
   std::vector<float> px(2 * 16 * 16, 0.5f);

@@ -32,6 +32,10 @@ ImageSet subset(const ImageSet& s, const std::vector<int64_t>& idx) {
     lab[i] = sl[idx[i]];
   }
   o.labels = Tensor::from_vector(lab, {int64_t(idx.size())});
+  if (!s.files.empty()) {
+    o.files.resize(idx.size());
+    for (size_t i = 0; i < idx.size(); ++i) o.files[i] = s.files[size_t(idx[i])];
+  }
   return o;
 }
 

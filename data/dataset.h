@@ -18,6 +18,9 @@ struct ImageSet {
   int64_t num_classes = 0;
   std::vector<std::string> class_names;
   int64_t skipped = 0;  // unreadable entries skipped while loading
+  // Each image's source file (image folders; empty for IDX data): training's random-resized-crop
+  // decodes the original again and crops it, as timm does (data/loader.h).
+  std::vector<std::string> files;
   int64_t size() const { return images.defined() ? images.size(0) : 0; }
 };
 

@@ -327,6 +327,7 @@ ImageSet load_image_folder(const std::string& root, int64_t channels, const Eval
   const int64_t per = channels * size * size;
   std::vector<float> pix;  // [N, C, size, size], grown per image
   std::vector<int64_t> labels;
+  std::vector<std::string> sources;
   for (size_t k = 0; k < classes.size(); ++k) {
     const fs::path dir = fs::path(root) / classes[k];
     std::vector<std::string> files;
@@ -353,6 +354,7 @@ ImageSet load_image_folder(const std::string& root, int64_t channels, const Eval
       }
       resize_center_crop(img.pixels.data(), img.h, img.w, channels, g, pix.data() + base);
       labels.push_back(label_of[k]);
+      sources.push_back(f);
       ++kept;
     }
     DG_CHECK(kept > 0, "image folder '", root, "': none of the ", files.size(), " images in class folder '", dir.string(),
@@ -367,6 +369,7 @@ ImageSet load_image_folder(const std::string& root, int64_t channels, const Eval
   s.num_classes = known_classes.empty() ? int64_t(classes.size()) : int64_t(known_classes.size());
   s.class_names = known_classes.empty() ? classes : known_classes;
   s.skipped = skipped;
+  s.files = std::move(sources);
   return s;
 }
 

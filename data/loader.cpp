@@ -63,6 +63,7 @@ Batch DataLoader::make_batch(int64_t epoch, int64_t step, const std::vector<int6
   const int64_t* sl = set_.labels.data<int64_t>();
   float* dst = out.images.data<float>();
   std::vector<float> crop, resized;  // random-resized-crop's buffers, reused across the batch
+  DecodedImage original;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t i = idx[size_t(b0 + b)];
     lab[size_t(b)] = sl[i];
@@ -77,11 +78,32 @@ Batch DataLoader::make_batch(int64_t epoch, int64_t step, const std::vector<int6
     const bool flip = opt_.hflip && philox::uniform(key, 2) < 0.5f;
     const float* img = src + i * per;
     if (opt_.random_resized_crop) {  // crop, then resize the crop alone (torchvision's resized_crop)
-      const CropBox box = random_resized_crop_box(H, W, [&](int k) { return double(philox::uniform(key, uint64_t(3 + k))); });
+      // From the original file where the set has one (image folders), as timm crops the decoded
+      // photo: the stored image is the eval view (the centre square at model size), so cropping
+      // it would lose the borders and the resolution of small crops. The original is decoded
+      // again each time, as timm's loader does, on this background thread: memory stays the
+      // stored set's (a copy of every original at full size could take gigabytes).
+      const bool from_file = !set_.files.empty();
+      int64_t sh = H, sw = W;
+      if (from_file) {
+        const std::string& file = set_.files[size_t(i)];
+        const std::string why = decode_image(file, C, original);
+        DG_CHECK(why.empty(), "random-resized-crop: cannot read '", file, "' again (", why,
+                 "); it was read when the data was loaded");
+        sh = original.h, sw = original.w;
+      }
+      const CropBox box = random_resized_crop_box(sh, sw, [&](int k) { return double(philox::uniform(key, uint64_t(3 + k))); });
       crop.resize(size_t(C * box.height * box.width));
       for (int64_t c = 0; c < C; ++c)
-        for (int64_t y = 0; y < box.height; ++y)
-          std::copy_n(img + (c * H + box.top + y) * W + box.left, box.width, crop.data() + (c * box.height + y) * box.width);
+        for (int64_t y = 0; y < box.height; ++y) {
+          float* row = crop.data() + (c * box.height + y) * box.width;
+          if (!from_file) {
+            std::copy_n(img + (c * H + box.top + y) * W + box.left, box.width, row);
+            continue;
+          }
+          const uint8_t* px = original.pixels.data() + ((box.top + y) * sw + box.left) * C + c;  // interleaved u8
+          for (int64_t x = 0; x < box.width; ++x) row[x] = float(px[x * C]) / 255.0f;
+        }
       resized.resize(size_t(per));
       resample_region(crop.data(), C, box.height, box.width, 0, 0, double(box.height), double(box.width), H, W,
                       opt_.interpolation, resized.data());

@@ -19,8 +19,9 @@ struct LoaderOptions {
   bool shuffle = true, drop_last = false;
   int64_t pad = 0;     // random crop after zero padding by `pad` pixels (0: none), torchvision RandomCrop
   bool hflip = false;  // random horizontal flip
-  // timm's RandomResizedCrop (transforms.h) of each stored image, resampled back to its size
-  // with `interpolation`; pad is then ignored
+  // timm's RandomResizedCrop (transforms.h) of each image's original file where the set has
+  // files (image folders: decoded again per use), else of the stored image, resampled to the
+  // stored size with `interpolation`; pad is then ignored
   bool random_resized_crop = false;
   Interpolation interpolation = Interpolation::Bilinear;
   std::vector<double> mean = {0.5}, std = {0.5};  // per channel (one value broadcasts)

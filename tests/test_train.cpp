@@ -37,7 +37,7 @@ TEST_CASE("train: an image folder trains end to end and writes its run directory
   REQUIRE(r.epochs.size() == 20);
   CHECK(r.epochs.back().train_loss < 0.7 * r.epochs.front().train_loss);
   CHECK(r.epochs.back().val_acc > 0.6);
-  for (const char* f : {"run_config.json", "metrics.csv", "curves.svg", "checkpoint.safetensors", "deltas.safetensors"})
+  for (const char* f : {"run_config.json", "metrics.csv", "curves.svg", "curves.png", "checkpoint.safetensors", "deltas.safetensors"})
     CHECK_MESSAGE(fs::exists(out / f), f);
 }
 

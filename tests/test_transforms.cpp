@@ -3,10 +3,13 @@
 // normalised filter; a period-4 stripe pattern shrunk 4x by PIL's widened triangle filter is its
 // mean, where resampling without antialiasing would read only the dark pixels), and
 // RandomResizedCrop's boxes.
+#include <algorithm>
 #include <cstdint>
+#include <filesystem>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <stb_image_write.h>
 
 #include "core/safetensors.h"
 #include "data/loader.h"
@@ -120,6 +123,26 @@ TEST_CASE("transforms: RandomResizedCrop boxes lie in the image with timm's scal
   CHECK((f.top == 0 && f.left == 6 && f.height == 50 && f.width == 67));
 }
 
+TEST_CASE("transforms: RandomResizedCrop boxes are torchvision's get_params boxes for the same random draws") {
+  // tests/fixtures/rrc_golden.json: torchvision's own RandomResizedCrop.get_params, its draws
+  // replaced by fixed ones (scripts/make_rrc_golden.py says how they map to ours), on square,
+  // wide, tall, tiny and random image sizes; a fifth of the cases exhaust the 10 tries.
+  const nlohmann::json f = nlohmann::json::parse(test::slurp(DG_SOURCE_DIR "/tests/fixtures/rrc_golden.json"));
+  REQUIRE(f["cases"].size() == 200);
+  int fallbacks = 0;
+  for (const auto& c : f["cases"]) {
+    const std::vector<double> u = c["u"];
+    const int64_t h = c["h"], w = c["w"];
+    const CropBox b = random_resized_crop_box(h, w, [&](int k) { return u.at(size_t(k)); });
+    const std::vector<int64_t> want = c["box"];
+    CAPTURE(h);
+    CAPTURE(w);
+    CHECK(std::vector<int64_t>{b.top, b.left, b.height, b.width} == want);
+    fallbacks += (b.height == h || b.width == w) && (b.top == (h - b.height) / 2 && b.left == (w - b.width) / 2);
+  }
+  CHECK(fallbacks >= 30);  // the fallback was exercised, not just the tries
+}
+
 TEST_CASE("loader: random-resized-crop keeps a flat image flat and varies a textured one by epoch") {
   ImageSet s;
   std::vector<float> px(2 * 16 * 16, 0.5f);
@@ -135,4 +158,41 @@ TEST_CASE("loader: random-resized-crop keeps a flat image flat and varies a text
   bool differs = false;
   for (size_t i = 256; i < 512; ++i) differs = differs || std::abs(e0[i] - e1[i]) > 1e-3;
   CHECK(differs);
+}
+
+TEST_CASE("loader: random-resized-crop of an image folder crops the original file, not the stored eval crop") {
+  // One 20 x 60 image, white in its 10 leftmost columns, black elsewhere. Stored at size 8 the
+  // eval view (short side to 8: 8 x 24, centre 8 columns = original columns 20..40) is all black;
+  // crops of the original (the box drawn on 20 x 60) reach the white columns in some epochs.
+  const std::filesystem::path d = test::fresh_dir("transforms", "rrc_original");
+  std::filesystem::create_directories(d / "a");
+  std::vector<unsigned char> px(20 * 60, 0);
+  for (int y = 0; y < 20; ++y)
+    for (int x = 0; x < 10; ++x) px[size_t(y * 60 + x)] = 255;
+  REQUIRE(stbi_write_png((d / "a" / "0.png").string().c_str(), 60, 20, 1, px.data(), 60));
+  EvalGeometry g;
+  g.size = 8;
+  ImageSet s = load_image_folder(d.string(), 1, g);
+  REQUIRE(s.files.size() == 1);
+  CHECK(*std::max_element(s.images.data<float>(), s.images.data<float>() + 64) == 0.0f);  // the stored view: black
+  LoaderOptions o;
+  o.batch = 1, o.shuffle = false, o.random_resized_crop = true, o.mean = {0.0}, o.std = {1.0};
+  DataLoader dl(s, o);
+  int white = 0;
+  for (int epoch = 0; epoch < 40; ++epoch) {
+    const std::vector<double> v = dl.make_batch(epoch, 0).images.to_vector();
+    REQUIRE(v.size() == 64);
+    white += *std::max_element(v.begin(), v.end()) > 0.5;
+  }
+  CHECK(white >= 3);
+  // without its files (a set built in memory), the stored image is cropped: black every time
+  ImageSet stored = s;
+  stored.files.clear();
+  DataLoader dl2(stored, o);
+  for (int epoch = 0; epoch < 40; ++epoch) {
+    const std::vector<double> v = dl2.make_batch(epoch, 0).images.to_vector();
+    CHECK(*std::max_element(v.begin(), v.end()) == 0.0);
+  }
+  // subsets keep each image's file
+  CHECK(subset(s, {0, 0}).files == std::vector<std::string>{s.files[0], s.files[0]});
 }

@@ -3,9 +3,14 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
-#include <cstdio>
-#include <filesystem>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -29,6 +34,27 @@ inline std::filesystem::path fresh_dir(const std::string& group, const std::stri
   std::filesystem::remove_all(d);
   std::filesystem::create_directories(d);
   return d;
+}
+
+// A whole file's text ("" when it cannot be read).
+inline std::string slurp(const std::filesystem::path& p) {
+  std::ostringstream os;
+  os << std::ifstream(p).rdbuf();
+  return os.str();
+}
+
+struct Cli {
+  int code;
+  std::string out, err;
+};
+// The built CLI with `args` (a shell word list), its exit code, stdout and stderr (kept in
+// fresh_dir(group, "cli<n>")).
+inline Cli run_cli(const std::string& args, const std::string& group) {
+  static int n = 0;
+  const std::filesystem::path d = fresh_dir(group, "cli" + std::to_string(n++));
+  const int rc = std::system((std::string(DG_BUILD_DIR) + "/tools/deltagrad " + args + " > " + (d / "out").string() +
+                              " 2> " + (d / "err").string()).c_str());
+  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(d / "out"), slurp(d / "err")};
 }
 
 // max |a - b| / max(|b|, floor) over all elements

@@ -20,24 +20,9 @@ namespace {
 
 fs::path tmpdir(const std::string& name) { return test::fresh_dir("workflow", name); }
 
-std::string slurp(const fs::path& p) {
-  std::ostringstream os;
-  os << std::ifstream(p).rdbuf();
-  return os.str();
-}
-
-struct Cli {
-  int code;
-  std::string out, err;
-};
-// The CLI with `args` (a shell word list), its stdout and stderr kept.
-Cli cli(const std::string& args) {
-  static int n = 0;
-  const fs::path d = tmpdir("cli" + std::to_string(n++));
-  const int rc = std::system((std::string(DG_BUILD_DIR) + "/tools/deltagrad " + args + " > " + (d / "out").string() +
-                              " 2> " + (d / "err").string()).c_str());
-  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(d / "out"), slurp(d / "err")};
-}
+using test::Cli;
+using test::slurp;
+test::Cli cli(const std::string& args) { return test::run_cli(args, "workflow"); }
 
 // A trained run on the stripes folder with saved base weights: (folder, base weights, delta file).
 struct TrainedRun {
@@ -209,4 +194,41 @@ TEST_CASE("workflow: folders of splits (train/val/test and VTAB-1k's names) and 
   auto [fc, fall] = train::load_data(flat.string() + ":val=0", mc, 0, train::DataUse::EvalOnly);
   CHECK(fall.size() == 15);
   CHECK_THROWS_WITH(train::load_data(flat.string() + ":val=0", mc, 0), doctest::Contains("val=0 holds out no image"));
+}
+
+TEST_CASE("workflow: export-peft writes the head's class names beside the adapter; import-peft reads them back") {
+  const fs::path d = tmpdir("peft_names");
+  const fs::path folder = test::make_stripes_folder(d / "images", 4);
+  train::RunConfig rc = test::small_run(folder, d / "run");  // LoRA + the head, d/model.json
+  rc.epochs = 1;
+  const fs::path weights = d / "base.safetensors";
+  nn::VisionTransformer base(nn::load_vit_config(rc.model_config));
+  base.init_weights(3);
+  save_safetensors(weights.string(), nn::state_dict(base));
+  rc.model = weights.string();
+  auto [tr, va] = train::load_data(rc.data, nn::load_vit_config(rc.model_config), rc.seed);
+  train::Trainer(rc, tr, va).fit();
+  const std::string deltas = (d / "run" / "deltas.safetensors").string(), hf = (d / "hf").string();
+  Cli ex = cli("export-peft --model " + weights.string() + " --deltas " + deltas + " --out " + hf);
+  REQUIRE_MESSAGE(ex.code == 0, ex.err);
+  const json names = json::array({"class0", "class1", "class2"});
+  CHECK(json::parse(slurp(d / "hf" / "class_names.json")) == names);
+  CHECK_FALSE(json::parse(slurp(d / "hf" / "adapter_config.json")).contains("class_names"));  // peft's file stays peft's
+
+  const std::string back = (d / "back.safetensors").string();
+  Cli im = cli("import-peft --model-config " + rc.model_config + " --model " + weights.string() + " --in " + hf +
+               " --out " + back);
+  REQUIRE_MESSAGE(im.code == 0, im.err);
+  CHECK(json::parse(load_safetensors(back).metadata.at("model_config"))["class_names"] == names);
+  // and the imported delta file predicts by name
+  Cli pr = cli("predict --model " + weights.string() + " --deltas " + back + " --images " +
+               (folder / "class1" / "0.png").string() + " --topk 3");
+  CHECK(pr.code == 0);
+  CHECK(pr.out.find("class2") != std::string::npos);
+
+  // a names file that does not fit the head is refused, naming the file
+  std::ofstream(d / "hf" / "class_names.json") << R"(["a", "b"])";
+  Cli bad = cli("import-peft --model-config " + rc.model_config + " --in " + hf + " --out " + back);
+  CHECK(bad.code == 2);
+  CHECK(bad.err.find("class_names.json' name 2 classes but the head has 3 outputs") != std::string::npos);
 }

@@ -1,5 +1,4 @@
-// The demo's outputs: a markdown table and a bar chart PNG (stb_image_write, text from
-// stb_easy_font), no plotting library.
+// The demo's outputs: a markdown table and a bar chart PNG (train/figure.h's rasteriser).
 #pragma once
 #include <string>
 #include <vector>

@@ -1,5 +1,6 @@
 #include "tools/commands.h"
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -26,20 +27,6 @@ void on_sigint(int) { train::Trainer::request_stop(); }
 bool same_path(const std::string& a, const std::string& b) {
   std::error_code ec;
   return std::filesystem::weakly_canonical(a, ec) == std::filesystem::weakly_canonical(b, ec);
-}
-
-std::string absolute_if_file(const std::string& p) {
-  std::error_code ec;
-  return std::filesystem::is_regular_file(p, ec) ? std::filesystem::absolute(p).lexically_normal().string() : p;
-}
-
-// SPEC's path part (before the first ':'), made absolute where it names something on disk.
-std::string absolute_data_path(const std::string& spec) {
-  const size_t colon = spec.find(':');
-  const std::string path = spec.substr(0, colon), rest = colon == std::string::npos ? "" : spec.substr(colon);
-  std::error_code ec;
-  if (path == "fashion-mnist" || !std::filesystem::exists(path, ec)) return spec;
-  return std::filesystem::absolute(path).lexically_normal().string() + rest;
 }
 
 }  // namespace
@@ -243,23 +230,41 @@ int cmd_export_peft(int argc, char** argv) {
   const char* help =
       "deltagrad export-peft [--model W] (--deltas D.safetensors [--model-config C] | --peft P.json --model-config C)\n"
       "                      --out DIR [--name DELTA]\n"
-      "  With --peft, the freshly initialised deltas are exported (a way to cross-check against Python peft).\n";
+      "  With --peft, the freshly initialised deltas are exported (a way to cross-check against Python peft).\n"
+      "  The head's class names, when the delta file has them, go to DIR/class_names.json.\n";
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "peft", "out", "name"});
   if (!a.has("deltas") && !a.has("peft")) throw UsageError("give --deltas or --peft");
   auto m = load_model(a);
   auto pm = attach_peft(*m, a);
   pm->export_hf(a.need("out"), a.get("name"));
-  std::printf("wrote %s/adapter_model.safetensors and adapter_config.json\n", a.get("out").c_str());
+  // The head's class names: peft 0.21 loads an adapter_config.json with keys it does not know only
+  // after a warning to upgrade peft (PeftConfigMixin.from_peft_type drops them), so the names go to
+  // a side file, class_names.json, as a run dir keeps them; import-peft reads it back.
+  if (!m->cfg.class_names.empty())
+    write_file_atomic(a.get("out") + "/class_names.json", json(m->cfg.class_names).dump(1) + "\n");
+  std::printf("wrote %s/adapter_model.safetensors and adapter_config.json%s\n", a.get("out").c_str(),
+              m->cfg.class_names.empty() ? "" : " and class_names.json");
   return 0;
 }
 
 int cmd_import_peft(int argc, char** argv) {
-  const char* help = "deltagrad import-peft --model-config C [--model W] --in DIR --out D.safetensors\n";
+  const char* help =
+      "deltagrad import-peft --model-config C [--model W] --in DIR --out D.safetensors\n"
+      "  DIR/class_names.json (written by export-peft), when there, gives the head's class names.\n";
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2, {"model-config", "model", "in", "out"});
   nn::ViTConfig mc = nn::load_vit_config(a.need("model-config"));
   if (const int64_t k = peft::hf_head_classes(a.need("in")); k > 0) mc.num_classes = k;  // a saved head sets the classes
+  const std::string names_file = a.get("in") + "/class_names.json";  // written by export-peft
+  if (std::filesystem::exists(names_file)) {
+    const json names = read_json_file(names_file, "class names");
+    DG_CHECK(names.is_array() && std::all_of(names.begin(), names.end(), [](const json& n) { return n.is_string(); }),
+             "class names '", names_file, "': expected a JSON array of strings");
+    DG_CHECK(int64_t(names.size()) == mc.num_classes, "class names '", names_file, "' name ", names.size(),
+             " classes but the head has ", mc.num_classes, " outputs");
+    mc.class_names = names.get<std::vector<std::string>>();
+  }
   auto m = load_model(a, mc);
   peft::import_hf(a.need("in"), a.need("out"), *m);
   std::printf("wrote %s\n", a.get("out").c_str());

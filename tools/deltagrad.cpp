@@ -29,6 +29,7 @@ const char* kUsage =
     "commands:\n"
     "  demo          pretrain a small ViT on Fashion-MNIST 0-4, fine-tune on 5-9 with every method, print the table\n"
     "  train         fine-tune a ViT with a PEFT config on a dataset\n"
+    "  sweep         train every task x method x seed, then a table of mean +- std accuracy and a chart\n"
     "  eval          accuracy of a model (+ deltas) on a dataset\n"
     "  predict       top-k classes of images, by class name, with a delta file\n"
     "  grads         one deterministic forward/backward: logits, loss and every trainable gradient\n"
@@ -148,6 +149,7 @@ int run(int argc, char** argv) {
     if (cmd == "import-peft") return dg::cli::cmd_import_peft(argc, argv);
     if (cmd == "demo") return dg::cli::cmd_demo(argc, argv);
     if (cmd == "predict") return dg::cli::cmd_predict(argc, argv);
+    if (cmd == "sweep") return dg::cli::cmd_sweep(argc, argv);
     std::fprintf(stderr, "deltagrad: unknown command '%s' (see deltagrad --help)\n", dg::printable(cmd).c_str());
     return kExitBadInput;
   } catch (const dg::cli::UsageError& e) {

@@ -1,6 +1,7 @@
 #include "tools/model_args.h"
 
 #include <cstdio>
+#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
@@ -10,6 +11,19 @@
 namespace dg::cli {
 
 using nlohmann::json;
+
+std::string absolute_if_file(const std::string& p) {
+  std::error_code ec;
+  return std::filesystem::is_regular_file(p, ec) ? std::filesystem::absolute(p).lexically_normal().string() : p;
+}
+
+std::string absolute_data_path(const std::string& spec) {
+  const size_t colon = spec.find(':');
+  const std::string path = spec.substr(0, colon), rest = colon == std::string::npos ? "" : spec.substr(colon);
+  std::error_code ec;
+  if (path == "fashion-mnist" || !std::filesystem::exists(path, ec)) return spec;
+  return std::filesystem::absolute(path).lexically_normal().string() + rest;
+}
 
 std::optional<nn::ViTConfig> delta_model_config(const std::string& path) {
   SafeTensors st = load_safetensors(path);

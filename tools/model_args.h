@@ -33,6 +33,12 @@ std::unique_ptr<peft::PeftModel> attach_peft(nn::VisionTransformer& m, const Arg
 void check_data_classes(const data::ImageSet& set, const std::string& data_spec, const nn::ViTConfig& c,
                         const std::string& delta_file);
 
+// Paths recorded in run configs are absolute, so a run dir resumes from any working directory:
+// `p` made absolute when it is a file (else as given: a preset name), and a data SPEC's path part
+// (before the first ':') made absolute when it exists.
+std::string absolute_if_file(const std::string& p);
+std::string absolute_data_path(const std::string& spec);
+
 // "a, b, c" (at most `max` names, then "...").
 std::string list_names(const std::vector<std::string>& names, size_t max = 8);
 

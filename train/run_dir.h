@@ -37,6 +37,7 @@ struct RunPosition {
   int64_t epoch = 0, step = 0;
   double loss_sum = 0;
   int64_t correct = 0, seen = 0;
+  double seconds = 0;  // training time of the run up to here, across resumes
   int64_t global_step(int64_t steps_per_epoch) const { return epoch * steps_per_epoch + step; }
 };
 

@@ -211,6 +211,7 @@ void Trainer::save_checkpoint(const std::string& path, nn::Optimizer& opt, const
   save_safetensors(path, t,
                    {{"checkpoint_version", "2"}, {"epoch", std::to_string(pos.epoch)}, {"step", std::to_string(pos.step)},
                     {"loss_sum", loss_sum}, {"correct", std::to_string(pos.correct)}, {"seen", std::to_string(pos.seen)},
+                    {"train_seconds", str(pos.seconds)},
                     {"gen_seed", std::to_string(g.seed())}, {"gen_offset", std::to_string(g.offset())},
                     {"run_config", to_json(cfg_).dump()}, {"base_identity", base_identity_},
                     {"base_weights_hash", base_hash_},
@@ -257,6 +258,7 @@ RunPosition Trainer::load_checkpoint(const std::string& path, nn::Optimizer& opt
   pos.epoch = int64_t(number("epoch")), pos.step = int64_t(number("step"));
   pos.loss_sum = number("loss_sum", "0"), pos.correct = int64_t(number("correct", "0"));
   pos.seen = int64_t(number("seen", "0"));
+  pos.seconds = number("train_seconds", "0");  // checkpoints before it was recorded: unknown, 0
   DG_CHECK(pos.epoch >= 0 && pos.step >= 0 && pos.step <= steps_per_epoch, "checkpoint '", path, "': position epoch ",
            pos.epoch, " step ", pos.step, " is outside an epoch of ", steps_per_epoch, " steps");
   std::map<std::string, Tensor> optim;
@@ -348,6 +350,7 @@ TrainResult Trainer::fit(bool resume) {
   Device dev = cfg_.device == "cuda" ? Device::CUDA : Device::CPU;
   const auto t0 = std::chrono::steady_clock::now();
   auto last_ckpt = t0;
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   // Rows first, then the checkpoint: every row before a checkpoint's position is on disk
   // when the checkpoint is, and a resume cuts the rows after it.
   auto checkpoint = [&](const RunPosition& at) {
@@ -358,7 +361,9 @@ TrainResult Trainer::fit(bool resume) {
       throw Error(str(e.what(), "; ", last_good, ")"));
     }
     csv.flush();
-    save_checkpoint(ckpt, opt, at);
+    RunPosition timed = at;
+    timed.seconds = pos.seconds + elapsed();
+    save_checkpoint(ckpt, opt, timed);
     last_good = "the last good checkpoint is " + ckpt;
     last_ckpt = std::chrono::steady_clock::now();
   };
@@ -408,7 +413,7 @@ TrainResult Trainer::fit(bool resume) {
         checkpoint(here);
         if (!cfg_.quiet) std::printf("\ninterrupted: checkpoint written to %s\n", ckpt.c_str());
         res.interrupted = true;
-        res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        res.seconds = elapsed(), res.total_seconds = pos.seconds + res.seconds;
         return res;
       }
       // inside the epoch only: its end writes one anyway
@@ -434,7 +439,7 @@ TrainResult Trainer::fit(bool resume) {
     checkpoint({epoch + 1, 0, 0, 0, 0});
   }
   csv.flush();
-  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  res.seconds = elapsed(), res.total_seconds = pos.seconds + res.seconds;
   peft_->save(cfg_.out + "/deltas.safetensors");
   // The curves of the whole run, resumed parts included: from metrics.csv.
   std::vector<double> all_losses;
@@ -454,6 +459,7 @@ TrainResult Trainer::fit(bool resume) {
   if (cfg_.peft.contains("deltas") && cfg_.peft["deltas"].is_array() && !cfg_.peft["deltas"].empty())
     title = cfg_.peft["deltas"][0].value("method", std::string("?")) + " on " + title;
   write_curves_svg(cfg_.out + "/curves.svg", all_losses, all_epochs, spe, title);
+  write_curves_png(cfg_.out + "/curves.png", all_losses, all_epochs, spe, title);
   return res;
 }
 

@@ -1,5 +1,5 @@
 // The trainer: a frozen (or not) ViT, a PEFT config, a dataset, AdamW with cosine
-// schedule, progress, metrics.csv, curves.svg, atomic checkpoints and exact resume.
+// schedule, progress, metrics.csv, curves.svg/png, atomic checkpoints and exact resume.
 #pragma once
 #include <functional>
 #include <memory>
@@ -10,6 +10,7 @@
 #include "data/loader.h"
 #include "nn/optim.h"
 #include "peft/peft_model.h"
+#include "train/figure.h"
 #include "train/run_dir.h"
 
 namespace dg::train {
@@ -54,7 +55,8 @@ struct EpochResult {
 struct TrainResult {
   std::vector<EpochResult> epochs;
   std::vector<double> step_losses;  // every step of this process (for resume tests)
-  double seconds = 0;
+  double seconds = 0;        // this process's training
+  double total_seconds = 0;  // the run's, across resumes (checkpoints carry the time before)
   int64_t trainable_params = 0, total_params = 0;
   bool interrupted = false;
   bool already_finished = false;  // resumed a run whose every epoch was done: only its outputs were rewritten
@@ -105,8 +107,12 @@ enum class DataUse { Train, EvalOnly };
 std::pair<data::ImageSet, data::ImageSet> load_data(const std::string& spec, const nn::ViTConfig& mc, uint64_t seed,
                                                     DataUse use = DataUse::Train);
 
-// curves.svg: two panels over epochs, train loss per step (left) and validation accuracy per
-// evaluated epoch (right; a single evaluation is a point), with axis numbers and a title.
+// curves.svg / curves.png: two panels over epochs, train loss per step (left) and validation
+// accuracy per evaluated epoch (right; a single evaluation is a point), with axis numbers and a title.
+Figure curves_figure(const std::vector<double>& step_losses, const std::vector<EpochResult>& epochs,
+                     int64_t steps_per_epoch, const std::string& title);
+void write_curves_png(const std::string& path, const std::vector<double>& step_losses,
+                      const std::vector<EpochResult>& epochs, int64_t steps_per_epoch, const std::string& title);
 void write_curves_svg(const std::string& path, const std::vector<double>& step_losses,
                       const std::vector<EpochResult>& epochs, int64_t steps_per_epoch, const std::string& title);
 

@@ -3,7 +3,7 @@
 namespace dg {
 
 static Backend* g_backends[2] = {nullptr, nullptr};
-Backend* make_cpu_backend();  // core/cpu/cpu_backend.cpp
+Backend* make_cpu_backend();  // core/cpu/cpu_elementwise.cpp
 
 void register_backend(Device d, Backend* b) { g_backends[int(d)] = b; }
 

@@ -44,6 +44,9 @@ struct TensorImpl {
   bool is_leaf = true;
   std::shared_ptr<TensorImpl> grad;  // accumulated gradient of a trainable leaf
   std::string name;                  // parameter name, for messages and tape dumps
+  // A parameter its owner exempts from weight decay whatever its name and shape (VPT's prompt
+  // tokens, peft/deltas.cpp): the optimizer (nn/optim.h) reads it, core only carries it.
+  bool no_weight_decay = false;
   uint64_t id;                       // unique per impl; the tape keys gradients by it
   TensorImpl();
 };
@@ -98,6 +101,8 @@ class Tensor {
   Tensor grad() const { return Tensor(impl_->grad); }
   void zero_grad() { impl_->grad.reset(); }
   const std::string& name() const { return impl_->name; }
+  bool no_weight_decay() const { return impl_->no_weight_decay; }
+  void set_no_weight_decay(bool v) { impl_->no_weight_decay = v; }
   Tensor& set_name(std::string n) { impl_->name = std::move(n); return *this; }
   uint64_t version() const { return impl_->storage->version; }
   void bump_version() const { ++impl_->storage->version; }

@@ -6,7 +6,6 @@
 #include <mutex>
 #include <vector>
 
-#include "core/cpu/strided.h"
 #include "cuda/cuda_api.h"
 #include "cuda/cuda_backend.h"
 

@@ -17,7 +17,7 @@ bool is_no_decay(const std::string& name, const Tensor& t) {
   if (t.dim() <= 1 || ends(".bias")) return true;
   if (name == "pos_embed" || name == "cls_token" || ends(".pos_embed") || ends(".cls_token")) return true;
   if (starts("norm.") || name.find(".norm") != std::string::npos) return true;
-  return ends("prompt") || ends("prompts");
+  return t.no_weight_decay();
 }
 
 Optimizer::Optimizer(const NamedTensors& params, double lr, double wd) : lr_(lr) {

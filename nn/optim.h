@@ -29,7 +29,8 @@ struct ParamGroup {
 // timm's no-weight-decay rule (optim_factory.param_groups_weight_decay) plus its ViT
 // no_weight_decay() names: true for tensors with ndim <= 1, names ending in ".bias",
 // pos_embed / cls_token (also under a prefix, ".pos_embed"), norms ("norm.*" or containing
-// ".norm", e.g. blocks.0.norm1.weight), and VPT prompt tokens (names ending in "prompt(s)").
+// ".norm", e.g. blocks.0.norm1.weight), and tensors their owner marked no_weight_decay()
+// (a PEFT method's, e.g. VPT's prompt tokens: nn/ knows no method's names).
 bool is_no_decay(const std::string& name, const Tensor& t);
 
 class Optimizer {

@@ -204,6 +204,7 @@ PromptDelta::PromptDelta(const std::string& n, const PromptConfig& c, int64_t D,
   prompt = Tensor::empty({c.num_tokens, D});
   g.uniform_(prompt, -bound, bound);
   trainable(prompt);
+  prompt.set_no_weight_decay(true);  // token embeddings, like pos_embed and cls_token: no weight decay
 }
 
 Tensor PromptDelta::apply(const Tensor& input, const Tensor& output) {

@@ -243,7 +243,10 @@ TEST_CASE("optim: no-decay rule (timm) on names and shapes") {
   CHECK(is_no_decay("cls_token", Tensor::zeros({1, 1, 4})));
   CHECK(is_no_decay("norm.weight", w2));          // by name even if 2-D
   CHECK(is_no_decay("blocks.1.norm2.weight", w2));
-  CHECK(is_no_decay("blocks.0.vpt.prompts", w3));  // VPT prompt tokens
+  CHECK(!is_no_decay("blocks.0.vpt.prompts", w3));  // a name alone: nn/ knows no PEFT method's names
+  Tensor marked = Tensor::zeros({1, 5, 4});
+  marked.set_no_weight_decay(true);                 // what a method does for its tensors (VPT's prompts)
+  CHECK(is_no_decay("blocks.0.vpt.prompts", marked));
   CHECK(is_no_decay("blocks.0.attn.qkv.q_lora.bias", w2));
 }
 

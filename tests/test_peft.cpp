@@ -1,5 +1,6 @@
 // PEFT mechanics: delta order, frozen tensors untouched, masks under AdamW, delta files,
 // merge/unmerge, Hugging Face export/import, config errors, and that every method learns.
+#include <algorithm>
 #include <filesystem>
 #include <set>
 
@@ -87,6 +88,30 @@ std::pair<double, double> train(peft::PeftModel& pm, int steps, double lr) {
   return {first, eval_loss()};
 }
 }  // namespace
+
+TEST_CASE("peft: VPT's prompts go to the optimizer's no-decay group, also when loaded from a delta file") {
+  // The prompts are 2-D [num_tokens, D]: only the method's mark (no name rule in nn/) exempts them.
+  auto prompts_without_decay = [](peft::PeftModel& pm) {
+    nn::AdamW opt(pm.trainable_parameters(), 1e-3, 0.05);
+    const std::vector<std::string>& no_decay = opt.param_groups()[1].params;
+    int n = 0;
+    for (auto& [name, t] : pm.trainable_parameters())
+      if (name.size() > 7 && name.compare(name.size() - 7, 7, ".prompt") == 0) {
+        INFO(name);
+        CHECK(t.dim() == 2);
+        CHECK(std::find(no_decay.begin(), no_decay.end(), name) != no_decay.end());
+        ++n;
+      }
+    return n;
+  };
+  nn::VisionTransformer m(tiny());
+  peft::PeftModel pm(m, peft::parse_peft_config(json{{"deltas", json::array({{{"method", "vpt_deep"}, {"num_tokens", 2}}})}}));
+  CHECK(prompts_without_decay(pm) == 2);  // pos_drop's and blocks.1's
+  pm.save(tmp("vpt_deep.safetensors"));
+  nn::VisionTransformer m2(tiny());
+  auto loaded = peft::PeftModel::from_file(m2, tmp("vpt_deep.safetensors"));
+  CHECK(prompts_without_decay(*loaded) == 2);
+}
 
 TEST_CASE("peft: delta order at one site is defined (Pre reverse, Post insertion order) and removal is LIFO") {
   struct Affine : nn::Delta {

@@ -7,7 +7,10 @@
 #include <nlohmann/json.hpp>
 
 #include "autograd/ops.h"
+#include "autograd/tape.h"
 #include "core/safetensors.h"
+#include "nn/vit.h"
+#include "peft/peft_model.h"
 #include "train/trainer.h"
 #include "tests/test_util.h"
 #include "tests/train_util.h"
@@ -215,6 +218,55 @@ TEST_CASE("cli: grads matches the PyTorch golden gradients; inspect lists traina
   std::ifstream ef(err);
   std::string emsg((std::istreambuf_iterator<char>(ef)), std::istreambuf_iterator<char>());
   CHECK(emsg.find("'blocks.0.mlp.fc1.weight' has shape [3, 48], expected [192, 48]") != std::string::npos);
+}
+
+TEST_CASE("cli: inspect --tape prints one step's records: a frozen linear saves no input, LoRA's A and B appear, "
+          "the held bytes are the tape's") {
+  const fs::path d = tmpdir("tape");
+  nn::ViTConfig c = nn::vit_preset("vit_mnist_28");
+  c.depth = 2, c.embed_dim = 32, c.num_heads = 2, c.num_classes = 3;
+  std::ofstream(d / "model.json") << nn::to_json(c).dump();
+  std::ofstream(d / "peft.json") << R"({"deltas": [{"name": "lora", "method": "lora", "r": 2}]})";
+  const test::Cli r = test::run_cli("inspect --tape --model-config " + (d / "model.json").string() + " --peft " +
+                                        (d / "peft.json").string() + " --batch 2",
+                                    "tape");
+  INFO(r.out, r.err);
+  REQUIRE(r.code == 0);
+  const std::string D = std::to_string(c.embed_dim), D3 = std::to_string(3 * c.embed_dim);
+  CHECK(r.out.find("random batch [2, " + std::to_string(c.in_chans) + ", 28, 28]") != std::string::npos);
+  int frozen_linears = 0, lora_a = 0, lora_b = 0;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("#", 0) != 0 || line.find(" linear ") == std::string::npos) continue;
+    INFO(line);
+    const std::string saved = line.substr(line.find("saved:"));
+    const size_t in = line.find("in: "), weight = line.find(", [", in);  // the second input: the weight
+    REQUIRE(weight != std::string::npos);
+    const std::string w = line.substr(weight + 2, line.find(']', weight) - weight - 1);
+    const bool w_trainable = line.compare(line.find(']', weight) + 1, 5, " grad") == 0;
+    // linear keeps x only for its weight's gradient (autograd/ops/linear.cpp)
+    CHECK((saved.find(" x=") != std::string::npos) == w_trainable);
+    if (!w_trainable) ++frozen_linears;
+    if (w == "[" + D3 + ", " + D + "]") CHECK(!w_trainable);  // the base qkv
+    lora_a += w == "[2, " + D + "]" && w_trainable;
+    lora_b += w == "[" + D3 + ", 2]" && w_trainable;
+  }
+  CHECK(frozen_linears >= 4);  // block 0's proj, fc1, fc2 and block 1's qkv at least
+  CHECK(lora_a == c.depth);
+  CHECK(lora_b == c.depth);
+  // the same step in this process: the records and bytes the command reports
+  nn::VisionTransformer m(c);
+  m.init_weights(0);
+  peft::PeftModel pm(m, peft::load_peft_config((d / "peft.json").string()));
+  m.train();
+  tape().clear();
+  Tensor loss = cross_entropy(m(Tensor::zeros({2, c.in_chans, c.img_size, c.img_size})),
+                              Tensor::from_vector(std::vector<int64_t>{0, 1}, {2}));
+  const size_t records = tape().records().size(), saved = tape().saved_bytes(), held = tape().held_bytes();
+  tape().clear();
+  CHECK(held < saved);  // LoRA's A reads the LayerNorm output the norm keeps: one buffer, counted once
+  CHECK(r.out.find("total: " + std::to_string(records) + " records, saved " + std::to_string(saved) +
+                   " B summed over records, held " + std::to_string(held) + " B") != std::string::npos);
 }
 
 TEST_CASE("cli: a run's delta file keeps its head: eval reproduces the run, export-peft saves it as modules_to_save") {

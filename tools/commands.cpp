@@ -10,6 +10,8 @@
 
 #include "autograd/autocast.h"
 #include "autograd/ops.h"
+#include "autograd/tape.h"
+#include "core/random.h"
 #include "core/safetensors.h"
 #include "core/user_files.h"
 #include "peft/peft_model.h"
@@ -166,14 +168,54 @@ int cmd_grads(int argc, char** argv) {
   return 0;
 }
 
+namespace {
+
+// `inspect --tape`: what one training step keeps for backward. The step is the trainer's forward
+// and loss in training mode on a random batch; the tape is printed before backward frees it.
+int inspect_tape(const Args& a) {
+  if (!a.positional.empty()) throw UsageError("--tape takes no checkpoint FILE: give the weights as --model W");
+  const nn::ViTConfig mc = model_config_for(a);
+  auto m = load_model(a, mc);
+  if (!a.has("model")) m->init_weights(0);
+  auto pm = attach_peft(*m, a);
+  if (!pm) m->set_trainable("*", true);  // as `grads` does: a full fine-tune
+  const int64_t batch = a.integer("batch", 8, 1);
+  m->train();
+  Tensor images = Tensor::empty({batch, mc.in_chans, mc.img_size, mc.img_size});
+  Generator gen(0);
+  gen.normal_(images);
+  std::vector<int64_t> labels(static_cast<size_t>(batch));
+  for (int64_t i = 0; i < batch; ++i) labels[size_t(i)] = i % mc.num_classes;
+  tape().clear();
+  Tensor loss = cross_entropy((*m)(images), Tensor::from_vector(labels, {batch}));
+  std::printf("one training step of a random batch [%lld, %lld, %lld, %lld] (random images, labels 0, 1, ...), %s\n",
+              (long long)batch, (long long)mc.in_chans, (long long)mc.img_size, (long long)mc.img_size,
+              pm ? "the PEFT model" : "no PEFT: a full fine-tune");
+  std::printf("%s", tape().dump().c_str());
+  std::printf("total: %zu records, saved %zu B summed over records, held %zu B (each buffer once); loss %.4f\n",
+              tape().records().size(), tape().saved_bytes(), tape().held_bytes(), loss.item());
+  tape().clear();
+  return 0;
+}
+
+}  // namespace
+
 int cmd_inspect(int argc, char** argv) {
   const char* help =
       "deltagrad inspect FILE.safetensors [--model-config C] [--peft P.json | --deltas D.safetensors]\n"
+      "deltagrad inspect --tape --model-config C [--model W] [--peft P.json | --deltas D.safetensors] [--batch B]\n"
       "  (--deltas alone: the model config is the delta file's.)\n"
       "  Without --model-config or --deltas: the file's tensors and metadata. With it: the model's tensors (loaded from\n"
-      "  FILE), trainable or frozen, totals, and the PEFT report.\n";
+      "  FILE), trainable or frozen, totals, and the PEFT report.\n"
+      "  --tape: the ops one training step records (forward and loss, the tape just before backward), each with the\n"
+      "  tensors it saves for backward and their bytes, then the totals. The input is a random batch of B images\n"
+      "  (default 8) of the model's size; without --model the weights are a random initialisation (neither changes\n"
+      "  what is saved).\n";
   if (wants_help(argc, argv, help)) return 0;
-  Args a = parse_args(argc, argv, 2, {"model-config", "peft", "deltas"});
+  Args a = parse_args(argc, argv, 2, {"model-config", "model", "peft", "deltas", "batch"}, {"tape"});
+  if (a.has("tape")) return inspect_tape(a);
+  for (const char* k : {"model", "batch"})
+    if (a.has(k)) throw UsageError(str("--", k, " goes with --tape (the checkpoint to list is FILE)"));
   if (a.positional.size() != 1) throw UsageError("expected one checkpoint file");
   const std::string file = a.positional[0];
   if (!a.has("model-config") && !a.has("deltas")) {

@@ -2,15 +2,15 @@
 // Backward (per row, h = (x-mean)*rstd):
 //   dx = rstd * (dh - mean(dh) - h * mean(dh * h)),  dh = gy * w
 //   dw = sum_rows(gy * h),  db = sum_rows(gy)
-// What it saves: backward needs only h, rstd and w. On the CPU, where h can be recovered
-// from the output as h = (y - b) / w without losing precision (no affine, or every |w| >= 1e-3
-// and |b| <= 64 |w|: the error of h stays below 65 ulp of 1), it saves y instead of x. y is
-// what the next op reads, and often saves too (a LoRA branch on qkv or fc1, a trainable
+// Saved for backward: x, mean and rstd (h is rebuilt from them), and w when x wants a gradient.
+// Under autocast x is kept in bf16, mean and rstd in f32.
+//
+// A variant for memory (save_output_for_backward, after the plain path): keep y instead of x.
+// y is what the next op reads, and often saves too (a LoRA branch on qkv or fc1, a trainable
 // Linear, MLP recomputation), so the two records share one buffer and the block keeps one
-// activation fewer. Otherwise (and on CUDA, where the check would need a device sync per
-// call) it saves x and mean; also where the caller says x is kept anyway (keep_input: a
-// parallel adapter reads the same residual stream). Either way the same kernel runs backward.
-// Under autocast x or y is kept in bf16, mean and rstd in f32.
+// activation fewer. Backward recovers h = (y - b) / w, which is exact enough only where no w is
+// near 0 and no b is large against its w (output_recoverable); only the CPU checks that, since
+// on CUDA the check would need a device sync per call. Either way the same kernel runs backward.
 #include "autograd/autocast.h"
 #include "autograd/gradcheck.h"
 #include "autograd/op_registry.h"
@@ -21,9 +21,41 @@ namespace dg {
 
 static const OpDef kLayerNorm("layer_norm");
 
-// Whether h = (y - b) / w recovers the normalised input to within 65 ulp of 1 (see above).
-// Under autocast y is kept in bf16 (relative error 2^-9), so the bias may be at most |w|: h then
-// errs by at most 2^-9 (|h| + 1), the same order as keeping x itself in bf16.
+// The backward kernel on x and mean as saved or as recovered; w is passed only when x wants a gradient.
+static std::vector<Tensor> layer_norm_backward(Record& r, const Tensor& x, const Tensor& mean, const Tensor& w,
+                                               const Tensor& gy, int64_t rows, int64_t n) {
+  const Tensor& rstd = r.saved_tensor("rstd");
+  std::vector<Tensor> g(3);
+  if (r.needs_grad(0)) g[0] = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (r.needs_grad(1)) g[1] = Tensor::zeros({n}, x.dtype(), x.device());
+  if (r.needs_grad(2)) g[2] = Tensor::zeros({n}, x.dtype(), x.device());
+  backend_of(x).layernorm_backward(x, r.needs_grad(0) ? w : Tensor(), mean, rstd, gy, rows, n, g[0], g[1], g[2]);
+  if (g[0].defined()) g[0] = view::reshape(g[0], r.in_shapes[0]);
+  return g;
+}
+
+// The plain path: keep the input and its row statistics.
+static void save_input_for_backward(Record& r, const Tensor& xc, const Tensor& mean, const Tensor& rstd,
+                                    const Tensor& wc, int64_t rows, int64_t n) {
+  r.save_activation("x", xc);
+  r.save("mean", mean);
+  r.save("rstd", rstd);
+  if (wc.defined() && r.needs_grad(0)) r.save("w", wc);
+  r.backward = [rows, n](Record& r, const Tensor& gy) {
+    const bool has_w = !r.in_shapes[1].empty();
+    const Tensor w = has_w && r.needs_grad(0) ? r.saved_tensor("w") : Tensor();
+    return layer_norm_backward(r, r.saved_tensor("x"), r.saved_tensor("mean"), w, gy, rows, n);
+  };
+}
+
+// ---- The variant: keep the output instead of the input (see the top of the file) ----
+
+// Whether h = (y - b) / w recovers the normalised input to within 65 ulp of 1: no affine, or
+// every |w| >= 1e-3 and |b| <= 64 |w|. Under autocast y is kept in bf16 (relative error 2^-9),
+// so the bias may be at most |w|: h then errs by at most 2^-9 (|h| + 1), the same order as
+// keeping x itself in bf16. Checked on every recorded call, since w and b change as they train;
+// on the CPU that is a scan of 2n values already in host memory (the kernel did rows * n work),
+// and on CUDA the variant is never used, so nothing is read back from a device.
 static bool output_recoverable(const Tensor& w, const Tensor& b, Device dev) {
   if (dev != Device::CPU) return false;
   const double bias_bound = autocast_on() ? 1.0 : 64.0;
@@ -32,6 +64,24 @@ static bool output_recoverable(const Tensor& w, const Tensor& b, Device dev) {
   for (size_t j = 0; j < wv.size(); ++j)
     if (!(std::abs(wv[j]) >= 1e-3 && std::abs(bv[j]) <= bias_bound * std::abs(wv[j]))) return false;  // NaN: false
   return true;
+}
+
+static void save_output_for_backward(Record& r, const Tensor& y, const Tensor& rstd, const Tensor& wc,
+                                     const Tensor& bc, int64_t rows, int64_t n) {
+  r.save_activation("y", y);
+  if (bc.defined()) r.save("b", bc);
+  r.save("rstd", rstd);
+  if (wc.defined()) r.save("w", wc);
+  r.backward = [rows, n](Record& r, const Tensor& gy) {
+    const bool has_w = !r.in_shapes[1].empty();
+    const Tensor w = has_w ? r.saved_tensor("w") : Tensor();
+    // x' = h / rstd with mean' = 0: the kernel's (x' - mean') * rstd is h again.
+    Tensor h = view::reshape(r.saved_tensor("y"), {rows, n});
+    if (!r.in_shapes[2].empty()) h = sub(h, r.saved_tensor("b"));
+    if (has_w) h = div(h, w);
+    const Tensor x = div(h, view::reshape(r.saved_tensor("rstd"), {rows, 1}));
+    return layer_norm_backward(r, x, Tensor::zeros({rows}, x.dtype(), x.device()), w, gy, rows, n);
+  };
 }
 
 Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps, bool keep_input) {
@@ -46,40 +96,11 @@ Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps,
   Tensor wc = w.defined() ? w.contiguous() : Tensor(), bc = b.defined() ? b.contiguous() : Tensor();
   backend_of(x).layernorm(xc, wc, bc, rows, n, eps, y, mean, rstd);
   if (Record* r = tape().record(kLayerNorm, {x, w, b}, y, str("eps=", eps))) {
-    const bool from_y = !keep_input && output_recoverable(wc, bc, x.device());
-    if (from_y) {
-      r->save_activation("y", y);
-      if (bc.defined()) r->save("b", bc);
-    } else {
-      r->save_activation("x", xc);
-      r->save("mean", mean);
-    }
-    r->save("rstd", rstd);
-    if (wc.defined() && (r->needs_grad(0) || from_y)) r->save("w", wc);
-    r->backward = [rows, n, from_y](Record& r, const Tensor& gy) {
-      const Tensor& rstd = r.saved_tensor("rstd");
-      const bool has_w = !r.in_shapes[1].empty();
-      Tensor w = has_w && (r.needs_grad(0) || from_y) ? r.saved_tensor("w") : Tensor();
-      Tensor x, mean;
-      if (from_y) {
-        // x' = h / rstd with mean' = 0: the kernel's (x' - mean') * rstd is h again.
-        Tensor h = view::reshape(r.saved_tensor("y"), {rows, n});
-        if (!r.in_shapes[2].empty()) h = sub(h, r.saved_tensor("b"));
-        if (has_w) h = div(h, w);
-        x = div(h, view::reshape(rstd, {rows, 1}));
-        mean = Tensor::zeros({rows}, x.dtype(), x.device());
-      } else {
-        x = r.saved_tensor("x");
-        mean = r.saved_tensor("mean");
-      }
-      std::vector<Tensor> g(3);
-      if (r.needs_grad(0)) g[0] = Tensor::empty(x.shape(), x.dtype(), x.device());
-      if (r.needs_grad(1)) g[1] = Tensor::zeros({n}, x.dtype(), x.device());
-      if (r.needs_grad(2)) g[2] = Tensor::zeros({n}, x.dtype(), x.device());
-      backend_of(x).layernorm_backward(x, r.needs_grad(0) ? w : Tensor(), mean, rstd, gy, rows, n, g[0], g[1], g[2]);
-      if (g[0].defined()) g[0] = view::reshape(g[0], r.in_shapes[0]);
-      return g;
-    };
+    // keep_input: the caller keeps x anyway (a parallel adapter reads the same residual stream)
+    if (keep_input || !output_recoverable(wc, bc, x.device()))
+      save_input_for_backward(*r, xc, mean, rstd, wc, rows, n);
+    else
+      save_output_for_backward(*r, y, rstd, wc, bc, rows, n);
   }
   return y;
 }

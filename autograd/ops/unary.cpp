@@ -1,7 +1,7 @@
 // Elementwise unary ops and scalar ops. Each saves only what its derivative reads:
 // x for log/erf/gelu/relu/abs/pow, the output y for exp/tanh/sqrt/sigmoid, nothing for
-// neg/add_scalar/mul_scalar. The derivatives themselves are in the backends
-// (unary_deriv in core/cpu/cpu_elementwise.cpp).
+// neg/add_scalar/mul_scalar. The derivatives themselves are shared by the backends
+// (unary_derivative in core/elementwise_math.h; the CPU loop is in core/cpu/cpu_unary.cpp).
 #include "autograd/gradcheck.h"
 #include "autograd/op_registry.h"
 #include "autograd/ops.h"

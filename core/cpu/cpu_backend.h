@@ -1,7 +1,23 @@
-// The CPU backend: Eigen GEMMs, OpenMP loops over the 2 cores. Each method's
-// contract is in core/backend.h; the definitions are split by theme:
-// cpu_elementwise.cpp, cpu_gemm.cpp, cpu_nn.cpp, cpu_misc.cpp.
+// The CPU backend: OpenMP loops over the machine's cores; GEMMs by oneDNN, OpenBLAS or Eigen,
+// whichever gemm_select.h chooses for this machine. Each method's contract is in
+// core/backend.h; the definitions are split by theme:
+//   cpu_elementwise.cpp  copies, fills, binary ops with broadcasting, reductions
+//   cpu_unary.cpp        unary ops and their derivatives
+//   cpu_memory.cpp       the caching allocator
+//   cpu_gemm.cpp         the GEMM's split over the cores (gemm_kernel.h: one product)
+//   gemm_libs.cpp/.h     the candidate libraries as one-thread products
+//   gemm_select.cpp/.h   which library: forced, cached or calibrated
+//   openblas_loader.cpp  OpenBLAS, opened with dlopen on first use
+//   blas_buffers.cpp     OpenBLAS's work buffers, mapped up front
+//   onednn_bf16.cpp      bf16 x bf16 -> f32 products through oneDNN's matmul
+//   cpu_attention.cpp    fused multi-head attention
+//   cpu_nn.cpp           softmax, LayerNorm, fused cross-entropy
+//   cpu_misc.cpp         random fills, patch extraction, row gather/scatter, fused AdamW
+//   cpu_info.cpp/.h      cpuid: what the CPU is and which instruction sets it enables
+//   strided.h            walking strided N-d operands
 #pragma once
+#include <type_traits>
+
 #include "core/backend.h"
 
 namespace dg::cpu {
@@ -59,5 +75,11 @@ void float_dispatch(DType t, const char* op, F&& f) {
   if (t == DType::F64) return f(static_cast<double*>(nullptr));
   throw Error(str(op, ": expected f32 or f64, got ", dtype_name(t)));
 }
+
+// `DG_FLOAT_T(dtype, "op") body });` runs body with T = float or double: float_dispatch with
+// the lambda's opening written once, for the kernels whose whole body is one dispatch.
+#define DG_FLOAT_T(t, op)                  \
+  float_dispatch(t, op, [&](auto* tag) { \
+    using T = std::remove_pointer_t<decltype(tag)>;
 
 }  // namespace dg::cpu

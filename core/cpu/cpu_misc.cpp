@@ -6,10 +6,6 @@
 
 namespace dg::cpu {
 
-#define DG_FLOAT_T(t, op)  \
-  float_dispatch(t, op, [&](auto* tag) { \
-    using T = std::remove_pointer_t<decltype(tag)>;
-
 void CpuBackend::random_uniform(const Tensor& out, uint64_t seed, uint64_t offset, double lo, double hi) {
   DG_FLOAT_T(out.dtype(), "random_uniform")
     T* p = out.data<T>();

@@ -7,10 +7,6 @@
 
 namespace dg::cpu {
 
-#define DG_FLOAT_T(t, op)  \
-  float_dispatch(t, op, [&](auto* tag) { \
-    using T = std::remove_pointer_t<decltype(tag)>;
-
 void CpuBackend::softmax(const Tensor& x, int64_t rows, int64_t n, bool log, const Tensor& out) {
   DG_FLOAT_T(x.dtype(), "softmax")
     const T* xp = x.data<T>();

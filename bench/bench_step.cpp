@@ -9,9 +9,11 @@
 // Linear), adapter_plus, vpt_deep (10 prompts). CPU memory is read from /proc/self/status:
 // rss_base_mb before the model exists, rss_peak_mb the high-water mark after the timed steps
 // (so step_mb = peak - base is the model, its state and the step's working memory).
+// Under bench/perf_share.py (DG_PERF_CTL=ctl_fifo,ack_fifo) perf samples the timed steps only.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 
@@ -72,6 +74,31 @@ static double proc_status_mb(const char* key) {
   return -1;
 }
 
+// perf record --control: "enable" / "disable" around the timed steps, so the profile that
+// bench/perf_share.py classifies holds no set-up (model init, calibration, warm-up).
+class PerfControl {
+ public:
+  PerfControl() {
+    const char* spec = std::getenv("DG_PERF_CTL");
+    if (!spec || !*spec) return;
+    const std::string s(spec);
+    const size_t comma = s.find(',');
+    if (comma == std::string::npos) throw Error(str("DG_PERF_CTL='", s, "': expected CTL_FIFO,ACK_FIFO"));
+    ctl_.open(s.substr(0, comma));
+    ack_.open(s.substr(comma + 1));
+    if (!ctl_ || !ack_) throw Error(str("DG_PERF_CTL='", s, "': cannot open the fifos"));
+  }
+  void send(const char* cmd) {
+    if (!ctl_.is_open()) return;
+    ctl_ << cmd << std::endl;
+    std::string reply;
+    std::getline(ack_, reply);  // perf answers "ack" once the events are switched
+  }
+ private:
+  std::ofstream ctl_;
+  std::ifstream ack_;
+};
+
 int main(int argc, char** argv) {
   try {
     cli::Args a = cli::parse_args(argc, argv, 1, {"model", "method", "batch", "device", "steps", "warmup", "threads", "gemm", "precision"}, {"tf32", "recompute"});
@@ -121,11 +148,14 @@ int main(int argc, char** argv) {
     if (dev == Device::CUDA) cuda::reset_peak();
     std::vector<double> ms;
     cpu::reset_kernel_time();
+    PerfControl perf;
+    perf.send("enable");
     for (int64_t i = 0; i < steps; ++i) {
       auto t0 = std::chrono::steady_clock::now();
       step();
       ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
+    perf.send("disable");
     double total_ms = 0;
     for (double v : ms) total_ms += v;
     const cpu::KernelTime kt = cpu::kernel_time();  // CPU only: the CUDA backend does not add to it

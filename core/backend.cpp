@@ -40,6 +40,19 @@ namespace dg {
 void Backend::attention(const Tensor&, int64_t, double, const Tensor&, const Tensor&) {
   throw Error(str("attention: the ", name(), " backend has no fused attention kernel"));
 }
+void Backend::layernorm_backward_from_output(const Tensor& y, const Tensor& w, const Tensor& b, const Tensor& rstd,
+                                             const Tensor& gy, int64_t rows, int64_t n, const Tensor& gx,
+                                             const Tensor& gw, const Tensor& gb) {
+  const Shape rn{rows, n};
+  Tensor x = Tensor::empty(rn, y.dtype(), y.device());
+  copy(view::reshape(y, rn), x);
+  if (b.defined()) binary(BinaryOp::Sub, x, view::expand(b, rn), x);
+  if (w.defined()) binary(BinaryOp::Div, x, view::expand(w, rn), x);
+  binary(BinaryOp::Div, x, view::expand(view::reshape(rstd, {rows, 1}), rn), x);  // x' = h / rstd
+  Tensor mean = Tensor::empty({rows}, y.dtype(), y.device());
+  fill(mean, 0.0);
+  layernorm_backward(x, gx.defined() ? w : Tensor(), mean, rstd, gy, rows, n, gx, gw, gb);
+}
 void Backend::attention_backward(const Tensor&, const Tensor&, const Tensor&, int64_t, double, const Tensor&) {
   throw Error(str("attention backward: the ", name(), " backend has no fused attention kernel"));
 }

@@ -100,6 +100,14 @@ struct Backend {
   virtual void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
                                   const Tensor& gy, int64_t rows, int64_t n, const Tensor& gx,
                                   const Tensor& gw, const Tensor& gb) = 0;
+  // The same backward where the op kept its output y = h * w + b instead of x (the memory
+  // variant in autograd/ops/layer_norm.cpp): the normalised input is rebuilt as h = (y - b) / w
+  // (w, b may be undefined). w is also dh's factor when gx is defined. The default rebuilds
+  // x' = h / rstd with mean 0 through binary() and runs layernorm_backward (three extra passes
+  // over [rows, n]); the CPU does it inside its one backward pass.
+  virtual void layernorm_backward_from_output(const Tensor& y, const Tensor& w, const Tensor& b, const Tensor& rstd,
+                                              const Tensor& gy, int64_t rows, int64_t n, const Tensor& gx,
+                                              const Tensor& gw, const Tensor& gb);
 
   // Fused log-softmax + NLL with label smoothing. logits [rows, C], labels I64 [rows].
   // loss [rows] per row; lse [rows] saved for backward. Label < 0 means "ignore" (loss 0).

@@ -5,6 +5,9 @@
 // structural ones (zeros outside a slice, frozen concat inputs, repeated indices).
 #include <cmath>
 #include <string>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
@@ -121,6 +124,69 @@ TEST_CASE("ops forward: layer_norm rows have mean 0 and variance 1, then w and b
   const std::string msg = error_of([&] { layer_norm(x, randf({D + 1}, 5), Tensor(), 1e-5); });
   CHECK(has(msg, "layer_norm: weight"));
   CHECK(has(msg, "expected [32]"));
+}
+
+// The backward kernels of LayerNorm, at the backend: the fused "from the output" pass (the memory
+// variant: h = (y - b) / w rebuilt inside the pass) equals the input path and the backend's
+// composed default, and dw, db (threads split the columns) are the serial sums bit for bit.
+TEST_CASE("layer_norm backward kernels: from the output = from the input = the default, any thread count") {
+  const int64_t rows = 300, n = 192;  // rows * n above the kernels' threshold for threads
+  Backend& be = backend(Device::CPU);
+  Tensor x = randn64({rows, n}, 41, false), w = add_scalar(randn64({n}, 42, false), 2.0),
+         b = randn64({n}, 43, false), gy = randn64({rows, n}, 44, false);
+  Tensor y = Tensor::empty({rows, n}, DType::F64), mean = Tensor::empty({rows}, DType::F64),
+         rstd = Tensor::empty({rows}, DType::F64);
+  be.layernorm(x, w, b, rows, n, 1e-5, y, mean, rstd);
+  struct Grads { Tensor gx, gw, gb; };
+  auto fresh = [&] {
+    return Grads{Tensor::empty({rows, n}, DType::F64), Tensor::zeros({n}, DType::F64), Tensor::zeros({n}, DType::F64)};
+  };
+  Grads in = fresh(), out = fresh(), composed = fresh();
+  be.layernorm_backward(x, w, mean, rstd, gy, rows, n, in.gx, in.gw, in.gb);
+  be.layernorm_backward_from_output(y, w, b, rstd, gy, rows, n, out.gx, out.gw, out.gb);
+  be.Backend::layernorm_backward_from_output(y, w, b, rstd, gy, rows, n, composed.gx, composed.gw, composed.gb);
+  // the reference in plain double loops
+  std::vector<double> xv = x.to_vector(), wv = w.to_vector(), gv = gy.to_vector(), gw_ref(size_t(n), 0.0),
+                      gb_ref(size_t(n), 0.0), gx_ref(size_t(rows * n));
+  for (int64_t r = 0; r < rows; ++r) {
+    double m = 0, v = 0, s1 = 0, s2 = 0;
+    for (int64_t j = 0; j < n; ++j) m += xv[size_t(r * n + j)] / double(n);
+    for (int64_t j = 0; j < n; ++j) v += (xv[size_t(r * n + j)] - m) * (xv[size_t(r * n + j)] - m) / double(n);
+    const double rs = 1 / std::sqrt(v + 1e-5);
+    for (int64_t j = 0; j < n; ++j) {
+      const double h = (xv[size_t(r * n + j)] - m) * rs, g = gv[size_t(r * n + j)];
+      gw_ref[size_t(j)] += g * h, gb_ref[size_t(j)] += g;
+      s1 += g * wv[size_t(j)] / double(n), s2 += g * wv[size_t(j)] * h / double(n);
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const double h = (xv[size_t(r * n + j)] - m) * rs;
+      gx_ref[size_t(r * n + j)] = rs * (gv[size_t(r * n + j)] * wv[size_t(j)] - s1 - h * s2);
+    }
+  }
+  auto worst = [](const Tensor& t, const std::vector<double>& ref) {
+    const std::vector<double> v = t.to_vector();
+    double e = 0;
+    for (size_t i = 0; i < v.size(); ++i) e = std::max(e, std::abs(v[i] - ref[i]) / (1 + std::abs(ref[i])));
+    return e;
+  };
+  for (const Grads* g : {&in, &out, &composed}) {
+    CHECK(worst(g->gx, gx_ref) < 1e-11);
+    CHECK(worst(g->gw, gw_ref) < 1e-11);
+    CHECK(worst(g->gb, gb_ref) < 1e-11);
+  }
+#ifdef _OPENMP
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  Grads serial = fresh();
+  be.layernorm_backward_from_output(y, w, b, rstd, gy, rows, n, serial.gx, serial.gw, serial.gb);
+  omp_set_num_threads(3);  // a split that does not divide n evenly
+  Grads three = fresh();
+  be.layernorm_backward_from_output(y, w, b, rstd, gy, rows, n, three.gx, three.gw, three.gb);
+  omp_set_num_threads(threads);
+  CHECK(serial.gw.to_vector() == three.gw.to_vector());
+  CHECK(serial.gb.to_vector() == three.gb.to_vector());
+  CHECK(serial.gx.to_vector() == three.gx.to_vector());
+#endif
 }
 
 TEST_CASE("ops forward: cross_entropy equals the hand-computed mean NLL") {

@@ -21,15 +21,15 @@ namespace dg {
 
 static const OpDef kLayerNorm("layer_norm");
 
-// The backward kernel on x and mean as saved or as recovered; w is passed only when x wants a gradient.
-static std::vector<Tensor> layer_norm_backward(Record& r, const Tensor& x, const Tensor& mean, const Tensor& w,
-                                               const Tensor& gy, int64_t rows, int64_t n) {
-  const Tensor& rstd = r.saved_tensor("rstd");
+// The gradients of x, w and b, allocated where wanted, filled by one of the backend's two
+// backward kernels (`run`); like: x or y, whose shape and dtype the input gradient has.
+template <class Kernel>
+static std::vector<Tensor> layer_norm_grads(Record& r, const Tensor& like, int64_t n, Kernel run) {
   std::vector<Tensor> g(3);
-  if (r.needs_grad(0)) g[0] = Tensor::empty(x.shape(), x.dtype(), x.device());
-  if (r.needs_grad(1)) g[1] = Tensor::zeros({n}, x.dtype(), x.device());
-  if (r.needs_grad(2)) g[2] = Tensor::zeros({n}, x.dtype(), x.device());
-  backend_of(x).layernorm_backward(x, r.needs_grad(0) ? w : Tensor(), mean, rstd, gy, rows, n, g[0], g[1], g[2]);
+  if (r.needs_grad(0)) g[0] = Tensor::empty(like.shape(), like.dtype(), like.device());
+  if (r.needs_grad(1)) g[1] = Tensor::zeros({n}, like.dtype(), like.device());
+  if (r.needs_grad(2)) g[2] = Tensor::zeros({n}, like.dtype(), like.device());
+  run(g);
   if (g[0].defined()) g[0] = view::reshape(g[0], r.in_shapes[0]);
   return g;
 }
@@ -44,7 +44,11 @@ static void save_input_for_backward(Record& r, const Tensor& xc, const Tensor& m
   r.backward = [rows, n](Record& r, const Tensor& gy) {
     const bool has_w = !r.in_shapes[1].empty();
     const Tensor w = has_w && r.needs_grad(0) ? r.saved_tensor("w") : Tensor();
-    return layer_norm_backward(r, r.saved_tensor("x"), r.saved_tensor("mean"), w, gy, rows, n);
+    const Tensor x = r.saved_tensor("x");
+    return layer_norm_grads(r, x, n, [&](std::vector<Tensor>& g) {
+      backend_of(x).layernorm_backward(x, w, r.saved_tensor("mean"), r.saved_tensor("rstd"), gy, rows, n, g[0], g[1],
+                                       g[2]);
+    });
   };
 }
 
@@ -75,12 +79,11 @@ static void save_output_for_backward(Record& r, const Tensor& y, const Tensor& r
   r.backward = [rows, n](Record& r, const Tensor& gy) {
     const bool has_w = !r.in_shapes[1].empty();
     const Tensor w = has_w ? r.saved_tensor("w") : Tensor();
-    // x' = h / rstd with mean' = 0: the kernel's (x' - mean') * rstd is h again.
-    Tensor h = view::reshape(r.saved_tensor("y"), {rows, n});
-    if (!r.in_shapes[2].empty()) h = sub(h, r.saved_tensor("b"));
-    if (has_w) h = div(h, w);
-    const Tensor x = div(h, view::reshape(r.saved_tensor("rstd"), {rows, 1}));
-    return layer_norm_backward(r, x, Tensor::zeros({rows}, x.dtype(), x.device()), w, gy, rows, n);
+    const Tensor y = r.saved_tensor("y"), b = r.in_shapes[2].empty() ? Tensor() : r.saved_tensor("b");
+    return layer_norm_grads(r, y, n, [&](std::vector<Tensor>& g) {
+      // h = (y - b) / w inside the backend's backward pass
+      backend_of(y).layernorm_backward_from_output(y, w, b, r.saved_tensor("rstd"), gy, rows, n, g[0], g[1], g[2]);
+    });
   };
 }
 

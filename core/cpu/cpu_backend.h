@@ -46,6 +46,9 @@ struct CpuBackend final : Backend {
   void layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
                           const Tensor& gy, int64_t rows, int64_t n, const Tensor& gx, const Tensor& gw,
                           const Tensor& gb) override;
+  void layernorm_backward_from_output(const Tensor& y, const Tensor& w, const Tensor& b, const Tensor& rstd,
+                                      const Tensor& gy, int64_t rows, int64_t n, const Tensor& gx, const Tensor& gw,
+                                      const Tensor& gb) override;
   void cross_entropy(const Tensor& logits, const Tensor& labels, double smoothing, const Tensor& loss,
                      const Tensor& lse) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Tensor& lse,

@@ -1,4 +1,4 @@
-// CPU: softmax, LayerNorm and fused cross-entropy, forward and backward.
+// CPU: softmax and fused cross-entropy, forward and backward (LayerNorm: cpu_layernorm.cpp).
 // Row statistics accumulate in double-free fashion in T; f64 runs use double throughout.
 #include <cmath>
 #include <limits>
@@ -51,78 +51,6 @@ void CpuBackend::softmax_backward(const Tensor& y, const Tensor& gy, int64_t row
         T s = 0;
         for (int64_t i = 0; i < n; ++i) s += gr[i] * yr[i];
         for (int64_t i = 0; i < n; ++i) orow[i] = yr[i] * (gr[i] - s);
-      }
-    }
-  });
-}
-
-void CpuBackend::layernorm(const Tensor& x, const Tensor& w, const Tensor& b, int64_t rows, int64_t n,
-                           double eps, const Tensor& y, const Tensor& mean, const Tensor& rstd) {
-  DG_FLOAT_T(x.dtype(), "layernorm")
-    const T* xp = x.data<T>();
-    const T* wp = w.defined() ? w.data<T>() : nullptr;
-    const T* bp = b.defined() ? b.data<T>() : nullptr;
-    T *yp = y.data<T>(), *mp = mean.data<T>(), *rp = rstd.data<T>();
-#pragma omp parallel for if (rows * n > 32768)
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* xr = xp + r * n;
-      T* yr = yp + r * n;
-      T m = 0;
-      for (int64_t i = 0; i < n; ++i) m += xr[i];
-      m /= T(n);
-      T var = 0;
-      for (int64_t i = 0; i < n; ++i) var += (xr[i] - m) * (xr[i] - m);
-      var /= T(n);
-      T rs = T(1) / std::sqrt(var + T(eps));
-      mp[r] = m;
-      rp[r] = rs;
-      for (int64_t i = 0; i < n; ++i) {
-        T h = (xr[i] - m) * rs;
-        yr[i] = h * (wp ? wp[i] : T(1)) + (bp ? bp[i] : T(0));
-      }
-    }
-  });
-}
-
-void CpuBackend::layernorm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
-                                    const Tensor& gy, int64_t rows, int64_t n, const Tensor& gx,
-                                    const Tensor& gw, const Tensor& gb) {
-  DG_FLOAT_T(x.dtype(), "layernorm_backward")
-    const T *xp = x.data<T>(), *mp = mean.data<T>(), *rp = rstd.data<T>(), *g = gy.data<T>();
-    const T* wp = w.defined() ? w.data<T>() : nullptr;
-    T* gxp = gx.defined() ? gx.data<T>() : nullptr;
-    // dx = rstd * (dh - mean(dh) - h * mean(dh * h)), dh = gy * w
-    if (gxp) {
-#pragma omp parallel for if (rows * n > 32768)
-      for (int64_t r = 0; r < rows; ++r) {
-        const T *xr = xp + r * n, *gr = g + r * n;
-        const T m = mp[r], rs = rp[r];
-        T s1 = 0, s2 = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          T dh = gr[i] * (wp ? wp[i] : T(1));
-          s1 += dh;
-          s2 += dh * (xr[i] - m) * rs;
-        }
-        s1 /= T(n);
-        s2 /= T(n);
-        T* o = gxp + r * n;
-        for (int64_t i = 0; i < n; ++i) {
-          T dh = gr[i] * (wp ? wp[i] : T(1));
-          o[i] = rs * (dh - s1 - (xr[i] - m) * rs * s2);
-        }
-      }
-    }
-    // gw += sum_r gy * h, gb += sum_r gy (serial over rows: accumulation order is fixed)
-    if (gw.defined() || gb.defined()) {
-      T* gwp = gw.defined() ? gw.data<T>() : nullptr;
-      T* gbp = gb.defined() ? gb.data<T>() : nullptr;
-      for (int64_t r = 0; r < rows; ++r) {
-        const T *xr = xp + r * n, *gr = g + r * n;
-        const T m = mp[r], rs = rp[r];
-        if (gwp)
-          for (int64_t i = 0; i < n; ++i) gwp[i] += gr[i] * (xr[i] - m) * rs;
-        if (gbp)
-          for (int64_t i = 0; i < n; ++i) gbp[i] += gr[i];
       }
     }
   });

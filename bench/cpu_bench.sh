@@ -7,6 +7,7 @@
 #   bash bench/cpu_bench.sh                 # all configs and methods (about 40 min on 2 cores)
 #   CONFIGS="vit_mnist_28:128" METHODS="lora full" ROUNDS=1 bash bench/cpu_bench.sh
 #   PRECISION=bf16 VENV=/path/to/venv ... (bf16 autocast on both sides; a PyTorch venv made elsewhere)
+#   MARCH=keep ... (measure build/ as configured instead of reconfiguring it with -Dmarch=native)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # This workplace sets these for old OpenBLAS builds; they slow a current one (and oneDNN's
@@ -28,7 +29,8 @@ PRECISION=${PRECISION:-f32}
 [ -x build/bench/bench_step ] || bash scripts/build.sh
 # The bench measures this CPU's full instruction set (AVX-512 where present), as before the build's
 # portable default (-Dmarch=x86-64-v3); --reconfigure also teaches an older build dir the option.
-meson setup --reconfigure build -Dmarch=native >/dev/null
+# MARCH=keep measures build/ as it is configured (the product's default, x86-64-v3, unless changed).
+[ "${MARCH:-native}" = keep ] || meson setup --reconfigure build -Dmarch="${MARCH:-native}" >/dev/null
 ninja -C build bench/bench_step bench/gemm_bench tools/deltagrad >/dev/null
 VENV=${VENV:-.venv-bench}  # VENV=path uses an existing one
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
@@ -90,4 +92,19 @@ for cfg in $CONFIGS; do
     done
   done
 done
+# Where deltagrad's step spends its CPU time (bench/perf_share.py), one run per method and config
+# (CPU samples: on a busy machine a descheduled partner thread shows as OpenMP waits; measure quiet),
+# where perf is installed and allowed (Debian: linux-perf); PERF=0 skips it.
+if [ "${PERF:-1}" = 1 ] && perf stat -e cpu-clock true >/dev/null 2>&1; then
+  for cfg in $CONFIGS; do
+    model=${cfg%%:*} batch=${cfg##*:}
+    for method in $METHODS; do
+      args=(--model "$model" --method "$method" --batch "$batch" --device cpu --steps "$STEPS" --warmup 2 --threads "$THREADS")
+      [ "$PRECISION" = f32 ] || args+=(--precision "$PRECISION")
+      python3 bench/perf_share.py -- "${args[@]}" | tee -a "$out" || echo "cpu_bench: perf_share failed for $model $method"
+    done
+  done
+else
+  echo "cpu_bench: perf not available (apt-get install linux-perf; PERF=0 skips): no GEMM share from samples"
+fi
 python3 bench/cpu_table.py "$out" | tee "bench/results/cpu-$stamp.md"

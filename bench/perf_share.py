@@ -24,11 +24,14 @@ KINDS = [
     ("attention (softmax, dS)", re.compile(r"attention_|softmax_rows")),
     ("elementwise binary", re.compile(r"::binary|BinaryOp")),
     ("elementwise unary (GELU ...)", re.compile(r"unary")),
-    ("layer norm", re.compile(r"layernorm")),
+    ("layer norm", re.compile(r"layernorm|HFromOutput|HFromInput")),
     ("copies", re.compile(r"copy_typed|memcpy|memmove|copy")),
     ("reductions", re.compile(r"reduce|sum_")),
     ("optimizer", re.compile(r"adamw|AdamW|optim")),
 ]
+
+
+REST_ORDER = [name for name, _ in KINDS] + ["OpenMP runtime (waits, barriers)", "kernel (page faults, scheduling)", "other"]
 
 
 def classify(dso, sym):
@@ -77,7 +80,7 @@ def main():
     out = {"perf_share": 1, "model": step["model"], "method": step["method"], "batch": step["batch"],
            "threads": step["threads"], "cpu_gemm": step.get("cpu_gemm"), "ms_median": step["ms_median"],
            "gemm": round(shares.pop("gemm", 0.0), 4),
-           "rest": {k: round(v, 4) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
+           "rest": {k: round(shares.get(k, 0.0), 4) for k in REST_ORDER},
            "top_not_gemm": {k: round(v, 4) for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:10]}}
     print(json.dumps(out))
 

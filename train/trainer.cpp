@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <tuple>
 
 #include "autograd/autocast.h"
@@ -28,15 +27,23 @@ namespace fs = std::filesystem;
 static std::atomic<bool> g_stop{false};
 void Trainer::request_stop() { g_stop = true; }
 
+// Every key of the run config, listed once: to_json and run_config_from_json both walk it.
+template <class Config, class Visit>
+static void visit_keys(Config& c, Visit&& v) {
+  v("model_config", c.model_config), v("model", c.model), v("peft", c.peft), v("data", c.data);
+  v("epochs", c.epochs), v("batch", c.batch), v("lr", c.lr), v("weight_decay", c.weight_decay);
+  v("min_lr", c.min_lr), v("label_smoothing", c.label_smoothing), v("clip_grad", c.clip_grad);
+  v("warmup_steps", c.warmup_steps), v("augment", c.augment), v("pad", c.pad), v("hflip", c.hflip);
+  v("seed", c.seed), v("device", c.device), v("out", c.out), v("max_steps", c.max_steps);
+  v("checkpoint_every", c.checkpoint_every), v("checkpoint_minutes", c.checkpoint_minutes);
+  v("eval_every", c.eval_every), v("log_every", c.log_every), v("quiet", c.quiet);
+  v("recompute_mlp", c.recompute_mlp), v("precision", c.precision);
+}
+
 json to_json(const RunConfig& c) {
-  return {{"model_config", c.model_config}, {"model", c.model}, {"peft", c.peft}, {"data", c.data},
-          {"epochs", c.epochs}, {"batch", c.batch}, {"lr", c.lr}, {"weight_decay", c.weight_decay},
-          {"min_lr", c.min_lr}, {"label_smoothing", c.label_smoothing}, {"clip_grad", c.clip_grad},
-          {"warmup_steps", c.warmup_steps}, {"augment", c.augment}, {"pad", c.pad}, {"hflip", c.hflip}, {"seed", c.seed},
-          {"device", c.device}, {"out", c.out}, {"max_steps", c.max_steps},
-          {"checkpoint_every", c.checkpoint_every}, {"checkpoint_minutes", c.checkpoint_minutes},
-          {"eval_every", c.eval_every}, {"log_every", c.log_every}, {"quiet", c.quiet},
-          {"recompute_mlp", c.recompute_mlp}, {"precision", c.precision}};
+  json j = json::object();
+  visit_keys(c, [&](const char* key, const auto& field) { j[key] = field; });
+  return j;
 }
 
 RunConfig run_config_from_json(const json& j) {
@@ -53,15 +60,7 @@ RunConfig run_config_from_json(const json& j) {
   }
   RunConfig c;
   try {
-    c.model_config = base["model_config"], c.model = base["model"], c.peft = base["peft"], c.data = base["data"];
-    c.epochs = base["epochs"], c.batch = base["batch"], c.lr = base["lr"], c.weight_decay = base["weight_decay"];
-    c.min_lr = base["min_lr"], c.label_smoothing = base["label_smoothing"], c.clip_grad = base["clip_grad"];
-    c.warmup_steps = base["warmup_steps"], c.pad = base["pad"], c.hflip = base["hflip"], c.seed = base["seed"];
-    c.device = base["device"], c.out = base["out"], c.max_steps = base["max_steps"],
-    c.checkpoint_every = base["checkpoint_every"], c.checkpoint_minutes = base["checkpoint_minutes"];
-    c.eval_every = base["eval_every"], c.log_every = base["log_every"], c.quiet = base["quiet"];
-    c.recompute_mlp = base["recompute_mlp"];
-    c.precision = base["precision"], c.augment = base["augment"];
+    visit_keys(c, [&](const char* key, auto& field) { field = base[key].get<std::decay_t<decltype(field)>>(); });
   } catch (const json::exception& e) {
     throw Error(str("run config: ", e.what()));
   }
@@ -304,10 +303,7 @@ void check_finite_gradients(const nn::NamedTensors& params, int64_t epoch, int64
     }
 }
 
-TrainResult Trainer::fit(bool resume) {
-  fs::create_directories(cfg_.out);
-  RunDirLock lock(cfg_.out);  // one writer per run dir, for the whole call
-  const std::string ckpt = cfg_.out + "/checkpoint.safetensors";
+data::LoaderOptions Trainer::train_loader_options() const {
   const nn::ViTConfig& mc = model_->cfg;
   data::LoaderOptions lo;
   lo.batch = cfg_.batch, lo.shuffle = true, lo.pad = cfg_.pad, lo.hflip = cfg_.hflip, lo.seed = cfg_.seed;
@@ -318,7 +314,57 @@ TrainResult Trainer::fit(bool resume) {
     lo.random_resized_crop = true, lo.pad = 0, lo.hflip = true;
     lo.interpolation = data::parse_interpolation(mc.interpolation, "model config");
   }
-  data::DataLoader loader(train_set_, lo);
+  return lo;
+}
+
+// Trainable parameters, counted as the report does: a masked tensor counts its unmasked entries.
+int64_t Trainer::trainable_count(const nn::NamedTensors& params) const {
+  int64_t n = 0;
+  for (auto& [name, p] : params) {
+    auto it = peft_->masks().find(name);
+    if (it == peft_->masks().end()) n += p.numel();
+    else for (double v : it->second.to_vector()) n += v != 0;
+  }
+  return n;
+}
+
+// The finished run's outputs: the delta file and the curves of the whole run (resumed parts
+// included: the log holds the rows a resume kept).
+void Trainer::write_outputs(const MetricsHistory& h, int64_t spe) const {
+  peft_->save(cfg_.out + "/deltas.safetensors");
+  std::string title = cfg_.data;
+  if (cfg_.peft.contains("deltas") && cfg_.peft["deltas"].is_array() && !cfg_.peft["deltas"].empty())
+    title = cfg_.peft["deltas"][0].value("method", std::string("?")) + " on " + title;
+  write_curves_svg(cfg_.out + "/curves.svg", h.step_losses, h.epochs, spe, title);
+  write_curves_png(cfg_.out + "/curves.png", h.step_losses, h.epochs, spe, title);
+}
+
+// One optimisation step on batch `b`: forward, loss, backward, the NaN/Inf checks, clipping and
+// the AdamW update. Returns the loss; adds the batch's correct predictions to `correct`.
+double Trainer::train_step(const data::Batch& b, nn::Optimizer& opt, const nn::NamedTensors& params, int64_t epoch,
+                           int64_t step, const std::string& last_good, int64_t& correct) {
+  const Device dev = cfg_.device == "cuda" ? Device::CUDA : Device::CPU;
+  Tensor logits = peft_->forward(b.images.to(dev));
+  Tensor loss = cross_entropy(logits, b.labels.to(dev), cfg_.label_smoothing);
+  const double lv = loss.item();
+  DG_CHECK(std::isfinite(lv), "training stopped: the loss is ", lv, " at epoch ", epoch + 1, " step ", step, " (",
+           last_good, ")");
+  backward(loss);
+  peft_->mask_gradients();
+  check_finite_gradients(params, epoch, step, last_good);
+  if (cfg_.clip_grad > 0) nn::clip_grad_norm(params, cfg_.clip_grad);
+  opt.step();
+  opt.zero_grad();
+  std::vector<double> pred = argmax(logits, 1).to_vector(), lab = b.labels.to_vector();
+  for (size_t i = 0; i < pred.size(); ++i) correct += pred[i] == lab[i];
+  return lv;
+}
+
+TrainResult Trainer::fit(bool resume) {
+  fs::create_directories(cfg_.out);
+  RunDirLock lock(cfg_.out);  // one writer per run dir, for the whole call
+  const std::string ckpt = cfg_.out + "/checkpoint.safetensors";
+  data::DataLoader loader(train_set_, train_loader_options());
   const int64_t spe = loader.batches_per_epoch(), total = spe * cfg_.epochs;
   auto params = peft_->trainable_parameters();
   nn::AdamW opt(params, cfg_.lr, cfg_.weight_decay);
@@ -339,15 +385,9 @@ TrainResult Trainer::fit(bool resume) {
   write_file_atomic(cfg_.out + "/run_config.json", to_json(cfg_).dump(2) + "\n");
   // output index -> class name (also in the delta file's model config)
   write_file_atomic(cfg_.out + "/class_names.json", nlohmann::json(model_->cfg.class_names).dump(1) + "\n");
-  res.trainable_params = 0;
-  for (auto& [n, p] : params) {
-    auto it = peft_->masks().find(n);
-    if (it == peft_->masks().end()) res.trainable_params += p.numel();
-    else for (double v : it->second.to_vector()) res.trainable_params += v != 0;
-  }
+  res.trainable_params = trainable_count(params);
   res.total_params = peft_->base_parameter_count();
   MetricsLog csv(cfg_.out + "/metrics.csv", resume ? &pos : nullptr, spe);
-  Device dev = cfg_.device == "cuda" ? Device::CUDA : Device::CPU;
   const auto t0 = std::chrono::steady_clock::now();
   auto last_ckpt = t0;
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
@@ -384,26 +424,14 @@ TrainResult Trainer::fit(bool resume) {
     double ips = 0;
     for (int64_t step = resumed ? pos.step : 0; step < spe; ++step) {
       data::Batch b = loader.next();
-      const int64_t gstep = epoch * spe + step;
+      const int64_t gstep = epoch * spe + step, n = b.labels.numel();
       const double lr = nn::cosine_lr(gstep, total, cfg_.lr, cfg_.warmup_steps, cfg_.min_lr);
       opt.set_lr(lr);
-      Tensor logits = peft_->forward(b.images.to(dev));
-      Tensor loss = cross_entropy(logits, b.labels.to(dev), cfg_.label_smoothing);
-      const double lv = loss.item();
-      DG_CHECK(std::isfinite(lv), "training stopped: the loss is ", lv, " at epoch ", epoch + 1, " step ", step, " (",
-               last_good, ")");
-      backward(loss);
-      peft_->mask_gradients();
-      check_finite_gradients(params, epoch, step, last_good);
-      if (cfg_.clip_grad > 0) nn::clip_grad_norm(params, cfg_.clip_grad);
-      opt.step();
-      opt.zero_grad();
-      std::vector<double> pred = argmax(logits, 1).to_vector(), lab = b.labels.to_vector();
-      for (size_t i = 0; i < pred.size(); ++i) correct += pred[i] == lab[i];
-      seen += int64_t(pred.size()), seen_here += int64_t(pred.size());
-      loss_sum += lv * double(pred.size());
+      const double lv = train_step(b, opt, params, epoch, step, last_good, correct);
+      seen += n, seen_here += n;
+      loss_sum += lv * double(n);
       res.step_losses.push_back(lv);
-      csv.add(str("step,", epoch + 1, ",", gstep, ",", lv, ",,", lr, ","));
+      csv.add_step(epoch + 1, gstep, lv, lr);
       const auto now = std::chrono::steady_clock::now();
       ips = double(seen_here) / std::max(std::chrono::duration<double>(now - te).count(), 1e-9);
       const double eta = double(total - gstep - 1) * double(cfg_.batch) / std::max(ips, 1e-9);
@@ -422,14 +450,13 @@ TrainResult Trainer::fit(bool resume) {
         checkpoint(here);
     }
     const bool do_eval = (epoch + 1) % std::max<int64_t>(cfg_.eval_every, 1) == 0 || epoch + 1 == cfg_.epochs;
+    const nn::ViTConfig& mc = model_->cfg;
     EpochResult er{epoch + 1, loss_sum / double(std::max<int64_t>(seen, 1)),
                    double(correct) / double(std::max<int64_t>(seen, 1)),
                    do_eval ? evaluate(*model_, val_set_, mc.mean, mc.std) : -1.0};
     res.epochs.push_back(er);
     // the lr of the epoch's last step (not opt.lr(): a run resumed at the epoch's end has set none)
-    const double last_lr = nn::cosine_lr((epoch + 1) * spe - 1, total, cfg_.lr, cfg_.warmup_steps, cfg_.min_lr);
-    csv.add(str("epoch,", er.epoch, ",", (epoch + 1) * spe, ",", er.train_loss, ",", er.train_acc, ",", last_lr, ",",
-                do_eval ? str(er.val_acc) : std::string()));  // empty: not evaluated
+    csv.add_epoch(er, (epoch + 1) * spe, nn::cosine_lr((epoch + 1) * spe - 1, total, cfg_.lr, cfg_.warmup_steps, cfg_.min_lr));
     if (!cfg_.quiet) {
       progress(cfg_, epoch, spe, spe, er.train_loss, er.train_acc, ips, 0, true);
       if (do_eval)
@@ -440,26 +467,7 @@ TrainResult Trainer::fit(bool resume) {
   }
   csv.flush();
   res.seconds = elapsed(), res.total_seconds = pos.seconds + res.seconds;
-  peft_->save(cfg_.out + "/deltas.safetensors");
-  // The curves of the whole run, resumed parts included: from metrics.csv.
-  std::vector<double> all_losses;
-  std::vector<EpochResult> all_epochs;
-  std::ifstream in(cfg_.out + "/metrics.csv");
-  for (std::string line; std::getline(in, line);) {
-    std::vector<std::string> f;
-    size_t s = 0, e;
-    while ((e = line.find(',', s)) != std::string::npos) f.push_back(line.substr(s, e - s)), s = e + 1;
-    f.push_back(line.substr(s));
-    if (f.size() != 7) continue;
-    if (f[0] == "step") all_losses.push_back(std::stod(f[3]));
-    if (f[0] == "epoch")
-      all_epochs.push_back({std::stoll(f[1]), std::stod(f[3]), std::stod(f[4]), f[6].empty() ? -1.0 : std::stod(f[6])});
-  }
-  std::string title = cfg_.data;
-  if (cfg_.peft.contains("deltas") && cfg_.peft["deltas"].is_array() && !cfg_.peft["deltas"].empty())
-    title = cfg_.peft["deltas"][0].value("method", std::string("?")) + " on " + title;
-  write_curves_svg(cfg_.out + "/curves.svg", all_losses, all_epochs, spe, title);
-  write_curves_png(cfg_.out + "/curves.png", all_losses, all_epochs, spe, title);
+  write_outputs(csv.history(), spe);
   return res;
 }
 

@@ -47,10 +47,6 @@ struct RunConfig {
 RunConfig run_config_from_json(const nlohmann::json& j);
 nlohmann::json to_json(const RunConfig& c);
 
-struct EpochResult {
-  int64_t epoch;
-  double train_loss, train_acc, val_acc;
-};
 
 struct TrainResult {
   std::vector<EpochResult> epochs;
@@ -96,6 +92,11 @@ class Trainer {
   std::string base_identity_, base_hash_;  // of the base weights as loaded, before any step
   RunPosition load_checkpoint(const std::string& path, nn::Optimizer& opt, int64_t steps_per_epoch) const;
   void save_checkpoint(const std::string& path, nn::Optimizer& opt, const RunPosition& pos) const;
+  data::LoaderOptions train_loader_options() const;
+  int64_t trainable_count(const nn::NamedTensors& params) const;
+  double train_step(const data::Batch& b, nn::Optimizer& opt, const nn::NamedTensors& params, int64_t epoch,
+                    int64_t step, const std::string& last_good, int64_t& correct);
+  void write_outputs(const MetricsHistory& history, int64_t steps_per_epoch) const;
 };
 
 // Load the data a spec names: (train, val) sets; for Fashion-MNIST val is the test split of the

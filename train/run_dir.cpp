@@ -167,13 +167,21 @@ void MetricsLog::add(const std::string& row) {
   }
 }
 
+// A loss with 9 significant digits: a float's value, so two runs' logs compare to 1e-7, not
+// to the 6 digits of a stream's default.
+static std::string loss_text(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+
 void MetricsLog::add_step(int64_t epoch, int64_t gstep, double loss, double lr) {
-  add(str("step,", epoch, ",", gstep, ",", loss, ",,", lr, ","));
+  add(str("step,", epoch, ",", gstep, ",", loss_text(loss), ",,", lr, ","));
   history_.step_losses.push_back(loss);
 }
 
 void MetricsLog::add_epoch(const EpochResult& e, int64_t gstep, double lr) {
-  add(str("epoch,", e.epoch, ",", gstep, ",", e.train_loss, ",", e.train_acc, ",", lr, ",",
+  add(str("epoch,", e.epoch, ",", gstep, ",", loss_text(e.train_loss), ",", e.train_acc, ",", lr, ",",
           e.val_acc >= 0 ? str(e.val_acc) : std::string()));  // empty: not evaluated
   history_.epochs.push_back(e);
 }

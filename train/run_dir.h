@@ -56,7 +56,7 @@ struct MetricsHistory {
   std::vector<EpochResult> epochs;
 };
 
-// metrics.csv: a header, then "step,epoch,global_step,loss,,lr," per step and
+// metrics.csv: a header, then "step,epoch,global_step,loss,,lr," per step (losses with 9 digits) and
 // "epoch,epoch,global_step,train_loss,train_acc,lr,val_acc" per epoch. Rows are buffered and
 // written (and fsynced) by flush(), which the trainer calls before every checkpoint, so every
 // row before a checkpoint's position is on disk when the checkpoint is. A write error (a full

@@ -21,7 +21,14 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo '{"deltas": [{"name": "lora", "method": "lora", "r": 8, "lora_alpha": 8, "target_modules": ["blocks.*.attn.qkv"]}], "trainable": ["head.*"]}' > "$work/lora.json"
 args="train --model-config vit_mnist_28 --peft $work/lora.json --data fashion-mnist:classes=5-9:n=1000 --batch 64 --epochs $EPOCHS --seed 0 --augment pad-crop"
-secs() { sed -n 's/^done in \([0-9.]*\)s.*/\1/p' "$1"; }
+secs() { sed -n 's/^done in \([0-9.]*\)s.*/\1/p' "$1" | head -1; }
+# CPU seconds (user + system) of one process, start-up and data loading included: on a busy machine
+# the wall time says little, the CPU time per rank still shows each rank doing half the work
+cputime() { python3 -c 'import resource, subprocess, sys
+rc = subprocess.run(sys.argv[1:]).returncode
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"cpu {r.ru_utime + r.ru_stime:.2f}", file=sys.stderr); sys.exit(rc)' "$@"; }
+export -f cputime
 mkdir -p bench/results
 out=bench/results/dist-$(date -u +%Y-%m-%d).md
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
@@ -30,15 +37,16 @@ cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
   echo
   echo "vit_mnist_28 + LoRA r=8 (qkv) + head, 1000 images, global batch 64, $EPOCHS epoch(s) + evaluation of 5000 images; seconds of training (the trainer's 'done in')"
   echo
-  echo "| round | 1 process x 1 thread | 2 ranks x 1 thread | speed-up |"
-  echo "|---|---:|---:|---:|"
+  echo "| round | 1 process x 1 thread: training s | 2 ranks x 1 thread: training s | speed-up | CPU s, 1 process | CPU s per rank (2 ranks) |"
+  echo "|---|---:|---:|---:|---:|---:|"
 } > "$out"
 for r in $(seq 1 "$ROUNDS"); do
   rm -rf "$work/one" "$work/two"
-  OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $CLI $args --out "$work/one" --quiet > "$work/one.log" 2>&1
-  $MPIRUN -np 2 $CLI $args --out "$work/two" > "$work/two.log" 2>&1
+  OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 cputime $CLI $args --out "$work/one" --quiet > "$work/one.log" 2>&1
+  $MPIRUN -np 2 bash -c 'cputime "$@"' _ $CLI $args --out "$work/two" > "$work/two.log" 2>&1
   a=$(secs "$work/one.log"); b=$(secs "$work/two.log")
-  echo "| $r | $a s | $b s | $(python3 -c "print(f'{$a/$b:.2f}x')") |" | tee -a "$out"
+  ca=$(sed -n 's/^cpu //p' "$work/one.log"); cb=$(sed -n 's/^cpu //p' "$work/two.log" | paste -sd/)
+  echo "| $r | $a | $b | $(python3 -c "print(f'{$a/$b:.2f}x')") | $ca | $cb |" | tee -a "$out"
 done
 grep -m1 '^data parallel' "$work/two.log" | sed 's/^/trainer: /' | tee -a "$out"
 {

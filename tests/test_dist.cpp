@@ -2,7 +2,8 @@
 // one process at the same global batch, a bad file on one rank ends both ranks with its message,
 // and a run resumes on another number of ranks. Needs a build with MPI and mpirun on PATH
 // (libopenmpi-dev, openmpi-bin); skips with one line otherwise. The NCCL comm's 1-rank all-reduce
-// runs where a GPU is present.
+// runs where a GPU is present. The batch sharding and the gradient bucket are tested in one process
+// (every build).
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,9 +17,11 @@
 
 #include "core/comm.h"
 #include "core/safetensors.h"
+#include "data/loader.h"
 #include "cuda/cuda_api.h"
 #include "tests/test_util.h"
 #include "tests/train_util.h"
+#include "train/grad_bucket.h"
 
 using namespace dg;
 using nlohmann::json;
@@ -208,4 +211,60 @@ TEST_CASE("dist: NCCL all-reduce on one GPU (one rank)") {
   for (size_t i = 0; i < v.size(); ++i) worst = std::max(worst, std::abs(back[i] - double(v[i])));
   CHECK(worst == 0);
   MESSAGE("NCCL 1-rank all-reduce of " << v.size() << " floats on " << cuda::device_name() << ": exact");
+}
+
+TEST_CASE("dist: the shards of a global batch are its slices, in order, with the same crops and flips") {
+  data::ImageSet set;
+  const int64_t N = 23;
+  std::vector<float> px(size_t(N * 8 * 8));
+  for (size_t i = 0; i < px.size(); ++i) px[i] = float((i * 7919) % 101) / 100.f;
+  set.images = Tensor::from_vector(px, {N, 1, 8, 8});
+  std::vector<int64_t> lab(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N; ++i) lab[size_t(i)] = i % 3;
+  set.labels = Tensor::from_vector(lab, {N});
+  set.num_classes = 3;
+  data::LoaderOptions o;
+  o.batch = 7, o.shuffle = true, o.pad = 2, o.hflip = true, o.seed = 11;
+  data::DataLoader whole(set, o);
+  for (int64_t shards : {2, 3}) {
+    std::vector<std::unique_ptr<data::DataLoader>> parts;
+    for (int64_t r = 0; r < shards; ++r) {
+      data::LoaderOptions p = o;
+      p.shard = r, p.shards = shards;
+      parts.push_back(std::make_unique<data::DataLoader>(set, p));
+      CHECK(parts.back()->batches_per_epoch() == whole.batches_per_epoch());
+    }
+    for (int64_t epoch : {0, 1})
+      for (int64_t step = 0; step < whole.batches_per_epoch(); ++step) {  // the last global batch holds 2
+        const data::Batch all = whole.make_batch(epoch, step);
+        std::vector<double> images, labels;
+        for (auto& part : parts) {
+          const data::Batch b = part->make_batch(epoch, step);
+          CHECK(b.global_size == all.labels.numel());
+          for (double v : b.images.to_vector()) images.push_back(v);
+          for (double v : b.labels.to_vector()) labels.push_back(v);
+        }
+        CHECK(images == all.images.to_vector());
+        CHECK(labels == all.labels.to_vector());
+      }
+  }
+  data::LoaderOptions bad = o;
+  bad.shard = 2, bad.shards = 2;
+  CHECK_THROWS_WITH_AS(data::DataLoader(set, bad), doctest::Contains("shard 2 of 2"), Error);
+}
+
+TEST_CASE("dist: the gradient bucket weights, sums and restores every trainable gradient") {
+  Tensor a = Tensor::from_vector(std::vector<float>{1, -2, 3, 4}, {2, 2}), b = Tensor::zeros({3});
+  a.set_requires_grad(true), b.set_requires_grad(true);
+  a.impl()->grad = Tensor::from_vector(std::vector<float>{0.5f, 1, -1, 2}, {2, 2}).impl_ptr();
+  const nn::NamedTensors params{{"a", a}, {"b", b}};  // b has no gradient (no sample reached it)
+  train::GradientBucket bucket(params, Device::CPU);
+  CHECK(bucket.floats() == 7);
+  CHECK(bucket.bytes() == 28);
+  CHECK(train::GradientBucket::bytes_for(params) == 28);
+  bucket.all_reduce(params, world(), 0.25);  // one rank: the sum is this rank's weighted gradient
+  CHECK(a.grad().to_vector() == std::vector<double>{0.125, 0.25, -0.25, 0.5});
+  REQUIRE(b.grad().defined());
+  CHECK(b.grad().to_vector() == std::vector<double>{0, 0, 0});
+  CHECK(a.to_vector() == std::vector<double>{1, -2, 3, 4});  // the parameters are untouched
 }

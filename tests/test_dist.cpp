@@ -167,6 +167,19 @@ TEST_CASE("dist: a bad file on one rank ends every rank with its message, withou
   CHECK(!fs::exists(s.dir / "run" / "deltas.safetensors"));
 }
 
+TEST_CASE("dist: ranks started with different run configs stop at the start, naming the difference") {
+  if (const std::string why = mpi_missing(); !why.empty()) return test::skip(why);
+  const Setup s = make_setup("mismatch");
+  const std::string run = train_args(s, s.dir / "run");
+  const Ran r = sh(mpirun(60) + "-np 1 " + kCli + run + " --lr 0.01 : -np 1 " + kCli + run + " --lr 0.02", s.dir / "log");
+  INFO(r.out);
+  CHECK(r.code != 0);
+  CHECK(r.code != 124);
+  CHECK(r.out.find("rank 1 was started with another run than rank 0: lr is 0.02 here, 0.01 on rank 0") !=
+        std::string::npos);
+  CHECK(!fs::exists(s.dir / "run" / "metrics.csv"));  // stopped before rank 0 wrote anything
+}
+
 TEST_CASE("dist: a run resumes on another number of ranks (2 -> 1 -> 2) and ends as the uninterrupted run") {
   if (const std::string why = mpi_missing(); !why.empty()) return test::skip(why);
   const Setup whole = make_setup("resume_ref"), s = make_setup("resume", 9);  // 9 steps per process

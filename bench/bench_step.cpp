@@ -31,6 +31,7 @@
 #include "nn/optim.h"
 #include "peft/peft_model.h"
 #include "tools/args.h"
+#include "train/grad_bucket.h"
 
 using namespace dg;
 using nlohmann::json;
@@ -171,6 +172,8 @@ int main(int argc, char** argv) {
                 {"recompute", a.has("recompute")}, {"ms_median", med}, {"ms_min", ms.front()}, {"ms_max", ms.back()}, {"img_per_s", 1000.0 * double(B) / med},
                 {"peak_mb", dev == Device::CUDA ? double(cuda::peak_bytes()) / 1048576.0 : rss_peak - rss_base},
                 {"rss_base_mb", rss_base}, {"rss_peak_mb", rss_peak},
+                // what a data-parallel step sums across ranks: every trainable gradient (train/grad_bucket.h)
+                {"allreduce_bytes", train::GradientBucket::bytes_for(pm.trainable_parameters())},
                 {"gflops", flops / (med * 1e-3) / 1e9}, {"tflops", flops / (med * 1e-3) / 1e12}};
     std::printf("%s\n", out.dump().c_str());
     return 0;

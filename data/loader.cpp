@@ -11,6 +11,8 @@ DataLoader::DataLoader(const ImageSet& set, const LoaderOptions& opt) : set_(set
   DG_CHECK(opt.batch >= 1, "DataLoader: batch must be >= 1, got ", opt.batch);
   DG_CHECK(opt.pad >= 0, "DataLoader: pad must be >= 0, got ", opt.pad);
   DG_CHECK(opt.prefetch >= 1, "DataLoader: prefetch must be >= 1, got ", opt.prefetch);
+  DG_CHECK(opt.shards >= 1 && opt.shard >= 0 && opt.shard < opt.shards, "DataLoader: shard ", opt.shard, " of ",
+           opt.shards, " is not one of 0..shards-1");
   DG_CHECK(set.images.defined() && set.images.dim() == 4 && set.images.dtype() == DType::F32 &&
                set.images.device() == Device::CPU,
            "DataLoader: images must be F32 [N, C, H, W] on the CPU, got ",
@@ -52,11 +54,13 @@ Batch DataLoader::make_batch(int64_t epoch, int64_t step, const std::vector<int6
   const int64_t N = set_.size(), b0 = step * opt_.batch;
   DG_CHECK(epoch >= 0 && step >= 0 && step < batches_per_epoch(), "DataLoader: (epoch ", epoch, ", step ", step,
            ") is outside 0..", batches_per_epoch() - 1, " steps per epoch");
-  const int64_t B = std::min(opt_.batch, N - b0);
+  const int64_t G = std::min(opt_.batch, N - b0);  // the global batch; this shard's slice of it:
+  const int64_t first = b0 + G * opt_.shard / opt_.shards, B = b0 + G * (opt_.shard + 1) / opt_.shards - first;
   const int64_t C = set_.images.size(1), H = set_.images.size(2), W = set_.images.size(3), per = C * H * W;
   Batch out;
   out.epoch = epoch;
   out.step = step;
+  out.global_size = G;
   out.images = Tensor::empty({B, C, H, W});
   std::vector<int64_t> lab(static_cast<size_t>(B));
   const float* src = set_.images.data<float>();
@@ -65,7 +69,7 @@ Batch DataLoader::make_batch(int64_t epoch, int64_t step, const std::vector<int6
   std::vector<float> crop, resized;  // random-resized-crop's buffers, reused across the batch
   DecodedImage original;
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t i = idx[size_t(b0 + b)];
+    const int64_t i = idx[size_t(first + b)];
     lab[size_t(b)] = sl[i];
     // Per-sample randomness from (seed, epoch, sample index): independent of batch size,
     // of timing and of where a resumed run started.

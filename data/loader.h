@@ -26,6 +26,9 @@ struct LoaderOptions {
   Interpolation interpolation = Interpolation::Bilinear;
   std::vector<double> mean = {0.5}, std = {0.5};  // per channel (one value broadcasts)
   uint64_t seed = 0;
+  // Data parallel: this process takes the `shard`-th of `shards` contiguous slices of every
+  // (global) batch of `batch` samples; the union of the shards is the one-process batch, in order.
+  int64_t shard = 0, shards = 1;
   int64_t prefetch = 3;  // batches prepared ahead (the queue's bound)
 };
 
@@ -33,6 +36,7 @@ struct Batch {
   Tensor images;  // F32 [B, C, H, W], normalised
   Tensor labels;  // I64 [B]
   int64_t epoch = 0, step = 0;
+  int64_t global_size = 0;  // the samples of the whole (all shards') batch; B is this shard's
 };
 
 // Usage: DataLoader dl(set, opt); dl.start(epoch, step); then dl.next() forever (epochs roll

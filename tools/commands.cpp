@@ -11,6 +11,7 @@
 #include "autograd/autocast.h"
 #include "autograd/ops.h"
 #include "autograd/tape.h"
+#include "core/comm.h"
 #include "core/random.h"
 #include "core/safetensors.h"
 #include "core/user_files.h"
@@ -60,7 +61,10 @@ int cmd_train(int argc, char** argv) {
       "  Every option is also a key of the run config JSON (saved as RUN_DIR/run_config.json).\n"
       "  RUN_DIR is locked while a run writes it: a second run on it is refused.\n"
       "  Ctrl-C stops after the current step with a checkpoint; --resume RUN_DIR continues that run in place,\n"
-      "  exactly, after checking that base weights, model, PEFT config, data and batch are the same.\n";
+      "  exactly, after checking that base weights, model, PEFT config, data and batch are the same.\n"
+      "  Data parallel: mpirun -np N deltagrad train ... (one process per GPU with --device cuda) splits every\n"
+      "  global batch of B over the N ranks and sums the trainable gradients each step (MPI for CPU tensors,\n"
+      "  NCCL for CUDA ones); the log equals one process's, rank 0 writes RUN_DIR, and a failing rank ends all.\n";
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2,
                       {"model-config", "model", "peft", "data", "epochs", "batch", "lr", "weight-decay", "warmup", "seed",
@@ -100,15 +104,18 @@ int cmd_train(int argc, char** argv) {
   if (a.has("checkpoint-every")) rc["checkpoint_every"] = a.integer("checkpoint-every", 0, 0);
   if (a.has("checkpoint-minutes")) rc["checkpoint_minutes"] = a.num("checkpoint-minutes", 0);
   if (!a.has("resume") && !a.has("config") && !a.has("data")) throw UsageError("missing required option --data");
+  // Under mpirun (or a cluster launcher) this starts MPI: from here on a failure on one rank
+  // ends every rank (main's error path), never leaving the others waiting.
+  const bool lead = world().rank() == 0;
   train::RunConfig cfg = train::run_config_from_json(rc);
   nn::ViTConfig mc = nn::load_vit_config(cfg.model_config);
   auto [tr, va] = train::load_data(cfg.data, mc, cfg.seed);
   train::Trainer t(cfg, tr, va);
-  std::printf("%s", t.peft().report().c_str());
+  if (lead) std::printf("%s", t.peft().report().c_str());
   std::signal(SIGINT, on_sigint);
   train::TrainResult r = t.fit(a.has("resume"));
   std::signal(SIGINT, SIG_DFL);
-  if (!r.epochs.empty())
+  if (!r.epochs.empty() && lead)
     std::printf("done in %.1fs: val acc %.2f%%; run dir %s\n", r.seconds, 100 * r.epochs.back().val_acc, cfg.out.c_str());
   return r.interrupted ? 130 : 0;
 }

@@ -13,6 +13,7 @@
 #include <string>
 #include <system_error>
 
+#include "core/comm.h"
 #include "core/cpu/cpu_info.h"
 #include "core/cpu/gemm_kernel.h"
 #include "core/error.h"
@@ -181,6 +182,11 @@ int main(int argc, char** argv) {
   ::on_exit(on_library_exit, nullptr);
 #endif
   const int code = run(argc, argv);
+  // Data parallel (train under mpirun): a rank that failed (its message is printed) ends every
+  // rank, which may be waiting in a collective for it; a clean end finalises MPI on each rank.
+  if (dg::Comm* w = dg::world_if_started(); w && w->size() > 1 && code != 0 && code != 130)
+    w->abort_all(dg::str("deltagrad ", g_cmd, ": rank ", w->rank(), " failed (exit status ", code, ")"), code);
+  dg::finalize_world();
 #if defined(__SANITIZE_ADDRESS__)
   return code;  // LeakSanitizer checks at a normal exit (and no memory limit runs under ASan)
 #else

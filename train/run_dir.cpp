@@ -88,7 +88,8 @@ RunDirLock::~RunDirLock() {
 
 // ---- metrics.csv -----------------------------------------------------------------------
 
-std::string metrics_rows_before(const std::string& text, const RunPosition& pos, int64_t spe, int64_t* dropped) {
+std::string metrics_rows_before(const std::string& text, const RunPosition& pos, int64_t spe, int64_t* dropped,
+                                MetricsHistory* kept) {
   std::string out = std::string(MetricsLog::kHeader) + "\n";
   int64_t n_dropped = 0, next_step = 0, next_epoch = 1;
   size_t at = 0;
@@ -120,6 +121,13 @@ std::string metrics_rows_before(const std::string& text, const RunPosition& pos,
     if (epoch_ok) ++next_epoch;
     if (step_ok || epoch_ok) out += line + "\n";
     else ++n_dropped;
+    try {
+      if (kept && step_ok) kept->step_losses.push_back(std::stod(f[3]));
+      if (kept && epoch_ok)
+        kept->epochs.push_back({epoch1, std::stod(f[3]), std::stod(f[4]), f[6].empty() ? -1.0 : std::stod(f[6])});
+    } catch (const std::exception&) {
+      throw Error(str("metrics.csv: row '", line, "' has a value that is not a number"));
+    }
   }
   if (dropped) *dropped = n_dropped;
   return out;
@@ -131,7 +139,7 @@ MetricsLog::MetricsLog(const std::string& path, const RunPosition* resume_at, in
     std::ifstream in(path, std::ios::binary);
     const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     int64_t dropped = 0;
-    start = metrics_rows_before(text, *resume_at, spe, &dropped);
+    start = metrics_rows_before(text, *resume_at, spe, &dropped, &history_);
     if (dropped > 0)
       std::fprintf(stderr, "deltagrad: '%s': %lld row(s) after the checkpoint or incomplete removed\n", path.c_str(),
                    (long long)dropped);
@@ -157,6 +165,25 @@ void MetricsLog::add(const std::string& row) {
     write_all(fd_, pending_, path_);
     pending_.clear();
   }
+}
+
+// A loss with 9 significant digits: a float's value, so two runs' logs compare to 1e-7, not
+// to the 6 digits of a stream's default.
+static std::string loss_text(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+
+void MetricsLog::add_step(int64_t epoch, int64_t gstep, double loss, double lr) {
+  add(str("step,", epoch, ",", gstep, ",", loss_text(loss), ",,", lr, ","));
+  history_.step_losses.push_back(loss);
+}
+
+void MetricsLog::add_epoch(const EpochResult& e, int64_t gstep, double lr) {
+  add(str("epoch,", e.epoch, ",", gstep, ",", loss_text(e.train_loss), ",", e.train_acc, ",", lr, ",",
+          e.val_acc >= 0 ? str(e.val_acc) : std::string()));  // empty: not evaluated
+  history_.epochs.push_back(e);
 }
 
 void MetricsLog::flush() {

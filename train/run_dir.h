@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -41,7 +42,21 @@ struct RunPosition {
   int64_t global_step(int64_t steps_per_epoch) const { return epoch * steps_per_epoch + step; }
 };
 
-// metrics.csv: a header, then "step,epoch,global_step,loss,,lr," per step and
+// One epoch's summary: its mean training loss and accuracy, and the validation accuracy
+// (-1 when the epoch was not evaluated).
+struct EpochResult {
+  int64_t epoch;
+  double train_loss, train_acc, val_acc;
+};
+
+// What a run logged so far, in memory: every step's loss and every epoch's summary (the
+// curves are drawn from it, resumed parts included).
+struct MetricsHistory {
+  std::vector<double> step_losses;
+  std::vector<EpochResult> epochs;
+};
+
+// metrics.csv: a header, then "step,epoch,global_step,loss,,lr," per step (losses with 9 digits) and
 // "epoch,epoch,global_step,train_loss,train_acc,lr,val_acc" per epoch. Rows are buffered and
 // written (and fsynced) by flush(), which the trainer calls before every checkpoint, so every
 // row before a checkpoint's position is on disk when the checkpoint is. A write error (a full
@@ -57,19 +72,25 @@ class MetricsLog {
   ~MetricsLog();
   MetricsLog(const MetricsLog&) = delete;
   MetricsLog& operator=(const MetricsLog&) = delete;
-  void add(const std::string& row);  // without the newline
+  void add_step(int64_t epoch, int64_t global_step, double loss, double lr);  // epoch 1-based
+  void add_epoch(const EpochResult& e, int64_t global_step, double lr);     // val_acc < 0: not evaluated
   void flush();
+  // The rows kept at a resume and every row added since.
+  const MetricsHistory& history() const { return history_; }
 
  private:
   std::string path_, pending_;
+  MetricsHistory history_;
+  void add(const std::string& row);  // without the newline
   int fd_ = -1;
 };
 
 // The rows of a metrics.csv text that come before `pos`: the header, step rows with a global
 // step below the position's, epoch rows of epochs already summarised. `dropped` counts the
-// lines left out (incomplete or after the position). Pure, for the tests.
+// lines left out (incomplete or after the position); `kept`, when given, receives the kept rows'
+// values. Pure, for the tests.
 std::string metrics_rows_before(const std::string& text, const RunPosition& pos, int64_t steps_per_epoch,
-                                int64_t* dropped = nullptr);
+                                int64_t* dropped = nullptr, MetricsHistory* kept = nullptr);
 
 // A 64-bit content hash of tensors (names, shapes and every value's bytes), hex: which
 // weights a run started from. Cheap enough for any ViT (a multiply-xor per 8 bytes).

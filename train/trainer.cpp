@@ -8,7 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
+#include <optional>
 #include <tuple>
 
 #include "autograd/autocast.h"
@@ -28,15 +28,23 @@ namespace fs = std::filesystem;
 static std::atomic<bool> g_stop{false};
 void Trainer::request_stop() { g_stop = true; }
 
+// Every key of the run config, listed once: to_json and run_config_from_json both walk it.
+template <class Config, class Visit>
+static void visit_keys(Config& c, Visit&& v) {
+  v("model_config", c.model_config), v("model", c.model), v("peft", c.peft), v("data", c.data);
+  v("epochs", c.epochs), v("batch", c.batch), v("lr", c.lr), v("weight_decay", c.weight_decay);
+  v("min_lr", c.min_lr), v("label_smoothing", c.label_smoothing), v("clip_grad", c.clip_grad);
+  v("warmup_steps", c.warmup_steps), v("augment", c.augment), v("pad", c.pad), v("hflip", c.hflip);
+  v("seed", c.seed), v("device", c.device), v("out", c.out), v("max_steps", c.max_steps);
+  v("checkpoint_every", c.checkpoint_every), v("checkpoint_minutes", c.checkpoint_minutes);
+  v("eval_every", c.eval_every), v("log_every", c.log_every), v("quiet", c.quiet);
+  v("recompute_mlp", c.recompute_mlp), v("precision", c.precision);
+}
+
 json to_json(const RunConfig& c) {
-  return {{"model_config", c.model_config}, {"model", c.model}, {"peft", c.peft}, {"data", c.data},
-          {"epochs", c.epochs}, {"batch", c.batch}, {"lr", c.lr}, {"weight_decay", c.weight_decay},
-          {"min_lr", c.min_lr}, {"label_smoothing", c.label_smoothing}, {"clip_grad", c.clip_grad},
-          {"warmup_steps", c.warmup_steps}, {"augment", c.augment}, {"pad", c.pad}, {"hflip", c.hflip}, {"seed", c.seed},
-          {"device", c.device}, {"out", c.out}, {"max_steps", c.max_steps},
-          {"checkpoint_every", c.checkpoint_every}, {"checkpoint_minutes", c.checkpoint_minutes},
-          {"eval_every", c.eval_every}, {"log_every", c.log_every}, {"quiet", c.quiet},
-          {"recompute_mlp", c.recompute_mlp}, {"precision", c.precision}};
+  json j = json::object();
+  visit_keys(c, [&](const char* key, const auto& field) { j[key] = field; });
+  return j;
 }
 
 RunConfig run_config_from_json(const json& j) {
@@ -53,15 +61,7 @@ RunConfig run_config_from_json(const json& j) {
   }
   RunConfig c;
   try {
-    c.model_config = base["model_config"], c.model = base["model"], c.peft = base["peft"], c.data = base["data"];
-    c.epochs = base["epochs"], c.batch = base["batch"], c.lr = base["lr"], c.weight_decay = base["weight_decay"];
-    c.min_lr = base["min_lr"], c.label_smoothing = base["label_smoothing"], c.clip_grad = base["clip_grad"];
-    c.warmup_steps = base["warmup_steps"], c.pad = base["pad"], c.hflip = base["hflip"], c.seed = base["seed"];
-    c.device = base["device"], c.out = base["out"], c.max_steps = base["max_steps"],
-    c.checkpoint_every = base["checkpoint_every"], c.checkpoint_minutes = base["checkpoint_minutes"];
-    c.eval_every = base["eval_every"], c.log_every = base["log_every"], c.quiet = base["quiet"];
-    c.recompute_mlp = base["recompute_mlp"];
-    c.precision = base["precision"], c.augment = base["augment"];
+    visit_keys(c, [&](const char* key, auto& field) { field = base[key].get<std::decay_t<decltype(field)>>(); });
   } catch (const json::exception& e) {
     throw Error(str("run config: ", e.what()));
   }
@@ -134,26 +134,30 @@ std::pair<data::ImageSet, data::ImageSet> load_data(const std::string& spec, con
 }
 
 double evaluate(nn::VisionTransformer& m, const data::ImageSet& set, const std::vector<double>& mean,
-                const std::vector<double>& std, int64_t batch) {
+                const std::vector<double>& std, int64_t batch, Comm* comm) {
   NoGradGuard ng;
   const bool was = m.training();
   m.eval();
   data::LoaderOptions o;
   o.batch = batch, o.shuffle = false, o.mean = mean, o.std = std;
+  if (comm) o.shard = comm->rank(), o.shards = comm->size();  // each rank scores its slice of every batch
   data::DataLoader dl(set, o);
   int64_t correct = 0;
   Device dev = m.pos_embed.device();
   for (int64_t s = 0; s < dl.batches_per_epoch(); ++s) {
     data::Batch b = dl.make_batch(0, s);
+    if (b.labels.numel() == 0) continue;  // a last batch smaller than the ranks: nothing here
     std::vector<double> pred = argmax(m(b.images.to(dev)), 1).to_vector(), lab = b.labels.to_vector();
     for (size_t i = 0; i < pred.size(); ++i) correct += pred[i] == lab[i];
   }
   m.train(was);
-  return double(correct) / double(std::max<int64_t>(set.size(), 1));
+  std::vector<double> total{double(correct)};
+  if (comm) comm->all_reduce_sum(total);
+  return total[0] / double(std::max<int64_t>(set.size(), 1));
 }
 
 Trainer::Trainer(const RunConfig& cfg, const data::ImageSet& tr, const data::ImageSet& va)
-    : cfg_(cfg), train_set_(tr), val_set_(va) {
+    : cfg_(cfg), train_set_(tr), val_set_(va), comm_(&world()) {
   nn::ViTConfig mc = nn::load_vit_config(cfg.model_config);
   DG_CHECK(tr.num_classes > 0, "trainer: the training set has no classes");
   mc.num_classes = tr.num_classes;
@@ -277,9 +281,9 @@ RunPosition Trainer::load_checkpoint(const std::string& path, nn::Optimizer& opt
 }
 
 // One line of progress: a bar on a terminal, plain lines otherwise (CI, pipes).
-static void progress(const RunConfig& c, int64_t epoch, int64_t step, int64_t steps, double loss, double acc,
+static void progress(const RunConfig& c, bool verbose, int64_t epoch, int64_t step, int64_t steps, double loss, double acc,
                      double ips, double eta, bool end) {
-  if (c.quiet) return;
+  if (!verbose) return;
   static const bool tty = ::isatty(1);
   if (tty) {
     const int w = 24, fill = int(double(w) * double(step) / double(steps));
@@ -304,10 +308,7 @@ void check_finite_gradients(const nn::NamedTensors& params, int64_t epoch, int64
     }
 }
 
-TrainResult Trainer::fit(bool resume) {
-  fs::create_directories(cfg_.out);
-  RunDirLock lock(cfg_.out);  // one writer per run dir, for the whole call
-  const std::string ckpt = cfg_.out + "/checkpoint.safetensors";
+data::LoaderOptions Trainer::train_loader_options() const {
   const nn::ViTConfig& mc = model_->cfg;
   data::LoaderOptions lo;
   lo.batch = cfg_.batch, lo.shuffle = true, lo.pad = cfg_.pad, lo.hflip = cfg_.hflip, lo.seed = cfg_.seed;
@@ -318,9 +319,118 @@ TrainResult Trainer::fit(bool resume) {
     lo.random_resized_crop = true, lo.pad = 0, lo.hflip = true;
     lo.interpolation = data::parse_interpolation(mc.interpolation, "model config");
   }
+  return lo;
+}
+
+// Trainable parameters, counted as the report does: a masked tensor counts its unmasked entries.
+int64_t Trainer::trainable_count(const nn::NamedTensors& params) const {
+  int64_t n = 0;
+  for (auto& [name, p] : params) {
+    auto it = peft_->masks().find(name);
+    if (it == peft_->masks().end()) n += p.numel();
+    else for (double v : it->second.to_vector()) n += v != 0;
+  }
+  return n;
+}
+
+// The finished run's outputs: the delta file and the curves of the whole run (resumed parts
+// included: the log holds the rows a resume kept).
+void Trainer::write_outputs(const MetricsHistory& h, int64_t spe) const {
+  peft_->save(cfg_.out + "/deltas.safetensors");
+  std::string title = cfg_.data;
+  if (cfg_.peft.contains("deltas") && cfg_.peft["deltas"].is_array() && !cfg_.peft["deltas"].empty())
+    title = cfg_.peft["deltas"][0].value("method", std::string("?")) + " on " + title;
+  write_curves_svg(cfg_.out + "/curves.svg", h.step_losses, h.epochs, spe, title);
+  write_curves_png(cfg_.out + "/curves.png", h.step_losses, h.epochs, spe, title);
+}
+
+// One optimisation step on this rank's slice of a global batch: forward, loss and backward
+// here, then (data parallel) the gradients and the batch's loss and hits summed over the
+// ranks, then the NaN/Inf checks, clipping and the AdamW update, identical on every rank.
+Trainer::StepTotals Trainer::train_step(const data::Batch& b, nn::Optimizer& opt, const nn::NamedTensors& params,
+                                        int64_t epoch, int64_t step, const std::string& last_good, bool stop) {
+  const Device dev = cfg_.device == "cuda" ? Device::CUDA : Device::CPU;
+  const int64_t n = b.labels.numel();
+  double lv = 0, correct = 0;
+  if (n > 0) {  // a last batch smaller than the ranks leaves some with nothing: they add zeros
+    Tensor logits = peft_->forward(b.images.to(dev));
+    Tensor loss = cross_entropy(logits, b.labels.to(dev), cfg_.label_smoothing);
+    lv = loss.item();
+    if (std::isfinite(lv)) backward(loss);  // a NaN stops the step below, on every rank
+    std::vector<double> pred = argmax(logits, 1).to_vector(), lab = b.labels.to_vector();
+    for (size_t i = 0; i < pred.size(); ++i) correct += pred[i] == lab[i];
+  }
+  peft_->mask_gradients();
+  StepTotals t{lv, int64_t(correct), n, stop};
+  if (comm_->size() > 1) {
+    // each rank's loss is the mean over its n samples: weighted by n / global, the summed
+    // gradients and loss are the global batch's mean, as one process computes them
+    const double w = double(n) / double(b.global_size);
+    bucket_->all_reduce(params, *grad_comm_, w);
+    std::vector<double> host{lv * w, correct, double(n), stop ? 1.0 : 0.0};
+    comm_->all_reduce_sum(host);
+    t = {host[0], int64_t(host[1]), int64_t(host[2]), host[3] > 0};
+  }
+  DG_CHECK(std::isfinite(t.loss), "training stopped: the loss is ", t.loss, " at epoch ", epoch + 1, " step ", step,
+           " (", last_good, ")");
+  check_finite_gradients(params, epoch, step, last_good);
+  if (cfg_.clip_grad > 0) nn::clip_grad_norm(params, cfg_.clip_grad);
+  opt.step();
+  opt.zero_grad();
+  return t;
+}
+
+// Data parallel: every rank must run the same thing. Rank 0's run config, base weights and
+// data sizes are broadcast and compared; any difference stops every rank, naming it.
+void Trainer::check_same_run_on_every_rank() const {
+  if (comm_->size() == 1) return;
+  json mine = to_json(cfg_);
+  mine["base_weights_hash"] = base_hash_;
+  mine["train_images"] = train_set_.size(), mine["val_images"] = val_set_.size();
+  mine["classes"] = train_set_.num_classes;
+  std::string lead = mine.dump();
+  comm_->broadcast(lead, 0);
+  const json theirs = json::parse(lead);
+  std::string diff;
+  for (auto it = mine.begin(); it != mine.end(); ++it)
+    if (!theirs.contains(it.key()) || theirs[it.key()] != it.value())
+      diff += str(diff.empty() ? "" : "; ", it.key(), " is ", it.value().dump(), " here, ",
+                  theirs.contains(it.key()) ? theirs[it.key()].dump() : std::string("absent"), " on rank 0");
+  std::vector<double> differs{diff.empty() ? 0.0 : 1.0};
+  comm_->all_reduce_sum(differs);
+  DG_CHECK(diff.empty(), "data-parallel run: rank ", comm_->rank(), " was started with another run than rank 0: ", diff);
+  DG_CHECK(differs[0] == 0, "data-parallel run: ", differs[0], " rank(s) were started with another run than rank 0 ",
+           "(their messages name the differences)");
+}
+
+TrainResult Trainer::fit(bool resume) {
+  check_same_run_on_every_rank();
+  // Data parallel, rank 0 alone writes the run dir; the others read its checkpoint to resume.
+  const bool lead = comm_->rank() == 0, verbose = lead && !cfg_.quiet;
+  std::optional<RunDirLock> lock;
+  if (lead) {
+    fs::create_directories(cfg_.out);
+    lock.emplace(cfg_.out);  // one writer per run dir, for the whole call
+  }
+  const std::string ckpt = cfg_.out + "/checkpoint.safetensors";
+  DG_CHECK(cfg_.batch >= comm_->size(), "data-parallel run: --batch ", cfg_.batch, " is the global batch and must be ",
+           "at least the number of ranks (", comm_->size(), ")");
+  data::LoaderOptions lo = train_loader_options();
+  lo.shard = comm_->rank(), lo.shards = comm_->size();
   data::DataLoader loader(train_set_, lo);
   const int64_t spe = loader.batches_per_epoch(), total = spe * cfg_.epochs;
   auto params = peft_->trainable_parameters();
+  if (comm_->size() > 1) {
+    const Device dev = cfg_.device == "cuda" ? Device::CUDA : Device::CPU;
+    if (dev == Device::CUDA && !grad_comm_owned_) grad_comm_owned_ = make_nccl_comm(*comm_);
+    grad_comm_ = dev == Device::CUDA ? grad_comm_owned_.get() : comm_;
+    bucket_ = std::make_unique<GradientBucket>(params, dev);
+    if (verbose)
+      std::printf("data parallel: %d ranks (%s), global batch %lld (%lld per rank); all-reduced per step: %lld "
+                  "trainable gradient floats = %lld bytes in one bucket, + 32 bytes of loss, hits, count and stop flag\n",
+                  comm_->size(), grad_comm_->backend_name().c_str(), (long long)cfg_.batch,
+                  (long long)(cfg_.batch / comm_->size()), (long long)bucket_->floats(), (long long)bucket_->bytes());
+  }
   nn::AdamW opt(params, cfg_.lr, cfg_.weight_decay);
   for (auto& [n, m] : peft_->masks()) opt.set_mask(n, m);
   default_generator().manual_seed(cfg_.seed + 3);
@@ -331,36 +441,35 @@ TrainResult Trainer::fit(bool resume) {
   if (resume) {
     pos = load_checkpoint(ckpt, opt, spe);
     last_good = "the last good checkpoint is " + ckpt;
-    std::printf("resuming %s at epoch %lld/%lld step %lld/%lld: base %s (weights %s), data '%s', batch %lld\n",
+    if (lead)
+      std::printf("resuming %s at epoch %lld/%lld step %lld/%lld: base %s (weights %s), data '%s', batch %lld\n",
                   cfg_.out.c_str(), (long long)std::min(pos.epoch + 1, cfg_.epochs), (long long)cfg_.epochs,
                   (long long)pos.step, (long long)spe, cfg_.model.empty() ? "random init" : cfg_.model.c_str(),
                   base_hash_.c_str(), cfg_.data.c_str(), (long long)cfg_.batch);
   }
-  write_file_atomic(cfg_.out + "/run_config.json", to_json(cfg_).dump(2) + "\n");
-  // output index -> class name (also in the delta file's model config)
-  write_file_atomic(cfg_.out + "/class_names.json", nlohmann::json(model_->cfg.class_names).dump(1) + "\n");
-  res.trainable_params = 0;
-  for (auto& [n, p] : params) {
-    auto it = peft_->masks().find(n);
-    if (it == peft_->masks().end()) res.trainable_params += p.numel();
-    else for (double v : it->second.to_vector()) res.trainable_params += v != 0;
+  if (lead) {
+    write_file_atomic(cfg_.out + "/run_config.json", to_json(cfg_).dump(2) + "\n");
+    // output index -> class name (also in the delta file's model config)
+    write_file_atomic(cfg_.out + "/class_names.json", nlohmann::json(model_->cfg.class_names).dump(1) + "\n");
   }
+  res.trainable_params = trainable_count(params);
   res.total_params = peft_->base_parameter_count();
-  MetricsLog csv(cfg_.out + "/metrics.csv", resume ? &pos : nullptr, spe);
-  Device dev = cfg_.device == "cuda" ? Device::CUDA : Device::CPU;
+  std::optional<MetricsLog> csv;
+  if (lead) csv.emplace(cfg_.out + "/metrics.csv", resume ? &pos : nullptr, spe);
   const auto t0 = std::chrono::steady_clock::now();
   auto last_ckpt = t0;
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   // Rows first, then the checkpoint: every row before a checkpoint's position is on disk
   // when the checkpoint is, and a resume cuts the rows after it.
   auto checkpoint = [&](const RunPosition& at) {
+    if (!lead) return;  // the parameters are the same on every rank
     try {
       check_finite(params, str("training stopped at epoch ", at.epoch + 1, " step ", at.step,
                                ": the parameters are not finite, so no checkpoint was written ("));
     } catch (const Error& e) {
       throw Error(str(e.what(), "; ", last_good, ")"));
     }
-    csv.flush();
+    csv->flush();
     RunPosition timed = at;
     timed.seconds = pos.seconds + elapsed();
     save_checkpoint(ckpt, opt, timed);
@@ -369,7 +478,7 @@ TrainResult Trainer::fit(bool resume) {
   };
   g_stop = false;
   if (pos.epoch < cfg_.epochs) loader.start(pos.epoch + (pos.step == spe), pos.step == spe ? 0 : pos.step);
-  else
+  else if (lead)
     std::printf("%s is already finished (%lld of %lld epochs); its deltas and curves are rewritten from the checkpoint. "
                 "Give --epochs N (more than %lld) to train longer.\n", cfg_.out.c_str(), (long long)pos.epoch,
                 (long long)cfg_.epochs, (long long)pos.epoch);
@@ -387,31 +496,20 @@ TrainResult Trainer::fit(bool resume) {
       const int64_t gstep = epoch * spe + step;
       const double lr = nn::cosine_lr(gstep, total, cfg_.lr, cfg_.warmup_steps, cfg_.min_lr);
       opt.set_lr(lr);
-      Tensor logits = peft_->forward(b.images.to(dev));
-      Tensor loss = cross_entropy(logits, b.labels.to(dev), cfg_.label_smoothing);
-      const double lv = loss.item();
-      DG_CHECK(std::isfinite(lv), "training stopped: the loss is ", lv, " at epoch ", epoch + 1, " step ", step, " (",
-               last_good, ")");
-      backward(loss);
-      peft_->mask_gradients();
-      check_finite_gradients(params, epoch, step, last_good);
-      if (cfg_.clip_grad > 0) nn::clip_grad_norm(params, cfg_.clip_grad);
-      opt.step();
-      opt.zero_grad();
-      std::vector<double> pred = argmax(logits, 1).to_vector(), lab = b.labels.to_vector();
-      for (size_t i = 0; i < pred.size(); ++i) correct += pred[i] == lab[i];
-      seen += int64_t(pred.size()), seen_here += int64_t(pred.size());
-      loss_sum += lv * double(pred.size());
+      const StepTotals st = train_step(b, opt, params, epoch, step, last_good, g_stop);
+      const double lv = st.loss;
+      correct += st.correct, seen += st.samples, seen_here += st.samples;
+      loss_sum += lv * double(st.samples);
       res.step_losses.push_back(lv);
-      csv.add(str("step,", epoch + 1, ",", gstep, ",", lv, ",,", lr, ","));
+      if (csv) csv->add_step(epoch + 1, gstep, lv, lr);
       const auto now = std::chrono::steady_clock::now();
       ips = double(seen_here) / std::max(std::chrono::duration<double>(now - te).count(), 1e-9);
       const double eta = double(total - gstep - 1) * double(cfg_.batch) / std::max(ips, 1e-9);
-      progress(cfg_, epoch, step + 1, spe, loss_sum / double(seen), double(correct) / double(seen), ips, eta, false);
+      progress(cfg_, verbose, epoch, step + 1, spe, loss_sum / double(seen), double(correct) / double(seen), ips, eta, false);
       const RunPosition here{epoch, step + 1, loss_sum, correct, seen};
-      if (g_stop || (cfg_.max_steps > 0 && int64_t(res.step_losses.size()) >= cfg_.max_steps)) {
+      if (st.stop || (cfg_.max_steps > 0 && int64_t(res.step_losses.size()) >= cfg_.max_steps)) {
         checkpoint(here);
-        if (!cfg_.quiet) std::printf("\ninterrupted: checkpoint written to %s\n", ckpt.c_str());
+        if (verbose) std::printf("\ninterrupted: checkpoint written to %s\n", ckpt.c_str());
         res.interrupted = true;
         res.seconds = elapsed(), res.total_seconds = pos.seconds + res.seconds;
         return res;
@@ -422,44 +520,26 @@ TrainResult Trainer::fit(bool resume) {
         checkpoint(here);
     }
     const bool do_eval = (epoch + 1) % std::max<int64_t>(cfg_.eval_every, 1) == 0 || epoch + 1 == cfg_.epochs;
+    const nn::ViTConfig& mc = model_->cfg;
     EpochResult er{epoch + 1, loss_sum / double(std::max<int64_t>(seen, 1)),
                    double(correct) / double(std::max<int64_t>(seen, 1)),
-                   do_eval ? evaluate(*model_, val_set_, mc.mean, mc.std) : -1.0};
+                   do_eval ? evaluate(*model_, val_set_, mc.mean, mc.std, 256, comm_) : -1.0};
     res.epochs.push_back(er);
     // the lr of the epoch's last step (not opt.lr(): a run resumed at the epoch's end has set none)
-    const double last_lr = nn::cosine_lr((epoch + 1) * spe - 1, total, cfg_.lr, cfg_.warmup_steps, cfg_.min_lr);
-    csv.add(str("epoch,", er.epoch, ",", (epoch + 1) * spe, ",", er.train_loss, ",", er.train_acc, ",", last_lr, ",",
-                do_eval ? str(er.val_acc) : std::string()));  // empty: not evaluated
-    if (!cfg_.quiet) {
-      progress(cfg_, epoch, spe, spe, er.train_loss, er.train_acc, ips, 0, true);
+    if (csv) csv->add_epoch(er, (epoch + 1) * spe, nn::cosine_lr((epoch + 1) * spe - 1, total, cfg_.lr, cfg_.warmup_steps, cfg_.min_lr));
+    if (verbose) {
+      progress(cfg_, verbose, epoch, spe, spe, er.train_loss, er.train_acc, ips, 0, true);
       if (do_eval)
         std::printf("epoch %lld: train loss %.4f, train acc %.1f%%, val acc %.2f%%\n", (long long)er.epoch,
                     er.train_loss, 100 * er.train_acc, 100 * er.val_acc);
     }
     checkpoint({epoch + 1, 0, 0, 0, 0});
   }
-  csv.flush();
   res.seconds = elapsed(), res.total_seconds = pos.seconds + res.seconds;
-  peft_->save(cfg_.out + "/deltas.safetensors");
-  // The curves of the whole run, resumed parts included: from metrics.csv.
-  std::vector<double> all_losses;
-  std::vector<EpochResult> all_epochs;
-  std::ifstream in(cfg_.out + "/metrics.csv");
-  for (std::string line; std::getline(in, line);) {
-    std::vector<std::string> f;
-    size_t s = 0, e;
-    while ((e = line.find(',', s)) != std::string::npos) f.push_back(line.substr(s, e - s)), s = e + 1;
-    f.push_back(line.substr(s));
-    if (f.size() != 7) continue;
-    if (f[0] == "step") all_losses.push_back(std::stod(f[3]));
-    if (f[0] == "epoch")
-      all_epochs.push_back({std::stoll(f[1]), std::stod(f[3]), std::stod(f[4]), f[6].empty() ? -1.0 : std::stod(f[6])});
+  if (lead) {
+    csv->flush();
+    write_outputs(csv->history(), spe);
   }
-  std::string title = cfg_.data;
-  if (cfg_.peft.contains("deltas") && cfg_.peft["deltas"].is_array() && !cfg_.peft["deltas"].empty())
-    title = cfg_.peft["deltas"][0].value("method", std::string("?")) + " on " + title;
-  write_curves_svg(cfg_.out + "/curves.svg", all_losses, all_epochs, spe, title);
-  write_curves_png(cfg_.out + "/curves.png", all_losses, all_epochs, spe, title);
   return res;
 }
 

@@ -10,7 +10,9 @@
 #include "data/loader.h"
 #include "nn/optim.h"
 #include "peft/peft_model.h"
+#include "core/comm.h"
 #include "train/figure.h"
+#include "train/grad_bucket.h"
 #include "train/run_dir.h"
 
 namespace dg::train {
@@ -47,10 +49,6 @@ struct RunConfig {
 RunConfig run_config_from_json(const nlohmann::json& j);
 nlohmann::json to_json(const RunConfig& c);
 
-struct EpochResult {
-  int64_t epoch;
-  double train_loss, train_acc, val_acc;
-};
 
 struct TrainResult {
   std::vector<EpochResult> epochs;
@@ -63,8 +61,9 @@ struct TrainResult {
 };
 
 // Accuracy of `model` on a set (eval mode, no gradients), in batches.
+// With `comm` (data parallel), each rank scores its slice of every batch and the hits are summed.
 double evaluate(nn::VisionTransformer& model, const data::ImageSet& set, const std::vector<double>& mean,
-                const std::vector<double>& std, int64_t batch = 256);
+                const std::vector<double>& std, int64_t batch = 256, Comm* comm = nullptr);
 
 // The trainer's NaN/Inf stop for gradients (the loss is checked the same way): throws, naming
 // the tensor, the epoch and step, and `last_good` (which checkpoint still holds the last good
@@ -81,6 +80,12 @@ class Trainer {
   // same base weights, model, PEFT config, data and batch, and holds finite values; the
   // metrics log is cut back to the checkpoint's position, so the finished run dir equals an
   // uninterrupted run's.
+  // Under a launcher (core/comm.h's world(), e.g. mpirun -np N) the run is data parallel: each
+  // rank takes its slice of every global batch of cfg.batch, the trainable gradients and the
+  // batch's loss and hits are summed over the ranks each step, every rank steps the same
+  // optimizer, and rank 0 alone writes the run dir; the log equals one process's. Any number
+  // of ranks resumes any run (positions are global steps). Dropout and drop-path draw from
+  // each rank's generator, so with them the ranks' run equals one process's in distribution only.
   TrainResult fit(bool resume = false);
   nn::VisionTransformer& model() { return *model_; }
   peft::PeftModel& peft() { return *peft_; }
@@ -96,6 +101,24 @@ class Trainer {
   std::string base_identity_, base_hash_;  // of the base weights as loaded, before any step
   RunPosition load_checkpoint(const std::string& path, nn::Optimizer& opt, int64_t steps_per_epoch) const;
   void save_checkpoint(const std::string& path, nn::Optimizer& opt, const RunPosition& pos) const;
+  data::LoaderOptions train_loader_options() const;
+  int64_t trainable_count(const nn::NamedTensors& params) const;
+  // A step's loss (the global batch's mean), hits, samples and "a rank was asked to stop".
+  struct StepTotals {
+    double loss;
+    int64_t correct, samples;
+    bool stop;
+  };
+  StepTotals train_step(const data::Batch& b, nn::Optimizer& opt, const nn::NamedTensors& params, int64_t epoch,
+                        int64_t step, const std::string& last_good, bool stop);
+  void check_same_run_on_every_rank() const;
+  // Data parallel (comm_->size() > 1): the ranks, the comm that sums gradients (comm_ itself
+  // for CPU tensors, NCCL for CUDA ones) and the flat buffer it sums.
+  Comm* comm_;
+  Comm* grad_comm_ = nullptr;
+  std::unique_ptr<Comm> grad_comm_owned_;
+  std::unique_ptr<GradientBucket> bucket_;
+  void write_outputs(const MetricsHistory& history, int64_t steps_per_epoch) const;
 };
 
 // Load the data a spec names: (train, val) sets; for Fashion-MNIST val is the test split of the

@@ -1,0 +1,62 @@
+// The processes of a data-parallel run and the collectives they need: all-reduce (sum, mean),
+// broadcast, barrier, and a way to stop every process with one process's message. It knows
+// tensors and bytes, nothing about models. Implementations: a single process (no library),
+// MPI for CPU tensors and host values (core/cpu/comm_mpi.cpp, built when MPI is found), NCCL
+// for CUDA tensors (cuda/comm_nccl.cu, built with CUDA when nccl.h is found; its unique id is
+// broadcast over the host comm).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace dg {
+
+class Comm {
+ public:
+  virtual ~Comm() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string backend_name() const = 0;  // "single", "mpi", "nccl"
+  // In-place element-wise sum over the ranks of a contiguous F32 tensor that every rank passes
+  // with the same shape (on the device the implementation serves).
+  virtual void all_reduce_sum(Tensor& t) = 0;
+  // The same for host values (metrics, flags): summed in f64.
+  virtual void all_reduce_sum(std::vector<double>& values) = 0;
+  // Rank `root`'s bytes to every rank (the others' `bytes` are replaced, whatever their size).
+  virtual void broadcast(std::string& bytes, int root) = 0;
+  virtual void barrier() = 0;
+  // Print `message` (naming this rank) on stderr and end every rank with exit status `code`:
+  // for the programs that launch runs (the CLI), when one rank fails while the others may be
+  // waiting in a collective. A single process just exits.
+  [[noreturn]] virtual void abort_all(const std::string& message, int code) = 0;
+  // The mean over ranks: the sum, divided by size().
+  void all_reduce_mean(Tensor& t);
+};
+
+// The processes this program was started with. Under a launcher (mpirun / a cluster launcher
+// setting Open MPI's OMPI_COMM_WORLD_SIZE or PMI's PMI_SIZE / PMIX_RANK) MPI is initialised on
+// the first call and finalised at exit; without one it is a single process and no MPI call is
+// made. A launcher of more than one process with a build that has no MPI throws.
+Comm& world();
+// Ends MPI if world() started it (a normal end of every rank; MPI wants it before exit).
+void finalize_world();
+// world() if something called it already (the CLI's error path asks), else nullptr.
+Comm* world_if_started();
+// The launcher's process count from the environment (1 when none): no MPI call.
+int launcher_size();
+bool mpi_built();
+bool nccl_built();
+// A comm over the same ranks as `host` for CUDA tensors on this process's GPU, through NCCL;
+// NCCL's unique id is made on rank 0 and broadcast over `host`. Throws when NCCL is not built.
+std::unique_ptr<Comm> make_nccl_comm(Comm& host);
+
+// What the MPI and NCCL implementations provide (core/cpu/comm_mpi.cpp, cuda/comm_nccl.cu; or
+// core/comm.cpp's "not built" answers).
+namespace detail {
+std::unique_ptr<Comm> make_mpi_world();
+std::unique_ptr<Comm> make_nccl(Comm& host);
+}  // namespace detail
+
+}  // namespace dg

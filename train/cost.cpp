@@ -183,17 +183,25 @@ CostLedger cost_ledger(peft::PeftModel& pm, const CostOptions& o) {
       const std::vector<Record>& recs = tape().records();
       L.records = recs.size();
       std::set<BufferKey> seen;
+      int64_t saved_activations = 0;
       for (const Record& r : recs)
         for (const SavedTensor& s : r.saved) {
           if (!s.t.defined() || !seen.insert(key_of(s.t)).second) continue;
           if (param_storages.count(s.t.impl()->storage.get())) L.saved_param_bytes += int64_t(s.t.nbytes());
-          else row_of_scope(r.scope).activation_bytes += int64_t(s.t.nbytes());
+          else row_of_scope(r.scope).activation_bytes += int64_t(s.t.nbytes()), saved_activations += int64_t(s.t.nbytes());
         }
       L.measured_held_bytes = int64_t(tape().held_bytes());
       int64_t opt_state = base.optimizer_bytes;  // as in training: AdamW's state exists before the step
       for (const CostRow& s : sites) opt_state += s.optimizer_bytes;
       const int64_t fixed = L.weight_bytes + L.input_bytes + opt_state;
-      L.peak_bytes = replay_backward_peak(recs, param_storages, loss.impl()->id, fixed);
+      // The forward's own working set, which no record shows (ops on frozen inputs are not recorded):
+      // an MLP's input, its LayerNorm output, fc1's output and the GELU's, alive at once; it sets the
+      // peak when little is saved (a linear probe).
+      const int64_t tokens = o.batch * (c.num_patches() + c.num_prefix_tokens());
+      const int64_t hidden = int64_t(double(c.embed_dim) * c.mlp_ratio);
+      const int64_t forward_work = tokens * (2 * c.embed_dim + 2 * hidden) * int64_t(sizeof(float));
+      L.peak_bytes = std::max(fixed + saved_activations + forward_work,
+                              replay_backward_peak(recs, param_storages, loss.impl()->id, fixed));
     });
   }
   L.measured = o.measure;

@@ -12,7 +12,7 @@
 // The peak is predicted by replaying backward over the records (saved buffers freed as each record
 // is done, activation gradients alive from producer to consumer, parameter gradients from their
 // first use) on top of the step's fixed memory (weights, buffers, masks, optimizer state, the
-// batch). Measured: the tape's held bytes, and the allocator's peak over a real step (forward,
+// batch), or at the forward's end: everything saved plus an MLP's working set (no record shows it). Measured: the tape's held bytes, and the allocator's peak over a real step (forward,
 // backward, masks, AdamW) after one warm-up step, so the optimizer state exists as in training.
 #pragma once
 #include <cstdint>

@@ -78,4 +78,61 @@ GradCheckResult gradcheck(const GradCheckCase& c, double h, double atol) {
   return res;
 }
 
+// ||a - b|| / ||b|| over the whole tensor (both read as f64 on the host)
+static double whole_rel_err(const Tensor& a, const Tensor& b) {
+  std::vector<double> x = a.to_vector(), y = b.to_vector();
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) num += (x[i] - y[i]) * (x[i] - y[i]), den += y[i] * y[i];
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
+DeviceCheckResult device_check(const GradCheckCase& c, Device dev, DType dtype, double tol) {
+  DeviceCheckResult res;
+  std::ostringstream rep;
+  auto compare = [&](const std::string& what, const Tensor& on_dev, const Tensor& on_cpu) {
+    if (on_dev.shape() != on_cpu.shape()) {
+      res.ok = false;
+      rep << what << ": shape " << shape_str(on_dev.shape()) << " on the device, " << shape_str(on_cpu.shape()) << " on the CPU\n";
+      return;
+    }
+    const double e = whole_rel_err(on_dev.to(Device::CPU), on_cpu);
+    res.max_err = std::max(res.max_err, e);
+    if (!(e <= tol)) res.ok = false, rep << what << ": relative error " << e << " > " << tol << "\n";
+  };
+  const std::vector<Tensor> made = c.make_inputs();
+  auto copies = [&](Device d) {
+    std::vector<Tensor> out;
+    for (const Tensor& t : made) {
+      if (!t.defined()) {
+        out.push_back(t);
+        continue;
+      }
+      Tensor x = (is_float(t.dtype()) ? t.to(dtype) : t).to(d).clone();  // a fresh leaf on each side
+      if (t.requires_grad()) x.set_requires_grad(true);
+      out.push_back(x);
+    }
+    return out;
+  };
+  std::vector<Tensor> on_cpu = copies(Device::CPU), on_dev = copies(dev);
+  tape().clear();
+  Tensor y_cpu = c.fn(on_cpu);
+  DG_CHECK(y_cpu.requires_grad(), "device check '", c.label, "': output was not recorded on the tape");
+  Tensor w = randn64(y_cpu.shape(), 12345, false).to(y_cpu.dtype());
+  tape().backward(y_cpu, w);
+  Tensor y_dev = c.fn(on_dev);
+  if (y_dev.device() != dev) res.ok = false, rep << "output is on " << device_name(y_dev.device()) << "\n";
+  tape().backward(y_dev, w.to(dev));
+  compare("output", y_dev, y_cpu);
+  for (size_t k = 0; k < made.size(); ++k) {
+    if (!made[k].defined() || !made[k].requires_grad()) continue;
+    if (!on_dev[k].grad().defined()) {
+      res.ok = false, rep << "input " << k << ": no gradient on the device\n";
+      continue;
+    }
+    compare("gradient of input " + std::to_string(k), on_dev[k].grad(), on_cpu[k].grad());
+  }
+  res.report = rep.str();
+  return res;
+}
+
 }  // namespace dg

@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "autograd/autocast.h"
+#include "autograd/cost_meter.h"
 #include "autograd/op_registry.h"
 #include "core/backend.h"
 
@@ -79,6 +80,7 @@ Record* Tape::record(const OpDef& op, const std::vector<Tensor>& inputs, Tensor&
   Record r;
   r.op = &op;
   r.attrs = std::move(attrs);
+  r.scope = cost_scope();
   for (const Tensor& t : inputs) {
     const bool needs = t.defined() && t.requires_grad();
     r.in_ids.push_back(t.defined() ? t.impl()->id : 0);
@@ -114,6 +116,7 @@ void Tape::backward(const Tensor& loss, const Tensor& grad_out) {
     grads[loss.impl()->id] = Tensor::ones(loss.shape(), loss.dtype(), loss.device());
   }
   NoGradGuard no_grad;  // backward computations are never recorded
+  BackwardPhaseGuard phase;  // FLOPs counted from here on are backward FLOPs
   for (auto it = records_.rbegin(); it != records_.rend(); ++it) {
     Record& r = *it;
     auto g = grads.find(r.out_id);
@@ -124,7 +127,11 @@ void Tape::backward(const Tensor& loss, const Tensor& grad_out) {
     Tensor gout = std::move(g->second);
     grads.erase(g);
     if (!gout.is_contiguous()) gout = gout.contiguous();  // backward kernels read dense buffers
-    std::vector<Tensor> gin = r.backward(r, gout);
+    std::vector<Tensor> gin;
+    {
+      CostScopeGuard scope(r.scope);  // a delta's backward GEMMs are the delta's
+      gin = r.backward(r, gout);
+    }
     DG_CHECK(gin.size() == r.in_ids.size(), "backward of '", r.op->name, "' returned ", gin.size(),
              " gradients for ", r.in_ids.size(), " inputs");
     for (size_t i = 0; i < gin.size(); ++i) {

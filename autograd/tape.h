@@ -37,6 +37,7 @@ struct Record {
   uint64_t out_id = 0;
   Shape out_shape;
   std::vector<SavedTensor> saved;
+  const void* scope = nullptr;  // the delta whose forward recorded it, nullptr: the base (autograd/cost_meter.h)
   // Given dL/d(out), return dL/d(input i) for each i with needs[i] (others: undefined).
   // Convention: the closure reads tensors only through saved(), never captures them.
   std::function<std::vector<Tensor>(Record& r, const Tensor& grad_out)> backward;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "autograd/cost_meter.h"
 #include "core/error.h"
 #include "nn/glob.h"
 
@@ -22,16 +23,22 @@ Tensor& Module::register_buffer(const std::string& name, Tensor t) {
   return buffers_.back().second;
 }
 
+// The delta's ops are recorded (and their FLOPs counted) as the delta's: `deltagrad cost`.
+static Tensor apply_scoped(Delta& d, const Tensor& input, const Tensor& output) {
+  CostScopeGuard scope(&d);
+  return d.apply(input, output);
+}
+
 Tensor Module::operator()(const Tensor& x) {
   auto it = deltas_.find("");
   if (it == deltas_.end() || it->second.empty()) return forward(x);
   const auto& ds = it->second;
   Tensor in = x;
   for (auto d = ds.rbegin(); d != ds.rend(); ++d)
-    if ((*d)->enabled && (*d)->position() == Delta::Position::Pre) in = (*d)->apply(in, Tensor());
+    if ((*d)->enabled && (*d)->position() == Delta::Position::Pre) in = apply_scoped(**d, in, Tensor());
   Tensor out = forward(in);
   for (const auto& d : ds)
-    if (d->enabled && d->position() == Delta::Position::Post) out = d->apply(in, out);
+    if (d->enabled && d->position() == Delta::Position::Post) out = apply_scoped(*d, in, out);
   return out;
 }
 
@@ -40,7 +47,7 @@ Tensor Module::point(const std::string& name, const Tensor& input, const Tensor&
   if (it == deltas_.end()) return output;
   Tensor out = output;
   for (const auto& d : it->second)
-    if (d->enabled) out = d->apply(input, out);
+    if (d->enabled) out = apply_scoped(*d, input, out);
   return out;
 }
 

@@ -5,11 +5,13 @@
 #include <cstdlib>
 #include <functional>
 #include <map>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "autograd/autocast.h"
 #include "autograd/gradcheck.h"
+#include "autograd/op_registry.h"
 #include "autograd/ops.h"
 #include "core/backend.h"
 #include "core/random.h"
@@ -65,57 +67,24 @@ void both(const char* what, std::vector<Tensor> in, const Fn& fn, double tol = -
 }
 }  // namespace
 
-void every_op(double tol_ln) {
-  both("matmul", {rnd({3, 5, 7}, 1), rnd({7, 4}, 2)}, [](auto& x) { return matmul(x[0], x[1]); });
-  both("matmul batched ta tb", {rnd({2, 7, 5}, 3), rnd({2, 4, 7}, 4)}, [](auto& x) { return matmul(x[0], x[1], true, true); });
-  both("linear", {rnd({2, 9, 16}, 5), rnd({24, 16}, 6), rnd({24}, 7)}, [](auto& x) { return linear(x[0], x[1], x[2]); });
-  both("add broadcast", {rnd({2, 3, 4}, 8), rnd({4}, 9)}, [](auto& x) { return add(x[0], x[1]); });
-  both("sub", {rnd({3, 4}, 10), rnd({3, 1}, 11)}, [](auto& x) { return sub(x[0], x[1]); });
-  both("mul", {rnd({2, 1, 4}, 12), rnd({3, 1}, 13)}, [](auto& x) { return mul(x[0], x[1]); });
-  both("div", {rnd({3, 4}, 14), rnd({3, 4}, 15, 0.5, 2)}, [](auto& x) { return div(x[0], x[1]); });
-  for (auto [name, f] : std::vector<std::pair<const char*, Tensor (*)(const Tensor&)>>{
-           {"neg", neg}, {"exp", exp}, {"tanh", tanh}, {"erf", erf}, {"gelu", gelu}, {"relu", relu}, {"sigmoid", sigmoid},
-           {"abs", abs}})
-    both(name, {rnd({5, 33}, 16)}, [f = f](auto& x) { return f(x[0]); });
-  both("log", {rnd({4, 4}, 17, 0.2, 2)}, [](auto& x) { return log(x[0]); });
-  both("sqrt", {rnd({4, 4}, 18, 0.2, 2)}, [](auto& x) { return sqrt(x[0]); });
-  both("pow_scalar", {rnd({4, 4}, 19, 0.2, 2)}, [](auto& x) { return pow_scalar(x[0], 2.5); });
-  both("add/mul scalar", {rnd({4, 4}, 20)}, [](auto& x) { return mul_scalar(add_scalar(x[0], 1.5), -0.7); });
-  both("sum dims", {rnd({3, 40, 5}, 21)}, [](auto& x) { return sum(x[0], {0, 2}, true); });
-  both("sum last", {rnd({7, 300}, 22)}, [](auto& x) { return sum(x[0], {-1}); });
-  both("mean", {rnd({3, 4, 5}, 23)}, [](auto& x) { return mean(x[0], {1}); });
-  both("max", {rnd({4, 9, 3}, 24)}, [](auto& x) { return max(x[0], 1); });
-  both("softmax", {rnd({6, 197}, 25)}, [](auto& x) { return softmax(x[0], -1); });
-  both("softmax dim 1", {rnd({2, 5, 3}, 26)}, [](auto& x) { return softmax(x[0], 1); });
-  both("log_softmax", {rnd({6, 10}, 27)}, [](auto& x) { return log_softmax(x[0], -1); });
-  both("layer_norm", {rnd({4, 50, 48}, 28), rnd({48}, 29), rnd({48}, 30)},
-       [](auto& x) { return layer_norm(x[0], x[1], x[2], 1e-6); }, tol_ln);
-  Tensor labels = Tensor::from_vector(std::vector<int64_t>{3, 0, -1, 9, 2}, {5});
-  both("cross_entropy", {rnd({5, 10}, 31), labels}, [](auto& x) { return cross_entropy(x[0], x[1], 0.1); });
-  both("dropout", {rnd({8, 64}, 32)}, [](auto& x) { return dropout(x[0], 0.3, true, 1234); });
-  both("shape ops", {rnd({2, 3, 4}, 33)}, [](auto& x) {
-    return reshape(contiguous(permute(slice(unsqueeze(transpose(x[0], 0, 2), 0), 2, 1, 3), {0, 2, 1, 3})), {-1});
-  });
-  both("expand", {rnd({3, 1}, 34)}, [](auto& x) { return expand(x[0], {2, 3, 5}); });
-  both("concat", {rnd({2, 1, 3}, 35), rnd({2, 4, 3}, 36)}, [](auto& x) { return concat({x[0], x[1]}, 1); });
-  both("index_select", {rnd({6, 5}, 37), Tensor::from_vector(std::vector<int64_t>{5, 0, 5, 2}, {4})},
-       [](auto& x) { return index_select(x[0], x[1]); });
-  both("patchify", {rnd({2, 3, 8, 12}, 38)}, [](auto& x) { return patchify(x[0], 4); });
-  both("attention", {rnd({2, 11, 3 * 12}, 39)}, [](auto& x) { return attention(x[0], 3, 0.5); });
-  both("linear_gelu", {rnd({2, 9, 16}, 40), rnd({24, 16}, 41), rnd({24}, 42)},
-       [](auto& x) { return linear_gelu(x[0], x[1], x[2], false); });
-  both("linear_gelu recompute", {rnd({2, 9, 16}, 43), rnd({24, 16}, 44), rnd({24}, 45)},
-       [](auto& x) { return linear_gelu(x[0], x[1], x[2], true); });
-}
-
-TEST_CASE("cuda: every op matches the CPU, forward and backward (f32 and f64)") {
+// Op coverage is the registry's: every op's float64 gradient-check cases (autograd/op_registry.h),
+// run on the GPU and the CPU in f32 and in f64, outputs and input gradients compared. An op
+// cannot land without a gradient check, so it cannot land without this comparison either.
+TEST_CASE("cuda: every op with a gradient check matches the CPU, forward and backward (f32 and f64)") {
   if (!gpu()) return;
   std::printf("GPU: %s\n", cuda::device_name());
-  g_dt = DType::F32, g_tol = 1e-5;
-  every_op(1e-4);
-  g_dt = DType::F64, g_tol = 1e-11;
-  every_op(1e-10);
-  g_dt = DType::F32, g_tol = 1e-5;
+  std::set<std::string> covered;
+  int cases = 0;
+  for (const GradCheckEntry& e : all_gradchecks())
+    for (const GradCheckCase& c : e.cases())
+      for (auto [dt, tol] : {std::pair{DType::F32, 1e-4}, std::pair{DType::F64, 1e-10}}) {
+        const DeviceCheckResult r = device_check(c, Device::CUDA, dt, tol);
+        CHECK_MESSAGE(r.ok, e.op, " / ", c.label, " (", dtype_name(dt), "): ", r.report);
+        covered.insert(e.op);
+        ++cases;
+      }
+  for (const OpDef* op : all_ops()) CHECK_MESSAGE(covered.count(op->name), "op '", op->name, "' was not run on CUDA");
+  MESSAGE("CUDA against CPU: ", cases, " cases of ", covered.size(), " ops");
 }
 
 TEST_CASE("cuda: the fused attention kernel (opt-in, DG_CUDA_FUSED_ATTENTION=1) matches the CPU kernel") {

@@ -47,3 +47,26 @@ TEST_CASE("gradcheck catches a wrong backward") {
   GradCheckResult r = gradcheck(c);
   CHECK_FALSE(r.ok);
 }
+
+// device_check is what runs every op on CUDA against the CPU (tests/test_cuda.cpp); here it runs
+// CPU against CPU, so every case must agree exactly, and a function that answers differently the
+// second time (as a broken kernel would on the device) must be caught.
+TEST_CASE("registry: device_check runs every case on two devices and catches a difference") {
+  int cases = 0;
+  for (const GradCheckEntry& e : all_gradchecks())
+    for (const GradCheckCase& c : e.cases())
+      for (DType dt : {DType::F32, DType::F64}) {
+        const DeviceCheckResult r = device_check(c, Device::CPU, dt, 0.0);
+        CHECK_MESSAGE(r.ok, e.op, " / ", c.label, ": ", r.report);
+        ++cases;
+      }
+  CHECK(cases >= 2 * int(all_ops().size()));
+  int calls = 0;
+  GradCheckCase drifting{"scale drifts", [] { return std::vector<Tensor>{randn64({3, 4}, 1)}; },
+                         [&calls](const std::vector<Tensor>& x) { return mul_scalar(x[0], ++calls == 1 ? 2.0 : 2.001); }};
+  const DeviceCheckResult bad = device_check(drifting, Device::CPU, DType::F64, 1e-6);
+  CHECK(!bad.ok);
+  CHECK(bad.max_err == doctest::Approx(0.0005).epsilon(1e-6));
+  CHECK(bad.report.find("output") != std::string::npos);
+  CHECK(bad.report.find("gradient of input 0") != std::string::npos);
+}

@@ -6,6 +6,7 @@
 // them). Composed (the others, or fused = false): matmul + softmax + matmul, which saves
 // q, k, v and the probabilities; nn::Attention uses it when attention dropout is active.
 #include "autograd/autocast.h"
+#include "autograd/cost_meter.h"
 #include "autograd/gradcheck.h"
 #include "autograd/op_registry.h"
 #include "autograd/ops.h"
@@ -36,11 +37,15 @@ Tensor attention(const Tensor& qkv, int64_t heads, double scale, bool fused) {
   Tensor x = lowp ? low.to(DType::F32) : qkv.contiguous();
   Tensor out = Tensor::empty({B, N, D}, x.dtype(), x.device());
   Tensor lse = Tensor::empty({B, heads, N}, x.dtype(), x.device());
+  // two GEMMs per (batch, head): S = q k^T, o = P v; backward recomputes S and runs four more
+  const double pair_gemm = 2.0 * double(B) * double(N) * double(N) * double(D);  // one N x N x hd GEMM, all pairs
+  count_flops(2 * pair_gemm);
   be.attention(x, heads, scale, out, lse);
   if (Record* r = tape().record(kAttention, {qkv}, out, str("heads=", heads))) {
     r->save_activation("qkv", lowp ? qkv : x);  // under autocast: `low` again (to_lowp's cache)
     r->save("lse", lse);
-    r->backward = [heads, scale](Record& r, const Tensor& gy) {
+    r->backward = [heads, scale, pair_gemm](Record& r, const Tensor& gy) {
+      count_flops(5 * pair_gemm);
       const Tensor x = r.saved_tensor("qkv");  // f32 (widened if autocast kept it in bf16)
       Tensor gx = Tensor::empty(x.shape(), x.dtype(), x.device());
       backend_of(x).attention_backward(x, r.saved_tensor("lse"), gy.contiguous(), heads, scale, gx);

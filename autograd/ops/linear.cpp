@@ -5,6 +5,7 @@
 // Under autocast (autograd/autocast.h) x and W enter the GEMMs as bf16 copies, and those copies
 // are what is saved; y and every gradient are f32.
 #include "autograd/autocast.h"
+#include "autograd/cost_meter.h"
 #include "autograd/gradcheck.h"
 #include "autograd/op_registry.h"
 #include "autograd/ops.h"
@@ -40,6 +41,7 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
   g.ldc = out_f;
   // the bias in the GEMM's epilogue where the backend has one (cuBLASLt, opt-in), else
   // C = broadcast bias and the GEMM accumulates onto it
+  count_gemm_flops(g);
   if (!b.defined() || !be.gemm_bias(g, xc, Wc, b.contiguous(), y)) {
     if (b.defined()) {
       be.copy(view::expand(b, {rows, out_f}), view::reshape(y, {rows, out_f}));

@@ -3,6 +3,7 @@
 //   then summed over any batch dims that were broadcast.
 // Under autocast (autograd/autocast.h) the operands are multiplied, and saved, as bf16 copies.
 #include "autograd/autocast.h"
+#include "autograd/cost_meter.h"
 #include "autograd/gradcheck.h"
 #include "autograd/op_registry.h"
 #include "autograd/ops.h"
@@ -47,6 +48,7 @@ static Tensor matmul_raw(const Tensor& a, const Tensor& b, bool ta, bool tb, dou
     g.lda = K;
     g.ldb = b.size(-1);
     g.ldc = N;
+    count_gemm_flops(g);
     be.gemm(g, ac, bc, out);
     return out;
   }
@@ -76,6 +78,7 @@ static Tensor matmul_raw(const Tensor& a, const Tensor& b, bool ta, bool tb, dou
   g.ldb = b.size(-1);
   g.ldc = N;
   g.stride_c = M * N;
+  count_gemm_flops(g);
   be.gemm(g, A, B, out);
   return out;
 }

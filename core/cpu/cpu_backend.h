@@ -69,6 +69,11 @@ struct CpuBackend final : Backend {
   // The caching allocator (cpu_memory.cpp): bytes held in free lists, and giving them back.
   static size_t cached_bytes();
   static void release_cached_memory();
+  // Tensor bytes handed out now (as requested, before rounding), and the most at any time since
+  // reset_peak(): what `deltagrad cost` measures a step's peak memory with.
+  static size_t bytes_in_use();
+  static size_t peak_bytes();
+  static void reset_peak();
 };
 
 // Call f with a null pointer of the tensor's float type: dispatch<float> or <double>.

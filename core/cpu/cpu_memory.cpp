@@ -5,6 +5,7 @@
 // free list keyed by their size (rounded to 4 KiB) and the next request of that size reuses
 // one. Small blocks go straight to the C library, which already recycles them.
 // The cache is bounded: past kMaxCachedBytes, freed blocks go back to the system.
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -31,10 +32,23 @@ size_t rounded(size_t nbytes) {
   return nbytes >= kCacheFrom ? (nbytes + 4095) / 4096 * 4096 : (nbytes + 63) / 64 * 64;
 }
 void* system_alloc(size_t n) { return std::aligned_alloc(64, n); }  // 64-byte aligned for AVX-512
+
+std::atomic<size_t> g_in_use{0}, g_peak{0};
+void count_alloc(size_t nbytes) {
+  const size_t now = g_in_use.fetch_add(nbytes) + nbytes;
+  size_t peak = g_peak.load();
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
+  }
+}
 }  // namespace
+
+size_t CpuBackend::bytes_in_use() { return g_in_use.load(); }
+size_t CpuBackend::peak_bytes() { return g_peak.load(); }
+void CpuBackend::reset_peak() { g_peak.store(g_in_use.load()); }
 
 void* CpuBackend::alloc(size_t nbytes) {
   const size_t n = rounded(nbytes == 0 ? 1 : nbytes);
+  count_alloc(nbytes == 0 ? 1 : nbytes);  // Storage frees a 0-byte tensor as 1 byte
   if (n >= kCacheFrom) {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
@@ -51,12 +65,14 @@ void* CpuBackend::alloc(size_t nbytes) {
     release_cached_memory();
     p = system_alloc(n);
   }
+  if (!p) g_in_use.fetch_sub(nbytes == 0 ? 1 : nbytes);
   if (!p) throw OutOfMemory(str("cpu alloc: out of memory allocating ", nbytes, " bytes"));
   return p;
 }
 
 void CpuBackend::free(void* p, size_t nbytes) {
   if (!p) return;
+  g_in_use.fetch_sub(nbytes == 0 ? 1 : nbytes);
   const size_t n = rounded(nbytes == 0 ? 1 : nbytes);
   if (n >= kCacheFrom) {
     Cache& c = cache();

@@ -1,0 +1,108 @@
+// The cost ledger (train/cost.h, `deltagrad cost`): its bytes add up to what the tape holds, its
+// peak is within 10% of the allocator's, and its FLOPs are the GEMMs a step issues, counted here
+// from the shapes by hand: a frozen weight's gradient GEMM is not among them.
+#include <nlohmann/json.hpp>
+
+#include "peft/peft_model.h"
+#include "tests/test_util.h"
+#include "train/cost.h"
+
+using namespace dg;
+
+namespace {
+
+train::CostLedger ledger(const nlohmann::json& peft, train::CostOptions o = {}) {
+  nn::VisionTransformer m(nn::vit_preset("vit_mnist_28"));
+  m.init_weights(0);
+  peft::PeftModel pm(m, peft::parse_peft_config(peft));
+  return train::cost_ledger(pm, o);
+}
+
+const train::CostRow& row(const train::CostLedger& L, const std::string& name) {
+  for (const train::CostRow& r : L.rows)
+    if (r.name == name) return r;
+  FAIL("no row ", name);
+  return L.total;
+}
+
+// What the ledger must satisfy whatever the method.
+void check_consistent(const train::CostLedger& L) {
+  int64_t act = 0, grads = 0;
+  for (const train::CostRow& r : L.rows)
+    if (r.kind != "site") act += r.activation_bytes, grads += r.grad_bytes;
+  CHECK(act == L.total.activation_bytes);
+  CHECK(grads == L.total.grad_bytes);
+  CHECK(L.total.optimizer_bytes == 2 * L.total.grad_bytes);  // AdamW: exp_avg, exp_avg_sq
+  REQUIRE(L.measured);
+  // predicted saved bytes (each record's buffers, attributed once) == the tape's held bytes, exactly
+  CHECK(L.total.activation_bytes + L.saved_param_bytes == L.measured_held_bytes);
+  const double ratio = double(L.peak_bytes) / double(L.measured_peak_bytes);
+  MESSAGE("peak predicted ", L.peak_bytes, " B, measured ", L.measured_peak_bytes, " B, ratio ", ratio);
+  CHECK(ratio > 0.9);
+  CHECK(ratio < 1.1);
+}
+
+// vit_mnist_28: 28 px, patch 4 (49 patches + class token), D 64, MLP 128, depth 4, 10 classes.
+constexpr double B = 8, N = 49, T = 50, D = 64, H = 128, L = 4, P = 16, C = 10, R = 8;
+constexpr double kQkv = 2 * B * T * D * 3 * D, kProj = 2 * B * T * D * D, kFc = 2 * B * T * D * H;
+constexpr double kAttn = 4 * B * T * T * D, kPatch = 2 * B * N * P * D, kHead = 2 * B * D * C;
+constexpr double kForward = L * (kQkv + kProj + 2 * kFc + kAttn) + kPatch + kHead;
+
+}  // namespace
+
+TEST_CASE("cost: full fine-tuning: FLOPs are the step's GEMMs, bytes match the tape and the allocator") {
+  const train::CostLedger led = ledger({{"trainable", {"*"}}});
+  check_consistent(led);
+  const train::CostRow& base = row(led, "base");
+  CHECK(base.forward_flops == doctest::Approx(kForward).epsilon(1e-12));
+  // every Linear: input and weight gradients, but the patch embedding's input (the images) wants none;
+  // the fused attention's backward recomputes the scores: 5 GEMMs for the forward's 2
+  const double bwd = 2 * (L * (kQkv + kProj + 2 * kFc) + kHead) + kPatch + 2.5 * L * kAttn;
+  CHECK(base.backward_flops == doctest::Approx(bwd).epsilon(1e-12));
+  int64_t params = 0;
+  nn::VisionTransformer m(nn::vit_preset("vit_mnist_28"));
+  for (auto& [n, p] : m.named_parameters()) params += p.numel();
+  CHECK(base.trainable_params == params);
+  CHECK(base.grad_bytes == 4 * params);
+}
+
+TEST_CASE("cost: LoRA: frozen weights' gradient GEMMs are skipped, the delta's GEMMs and bytes are its own") {
+  const train::CostLedger led = ledger(nlohmann::json::parse(
+      R"({"deltas": [{"name": "lora", "method": "lora", "r": 8, "lora_alpha": 8}], "trainable": ["head.*"]})"));
+  check_consistent(led);
+  const train::CostRow &base = row(led, "base"), &lora = row(led, "lora");
+  CHECK(base.forward_flops == doctest::Approx(kForward).epsilon(1e-12));
+  // the head's two gradients; in each block the input gradients only (block 0's qkv input wants
+  // none: nothing below it trains), no weight gradient of a frozen Linear
+  const double bwd = 2 * kHead + L * (kProj + 2 * kFc + 2.5 * kAttn) + (L - 1) * kQkv;
+  CHECK(base.backward_flops == doctest::Approx(bwd).epsilon(1e-12));
+  const double down = 2 * B * T * D * R, up = 2 * B * T * R * 3 * D;  // x A^T, then (.) B^T on qkv
+  CHECK(lora.forward_flops == doctest::Approx(L * (down + up)).epsilon(1e-12));
+  // dB, d(mid), dA everywhere; dx through A above block 0
+  CHECK(lora.backward_flops == doctest::Approx(L * (2 * up + down) + (L - 1) * down).epsilon(1e-12));
+  CHECK(lora.trainable_params == int64_t(L * (R * D + 3 * D * R)));
+  CHECK(base.trainable_params == int64_t(D * C + C));
+  CHECK(lora.file_bytes == 4 * lora.trainable_params);
+  int sites = 0;
+  for (const train::CostRow& r : led.rows) sites += r.kind == "site" && r.name.rfind("lora@blocks.", 0) == 0;
+  CHECK(sites == 4);
+  CHECK(lora.activation_bytes > 0);
+  CHECK(led.total.file_bytes > lora.file_bytes);  // the head and the header are the base row's
+}
+
+TEST_CASE("cost: bf16 halves the saved activations, recompute-mlp trades fc1's output for a GEMM in backward") {
+  const nlohmann::json lora = nlohmann::json::parse(
+      R"({"deltas": [{"name": "lora", "method": "lora", "r": 8, "lora_alpha": 8}], "trainable": ["head.*"]})");
+  const train::CostLedger f32 = ledger(lora);
+  train::CostOptions o;
+  o.bf16 = true;
+  const train::CostLedger bf16 = ledger(lora, o);
+  check_consistent(bf16);
+  CHECK(bf16.total.activation_bytes < 0.6 * double(f32.total.activation_bytes));
+  o.bf16 = false, o.recompute_mlp = true;
+  const train::CostLedger rec = ledger(lora, o);
+  check_consistent(rec);
+  CHECK(rec.total.activation_bytes < f32.total.activation_bytes);
+  CHECK(rec.total.backward_flops == doctest::Approx(f32.total.backward_flops + L * kFc).epsilon(1e-12));
+  CHECK(rec.total.forward_flops == doctest::Approx(f32.total.forward_flops).epsilon(1e-12));
+}

@@ -9,6 +9,7 @@
 #include "autograd/tape.h"
 #include "core/safetensors.h"
 #include "peft/peft_model.h"
+#include "peft/sparse_delta.h"
 
 namespace dg::peft {
 
@@ -33,7 +34,11 @@ void PeftModel::save(const std::string& path) const {
   for (const auto& [name, list] : deltas_)  // fixed (non-trainable) delta tensors too, e.g. a fixed scale
     for (const auto& [site, d] : list)
       for (auto& [pn, p] : d->named_parameters()) t[site + "." + name + "." + pn] = p;
-  for (const auto& [n, m] : masks_) t["mask." + n] = m;
+  for (const auto& [n, m] : masks_) {  // a masked tensor: its trained elements only (sparse_delta.h)
+    const Tensor pos = mask_positions(m);
+    put_sparse(t, n, pos, gather_positions(t.at(n), pos));
+    t.erase(n);
+  }
   std::map<std::string, std::string> meta{{"format", "deltagrad.delta/1"},
                                           {"peft_config", cfg_.raw.dump()},
                                           {"base_identity", base_identity(base_)},
@@ -78,14 +83,34 @@ void PeftModel::load(const std::string& path) {
   for (const auto& [name, list] : deltas_)
     for (const auto& [site, d] : list)
       for (auto& [pn, p] : d->named_parameters()) mine[site + "." + name + "." + pn] = p;
-  for (const auto& [n, m] : masks_) mine["mask." + n] = m;
+  // Masked tensors: positions + values (sparse_delta.h), or, in files before 2026-12-02, the
+  // dense tensor and a dense "mask.<name>".
+  NoGradGuard ng;
+  for (const std::string& n : sparse_names(st.tensors)) {
+    auto it = masks_.find(n);
+    DG_CHECK(it != masks_.end(), "delta file '", path, "': '", n, kSparseIndices,
+             "' stores a sparse tensor, but this PEFT config masks no tensor '", n, "'");
+    Tensor p = mine.at(n);
+    const Tensor pos = checked_positions(st.tensors.at(n + kSparseIndices), p.numel(), "delta file '" + path + "'", n);
+    auto v = st.tensors.find(n + kSparseValues);
+    DG_CHECK(v != st.tensors.end(), "delta file '", path, "': '", n, kSparseIndices, "' has no '", n, kSparseValues, "'");
+    DG_CHECK(v->second.dim() == 1 && v->second.numel() == pos.numel(), "delta file '", path, "': '", n, kSparseValues,
+             "' has shape ", shape_str(v->second.shape()), ", expected [", pos.numel(), "] (one value a position)");
+    for (double x : v->second.to_vector()) DG_CHECK(std::isfinite(x), "delta file '", path, "': '", n, kSparseValues, "' contains NaN or Inf");
+    it->second = positions_mask(pos, p.shape()).to(p.dtype()).to(p.device());
+    scatter_positions(p, pos, v->second);
+    mine.erase(n);
+    st.tensors.erase(n + kSparseIndices);
+    st.tensors.erase(n + kSparseValues);
+  }
+  for (const auto& [n, m] : masks_)
+    if (mine.count(n)) mine["mask." + n] = m;  // not stored sparsely: the old dense pair must be there
   std::map<std::string, Tensor> base_tensors;  // a frozen base tensor the file keeps (keep_base_tensor)
   for (auto& [n, p] : base_.named_parameters(false)) base_tensors[n] = p;
   for (const auto& [n, t] : st.tensors) {
     if (!mine.count(n) && base_tensors.count(n)) mine[n] = base_tensors[n], kept_.insert(n);
     DG_CHECK(mine.count(n), "delta file '", path, "': tensor '", n, "' has no place in this PEFT model");
   }
-  NoGradGuard ng;
   for (auto& [n, p] : mine) {
     auto it = st.tensors.find(n);
     DG_CHECK(it != st.tensors.end(), "delta file '", path, "': missing tensor '", n, "'");

@@ -3,6 +3,7 @@
 // are delta_file.cpp; Hugging Face peft export and import are hf_export.cpp and hf_import.cpp.
 #include "peft/peft_model.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <sstream>
 
@@ -13,6 +14,7 @@
 #include "core/safetensors.h"
 #include "nn/device.h"
 #include "nn/glob.h"
+#include "peft/sensitivity.h"
 
 namespace dg::peft {
 
@@ -34,34 +36,53 @@ PeftModel::PeftModel(nn::VisionTransformer& base, const PeftConfig& cfg, uint64_
     DG_CHECK(n > 0, "peft config: trainable glob '", g, "' matches no base tensor");
   }
   for (const MaskConfig& m : cfg_.masks) {
-    int n = 0;
-    std::map<std::string, Tensor> file;
-    if (!m.file.empty()) file = load_safetensors(m.file).tensors;
-    for (auto& [name, t] : base_params) {
-      if (!nn::glob_match(m.tensor, name)) continue;
-      Tensor mask;
-      if (!m.file.empty()) {
-        auto it = file.find(name);
-        DG_CHECK(it != file.end(), "mask file '", m.file, "' has no tensor '", name, "'");
-        DG_CHECK(it->second.shape() == t.shape(), "mask file '", m.file, "': '", name, "' has shape ",
-                 shape_str(it->second.shape()), ", expected ", shape_str(t.shape()));
-        mask = it->second.to(DType::F32);
-        for (double v : mask.to_vector())
-          DG_CHECK(v == 0.0 || v == 1.0, "mask file '", m.file, "': '", name, "' must hold only 0 and 1");
-      } else {
+    std::vector<std::string> names;
+    for (auto& [name, t] : base_params)
+      if (nn::glob_match(m.tensor, name)) names.push_back(name);
+    DG_CHECK(!names.empty(), "peft config: mask tensor glob '", m.tensor, "' matches no base tensor");
+    std::map<std::string, Tensor> chosen;
+    if (m.select && needs_gradients(parse_criterion(m.select->criterion, "mask select"))) {
+      pending_selects_.push_back(m);  // needs data: select_masks() runs it before training
+      for (auto& [name, t] : base_params)
+        if (std::count(names.begin(), names.end(), name)) chosen[name] = Tensor::zeros(t.shape());
+    } else if (m.select) {
+      chosen = select(m, {});
+    } else if (!m.file.empty()) {
+      std::map<std::string, Tensor> file = load_safetensors(m.file).tensors;
+      for (auto& [name, t] : base_params)
+        if (std::count(names.begin(), names.end(), name)) chosen[name] = mask_from_file(file, m.file, name, t.shape());
+    } else {
+      for (auto& [name, t] : base_params) {
+        if (!std::count(names.begin(), names.end(), name)) continue;
         Tensor u = Tensor::empty(t.shape());
         Generator mg(m.seed ^ std::hash<std::string>{}(name));
         mg.uniform_(u);
         std::vector<double> uv = u.to_vector();
         for (double& v : uv) v = v < m.density ? 1.0 : 0.0;
-        mask = Tensor::from_vector(uv, t.shape()).to(DType::F32);
+        chosen[name] = Tensor::from_vector(uv, t.shape()).to(DType::F32);
       }
-      masks_[name] = mask.to(t.dtype()).to(t.device());
-      Tensor(t).set_requires_grad(true);
-      ++n;
     }
-    DG_CHECK(n > 0, "peft config: mask tensor glob '", m.tensor, "' matches no base tensor");
+    for (auto& [name, t] : base_params)
+      if (chosen.count(name)) {
+        masks_[name] = chosen[name].to(t.dtype()).to(t.device());
+        Tensor(t).set_requires_grad(true);
+      }
   }
+}
+
+std::map<std::string, Tensor> PeftModel::select(const MaskConfig& m, const BatchSource& data) {
+  std::vector<std::string> names;
+  for (auto& [name, t] : base_.named_parameters(false))
+    if (nn::glob_match(m.tensor, name)) names.push_back(name);
+  const Criterion c = parse_criterion(m.select->criterion, "mask select");
+  return top_k_masks(sensitivity_scores(base_, names, c, m.select->batches, data, m.select->seed), m.select->budget,
+                     m.select->global);
+}
+
+void PeftModel::select_masks(const BatchSource& data) {
+  for (const MaskConfig& m : pending_selects_)
+    for (auto& [name, mask] : select(m, data)) masks_[name] = mask.to(masks_.at(name).dtype()).to(masks_.at(name).device());
+  pending_selects_.clear();
 }
 
 void PeftModel::attach(const DeltaConfig& d, Generator& gen) {

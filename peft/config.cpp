@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "core/user_files.h"
 #include "peft/method_registry.h"
+#include "peft/sensitivity.h"
 #include "peft/option_reader.h"
 
 namespace dg::peft {
@@ -81,10 +82,34 @@ PeftConfig parse_peft_config(const json& j, const std::string& what) {
       r.get("density", m.density);
       r.get("seed", m.seed);
       r.get("file", m.file);
+      if (r.has("from")) {
+        DG_CHECK(m.file.empty(), r.where, ": give 'from' or 'file' (the same thing), not both");
+        r.get("from", m.file);
+      }
+      r.used.insert("select");
+      if (r.has("select")) {
+        OptionReader s{r.j.at("select"), r.where + ".select", {}};
+        DG_CHECK(s.j.is_object(), s.where, " must be an object");
+        MaskSelect sel;
+        std::string scope = "global";
+        s.get("criterion", sel.criterion);
+        s.get("budget", sel.budget);
+        s.get("batches", sel.batches);
+        s.get("scope", scope);
+        s.get("seed", sel.seed);
+        s.finish();
+        parse_criterion(sel.criterion, s.where);
+        DG_CHECK(sel.budget > 0 && sel.budget <= 1, s.where, ": budget must be in (0, 1], got ", sel.budget);
+        DG_CHECK(sel.batches > 0, s.where, ": batches must be >= 1");
+        DG_CHECK(scope == "global" || scope == "tensor", s.where, ": scope must be 'global' or 'tensor', got '", scope, "'");
+        sel.global = scope == "global";
+        m.select = sel;
+      }
       r.finish();
       DG_CHECK(!m.tensor.empty(), r.where, ": missing 'tensor'");
-      DG_CHECK(m.file.empty() != (m.density == 0.0), r.where, ": give exactly one of 'density' (0 < d <= 1) or 'file'");
-      DG_CHECK(!m.file.empty() || (m.density > 0 && m.density <= 1), r.where, ": density must be in (0, 1]");
+      DG_CHECK(int(!m.file.empty()) + int(m.density != 0.0) + int(m.select.has_value()) == 1, r.where,
+               ": give exactly one of 'density' (0 < d <= 1), 'from' (a mask file) or 'select'");
+      DG_CHECK(m.density == 0.0 || (m.density > 0 && m.density <= 1), r.where, ": density must be in (0, 1]");
       cfg.masks.push_back(m);
     }
   }

@@ -83,11 +83,25 @@ struct DeltaConfig {
   }
 };
 
+// A mask chosen before training by a sensitivity criterion (peft/sensitivity.h) over the
+// tensors the entry's glob matches: {"criterion": "fisher", "budget": 0.01, "batches": 8,
+// "scope": "global"|"tensor", "seed": 0}.
+struct MaskSelect {
+  std::string criterion = "fisher";
+  double budget = 0.01;
+  int64_t batches = 8;  // SPT's default (sensitivity_batch_num)
+  bool global = true;
+  uint64_t seed = 0;
+};
+
 struct MaskConfig {
   std::string tensor;   // glob over base parameter names
   double density = 0.0; // random mask: this fraction of elements trainable
   uint64_t seed = 0;
-  std::string file;     // or: a safetensors file whose tensor of the same name is the 0/1 mask
+  // or a mask file ("from", or "file"): `deltagrad sensitivity`'s positions, or a dense 0/1
+  // tensor of the same name
+  std::string file;
+  std::optional<MaskSelect> select;  // or chosen before training
 };
 
 struct PeftConfig {

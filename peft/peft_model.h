@@ -12,6 +12,7 @@
 #include "peft/config.h"
 #include "peft/deltas.h"
 #include "peft/method_registry.h"
+#include "peft/sensitivity.h"
 
 namespace dg::peft {
 
@@ -36,6 +37,10 @@ class PeftModel {
   void to(Device dev);
   const std::map<std::string, Tensor>& masks() const { return masks_; }
   void mask_gradients();  // zero the gradient of masked-out elements (what `grads` reports)
+  // Masks whose "select" criterion needs gradients (grad, taylor, fisher) are chosen here, from
+  // `data`, before training (the trainer calls it); until then they are empty.
+  bool selection_pending() const { return !pending_selects_.empty(); }
+  void select_masks(const BatchSource& data);
 
   // peft's print_trainable_parameters / OpenDelta's log(): per delta and in total.
   std::string report() const;
@@ -74,6 +79,8 @@ class PeftModel {
   std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::shared_ptr<nn::Delta>>>>> deltas_;
   std::map<std::string, Tensor> masks_;
   std::set<std::string> kept_;  // keep_base_tensor
+  std::vector<MaskConfig> pending_selects_;
+  std::map<std::string, Tensor> select(const MaskConfig& m, const BatchSource& data);
   std::map<std::string, const MethodDef*> methods_;  // config name -> its method
   void attach(const DeltaConfig& d, Generator& gen);
   nlohmann::json delta_metadata() const;  // "<site>.<delta>" -> file_metadata(), for each that has one

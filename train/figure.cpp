@@ -207,4 +207,29 @@ void write_png(const std::string& path, const RgbImage& img) {
   write_file_atomic(path, bytes);
 }
 
+RgbImage heat_map(const std::vector<double>& values, int rows, int cols, int cell) {
+  DG_CHECK(rows > 0 && cols > 0 && cell > 0 && values.size() == size_t(rows) * size_t(cols), "heat_map: ",
+           values.size(), " values for ", rows, " x ", cols);
+  double lo = 0, hi = 0;
+  for (double v : values)
+    if (v > 0) lo = lo == 0 ? v : std::min(lo, v), hi = std::max(hi, v);
+  // scores span decades (squared gradients): a log scale shows their structure, a linear one a few dots
+  const double llo = lo > 0 ? std::log(lo) : 0, span = hi > lo ? std::log(hi) - llo : 1;
+  RgbImage img;
+  img.w = cols * cell, img.h = rows * cell;
+  img.px.assign(size_t(img.w) * size_t(img.h) * 3, 0);
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) {
+      const double v = values[size_t(r) * size_t(cols) + size_t(c)];
+      const double t = v > 0 ? std::clamp((std::log(v) - llo) / span, 0.0, 1.0) : 0.0;
+      const unsigned char rgb[3] = {static_cast<unsigned char>(255 * std::min(1.0, 3 * t)),
+                                    static_cast<unsigned char>(255 * std::clamp(3 * t - 1, 0.0, 1.0)),
+                                    static_cast<unsigned char>(255 * std::clamp(3 * t - 2, 0.0, 1.0))};
+      for (int y = r * cell; y < (r + 1) * cell; ++y)
+        for (int x = c * cell; x < (c + 1) * cell; ++x)
+          std::copy(rgb, rgb + 3, &img.px[(size_t(y) * size_t(img.w) + size_t(x)) * 3]);
+    }
+  return img;
+}
+
 }  // namespace dg::train

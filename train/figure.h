@@ -51,6 +51,11 @@ RgbImage rasterize(const Figure& f, int scale = 2);
 void write_svg(const std::string& path, const Figure& f);
 void write_png(const std::string& path, const RgbImage& img);
 
+// A heat map of a [rows, cols] matrix of non-negative scores (a sensitivity map): log-scaled
+// between the smallest positive score and the largest, black -> red -> yellow -> white, each
+// element a `cell` x `cell` block.
+RgbImage heat_map(const std::vector<double>& values, int rows, int cols, int cell = 1);
+
 // About `n` round tick values over [lo, hi] (steps of 1, 2 or 5 times a power of ten).
 std::vector<double> nice_ticks(double lo, double hi, int n);
 // A tick label: "%g".

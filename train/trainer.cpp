@@ -190,6 +190,17 @@ Trainer::Trainer(const RunConfig& cfg, const data::ImageSet& tr, const data::Ima
     std::printf("%s\n", tr.class_names.empty() ? "" : tr.class_names.size() > 10 ? ", ...)" : ")");
   }
   peft_ = std::make_unique<peft::PeftModel>(*model_, peft::parse_peft_config(cfg.peft, "peft config"), cfg.seed + 2);
+  if (peft_->selection_pending()) {  // masks chosen by gradients (peft/sensitivity.h): from training batches, unaugmented
+    data::LoaderOptions lo;
+    lo.batch = cfg.batch, lo.shuffle = true, lo.seed = cfg.seed, lo.mean = mc.mean, lo.std = mc.std;
+    data::DataLoader sel(tr, lo);
+    const int64_t n = sel.batches_per_epoch();
+    peft_->select_masks([&](int64_t i) {
+      data::Batch b = sel.make_batch(i / n, i % n);
+      return std::make_pair(b.images, b.labels);
+    });
+    if (!cfg.quiet) std::printf("masks chosen by sensitivity (peft config 'select')\n");
+  }
   if (fresh_head)  // the delta file keeps the head this run made, trained or not
     for (auto& [n, t] : model_->named_parameters(false))
       if (n.rfind("head.", 0) == 0) peft_->keep_base_tensor(n);

@@ -1,0 +1,122 @@
+// Sparse deltas (issue 19): masked tensors stored as positions + values, sized by the budget;
+// loading restores them bit-exactly, still reads the old dense files, and names the tensor on
+// bad positions.
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "autograd/ops.h"
+#include "autograd/tape.h"
+#include "core/random.h"
+#include "core/safetensors.h"
+#include "peft/peft_model.h"
+#include "peft/sparse_delta.h"
+#include "tests/test_util.h"
+
+using namespace dg;
+using nlohmann::json;
+
+namespace {
+// Wide enough that a 1% delta's tensor bytes dwarf the file's JSON header (4 x 65536 masked elements).
+nn::ViTConfig wide() {
+  return nn::vit_config_from_json(json{{"img_size", 8}, {"patch_size", 4}, {"in_chans", 1}, {"embed_dim", 128},
+                                       {"depth", 2}, {"num_heads", 2}, {"num_classes", 3}, {"mean", {0.5}}, {"std", {0.5}}});
+}
+json masked_config(double density) {
+  return json{{"masks", {{{"tensor", "blocks.*.mlp.fc*.weight"}, {"density", density}, {"seed", 5}}}}};
+}
+// Changes every masked-in element as training would (the optimizer leaves the others bit-identical).
+void perturb_masked(peft::PeftModel& pm) {
+  NoGradGuard ng;
+  for (auto& [n, t] : pm.base().named_parameters(false)) {
+    auto it = pm.masks().find(n);
+    if (it == pm.masks().end()) continue;
+    Tensor noise = Tensor::empty(t.shape());
+    Generator(17).normal_(noise);
+    Tensor upd = add(t, mul(noise, it->second));
+    Tensor(t).copy_(upd);
+  }
+}
+std::map<std::string, std::vector<float>> weights(nn::Module& m) {
+  std::map<std::string, std::vector<float>> s;
+  for (auto& [n, t] : m.named_parameters(false)) s[n] = t.to_float_vector();
+  return s;
+}
+}  // namespace
+
+TEST_CASE("sparse deltas: a 1% masked delta's file is ~2% of the dense tensors and loads bit-exactly") {
+  tape().clear();
+  const auto dir = test::fresh_dir("sparse", "size");
+  nn::VisionTransformer m(wide());
+  peft::PeftModel pm(m, peft::parse_peft_config(masked_config(0.01)));
+  perturb_masked(pm);
+  const std::string f = (dir / "d.safetensors").string();
+  pm.save(f);
+  int64_t dense_bytes = 0, kept = 0;
+  for (auto& [n, mask] : pm.masks()) {
+    dense_bytes += mask.numel() * 4;
+    for (double v : mask.to_vector()) kept += v != 0;
+  }
+  REQUIRE(pm.masks().size() == 4);
+  const double ratio = double(std::filesystem::file_size(f)) / double(dense_bytes);
+  MESSAGE("1% delta: ", kept, " of ", dense_bytes / 4, " elements, file ", std::filesystem::file_size(f),
+          " B = ", 100 * ratio, "% of the dense tensors' ", dense_bytes, " B");
+  CHECK(ratio < 0.025);  // int32 position + float32 value per element, and the header
+  CHECK(ratio > 0.015);
+  SafeTensors st = load_safetensors(f);
+  for (auto& [n, mask] : pm.masks()) {
+    CHECK(st.tensors.count(n) == 0);
+    CHECK(st.tensors.count("mask." + n) == 0);
+    CHECK(st.tensors.at(n + ".sparse_indices").dtype() == DType::I32);
+  }
+  nn::VisionTransformer m2(wide());  // the same base (same init seed)
+  auto pm2 = peft::PeftModel::from_file(m2, f);
+  CHECK(weights(m2) == weights(m));  // every tensor, bit for bit
+  for (auto& [n, mask] : pm.masks()) CHECK(pm2->masks().at(n).to_vector() == mask.to_vector());
+
+  SUBCASE("a file of the old dense format (tensor + mask.<name>) still loads") {
+    std::map<std::string, Tensor> old;
+    for (auto& [n, p] : m.named_parameters(false))
+      if (pm.masks().count(n)) old[n] = p, old["mask." + n] = pm.masks().at(n);
+    const std::string g = (dir / "old.safetensors").string();
+    save_safetensors(g, old, st.metadata);
+    nn::VisionTransformer m3(wide());
+    auto pm3 = peft::PeftModel::from_file(m3, g);
+    CHECK(weights(m3) == weights(m));
+  }
+  SUBCASE("bad positions are refused, naming the tensor") {
+    const std::string n = "blocks.1.mlp.fc2.weight", key = n + ".sparse_indices";
+    auto broken = [&](std::vector<int64_t> pos, const std::string& want) {
+      std::map<std::string, Tensor> t = st.tensors;
+      t[key] = Tensor::from_vector(pos, {int64_t(pos.size())}).to(DType::I32);
+      t[n + ".sparse_values"] = Tensor::zeros({int64_t(pos.size())});
+      const std::string g = (dir / "bad.safetensors").string();
+      save_safetensors(g, t, st.metadata);
+      nn::VisionTransformer m4(wide());
+      CHECK_THROWS_WITH_AS(peft::PeftModel::from_file(m4, g), doctest::Contains(want.c_str()), Error);
+    };
+    broken({3, 1, 7}, "'" + key + "' must be strictly increasing");
+    broken({1, 1, 7}, "must be strictly increasing (sorted, no duplicates)");
+    broken({1, 65536}, "'" + key + "'[1] = 65536 is outside the tensor's 65536 elements");
+    broken({-1, 2}, "is outside the tensor's");
+    std::map<std::string, Tensor> t = st.tensors;
+    t.erase(n + ".sparse_values");
+    const std::string g = (dir / "novalues.safetensors").string();
+    save_safetensors(g, t, st.metadata);
+    nn::VisionTransformer m5(wide());
+    CHECK_THROWS_WITH_AS(peft::PeftModel::from_file(m5, g), doctest::Contains(("has no '" + n + ".sparse_values'").c_str()), Error);
+  }
+}
+
+TEST_CASE("sparse deltas: positions encode and decode") {
+  Tensor mask = Tensor::from_vector(std::vector<double>{0, 1, 0, 0, 1, 1}, {2, 3});
+  Tensor pos = peft::mask_positions(mask);
+  CHECK(pos.to_vector() == std::vector<double>{1, 4, 5});
+  CHECK(peft::positions_mask(pos, {2, 3}).to_vector() == mask.to_vector());
+  Tensor w = Tensor::from_vector(std::vector<double>{10, 11, 12, 13, 14, 15}, {2, 3});
+  Tensor v = peft::gather_positions(w, pos);
+  CHECK(v.to_vector() == std::vector<double>{11, 14, 15});
+  Tensor z = Tensor::zeros({2, 3});
+  peft::scatter_positions(z, pos, v);
+  CHECK(z.to_vector() == std::vector<double>{0, 11, 0, 0, 14, 15});
+}

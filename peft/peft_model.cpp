@@ -15,6 +15,7 @@
 #include "core/user_files.h"
 #include "nn/device.h"
 #include "nn/glob.h"
+#include "peft/packed_bits.h"
 
 namespace dg::peft {
 
@@ -201,6 +202,7 @@ void PeftModel::save(const std::string& path) const {
     for (const auto& [site, d] : list)
       for (auto& [pn, p] : d->named_parameters()) t[site + "." + name + "." + pn] = p;
   for (const auto& [n, m] : masks_) t["mask." + n] = m;
+  pack_binary_tensors(deltas_, t);  // bits: 1 weights as packed signs + [mean, std]
   std::map<std::string, std::string> meta{{"format", "deltagrad.delta/1"},
                                           {"peft_config", cfg_.raw.dump()},
                                           {"base_identity", base_identity(base_)},
@@ -246,6 +248,7 @@ void PeftModel::load(const std::string& path) {
     for (const auto& [site, d] : list)
       for (auto& [pn, p] : d->named_parameters()) mine[site + "." + name + "." + pn] = p;
   for (const auto& [n, m] : masks_) mine["mask." + n] = m;
+  for (const std::string& k : unpack_binary_tensors(deltas_, st.tensors, path)) mine.erase(k);
   std::map<std::string, Tensor> base_tensors;  // a frozen base tensor the file keeps (keep_base_tensor)
   for (auto& [n, p] : base_.named_parameters(false)) base_tensors[n] = p;
   for (const auto& [n, t] : st.tensors) {

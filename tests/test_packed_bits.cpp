@@ -1,6 +1,7 @@
 // 1-bit deltas (peft/packed_bits.h): the quantised weight takes two values, a delta file stores
 // packed signs + [mean, std] at about 1/32 of the dense payload, and a model loaded from it
-// computes bit-identical logits to the in-memory quantised model it was saved from.
+// computes bit-identical logits to the in-memory quantised model it was saved from; a 1-bit LoRA
+// merges its quantised update.
 #include <cmath>
 #include <filesystem>
 #include <set>
@@ -130,4 +131,19 @@ TEST_CASE("packed bits: a damaged packed file and bad options are errors naming 
                        doctest::Contains("bits must be 1"), Error);
   CHECK_THROWS_WITH_AS(peft::parse_peft_config(json{{"deltas", {{{"method", "lora"}, {"bits", 1}, {"use_dora", true}}}}}),
                        doctest::Contains("not DoRA"), Error);
+}
+
+TEST_CASE("packed bits: a 1-bit LoRA merges its quantised A and B, and unmerges exactly") {
+  auto base = test::golden_base();
+  peft::PeftModel pm(*base, peft::parse_peft_config(json{{"deltas", {{{"name", "bl"}, {"method", "lora"}, {"r", 4},
+                                                                      {"lora_alpha", 8}, {"bits", 1}}}}}));
+  randomise(pm, 11);
+  NoGradGuard ng;
+  Tensor before = pm.forward(test::golden_images());
+  pm.merge();
+  Tensor merged = pm.forward(test::golden_images());
+  CHECK(test::rel_err(merged, before) < 1e-5);  // W + scaling * Bq Aq: the quantised update, not the latent one
+  pm.unmerge();
+  const std::vector<double> a = pm.forward(test::golden_images()).to_vector(), b = before.to_vector();
+  CHECK(a == b);
 }

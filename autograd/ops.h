@@ -41,6 +41,8 @@ Tensor abs(const Tensor& x);
 Tensor add_scalar(const Tensor& x, double s);
 Tensor mul_scalar(const Tensor& x, double s);
 Tensor pow_scalar(const Tensor& x, double p);
+// c where x > 0, else -c; gradient passed straight through (the 1-bit quantiser, ops/sign_ste.cpp)
+Tensor sign_ste(const Tensor& x, double c);
 
 inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
 inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }

@@ -65,6 +65,7 @@ void parse_adapter(OptionReader& r, DeltaConfig& d) {
   r.get("dropout", c.dropout);
   r.get("drop_path", c.drop_path);
   r.get("blocks", c.blocks);
+  r.get("bits", c.bits);
   r.used.insert("scaling");
   if (r.has("scaling")) {
     DG_CHECK(!r.has("scale"), r.where, ": give either adapter-plus's 'scaling' or a 'scale' object, not both");
@@ -76,6 +77,7 @@ void parse_adapter(OptionReader& r, DeltaConfig& d) {
   static const std::set<std::string> inits{"houlsby", "lora", "bert", "zero"};
   DG_CHECK(inits.count(c.init), r.where, ": init '", c.init, "' is not one of houlsby, lora, bert, zero");
   DG_CHECK(c.dim >= 1, r.where, ": dim must be >= 1");
+  DG_CHECK(c.bits == 1 || c.bits == 32, r.where, ": bits must be 1 (1-bit weights) or 32, got ", c.bits);
   DG_CHECK(c.dropout >= 0 && c.dropout < 1 && c.drop_path >= 0 && c.drop_path < 1, r.where,
            ": dropout and drop_path must be in [0, 1)");
 }
@@ -130,6 +132,7 @@ void lora_hf_export(const Attachments& list, HfAdapter& out) {
   double alpha = 0, dropout_p = 0;
   for (const auto& [site, d] : list) {
     auto& l = static_cast<const LoraDelta&>(*d);
+    DG_CHECK(l.cfg.bits == 32, "export_hf: lora '", l.name, "' has 1-bit weights (bits: 1), which peft's LORA format cannot hold");
     const int64_t r = l.cfg.r, k = int64_t(l.parts.size()), in = l.parts[0].A.size(1);
     const int64_t rows = l.parts.size() == 1 && l.parts[0].id.empty() ? l.parts[0].B.size(0) : 3 * in;
     Tensor A = Tensor::zeros({k * r, in}), B = Tensor::zeros({rows, k * r});
@@ -175,6 +178,10 @@ DG_REGISTER_METHOD(lora) {
     parse_lora_options(r, dc);
     bool use_dora = false;
     r.get("use_dora", use_dora);
+    r.get("bits", dc.lora.bits);
+    DG_CHECK(dc.lora.bits == 1 || dc.lora.bits == 32, r.where, ": bits must be 1 (1-bit A and B) or 32, got ",
+             dc.lora.bits);
+    DG_CHECK(!use_dora || dc.lora.bits == 32, r.where, ": bits: 1 is for LoRA, not DoRA (use_dora)");
     if (use_dora) dc.method = "dora";  // peft's LoraConfig(use_dora=True)
   };
   d.attach = [](const DeltaConfig& dc, nn::VisionTransformer& base, Generator& gen, const AttachFn& add) {
@@ -187,9 +194,13 @@ DG_REGISTER_METHOD(lora) {
   d.hf_import = [](const HfAdapter& a) { return lora_family_hf_import(a, false); };
   d.golden = {{"lora_joint", one({{"name", "lora"}, {"method", "lora"}, {"r", 4}, {"lora_alpha", 16}})},
               {"lora_separate", one({{"name", "qv"}, {"method", "lora"}, {"r", 2}, {"lora_alpha", 8},
-                                     {"qkv_mode", "separate"}, {"qkv_parts", {"q", "v"}}})}};
+                                     {"qkv_mode", "separate"}, {"qkv_parts", {"q", "v"}}})},
+              // Bi-LoRA (binary_adapter/lora.py: lora_q and lora_v), scripts/make_peft_bits_golden.py
+              {"lora_bits1", one({{"name", "bl"}, {"method", "lora"}, {"r", 2}, {"lora_alpha", 4}, {"bits", 1},
+                                  {"qkv_mode", "separate"}, {"qkv_parts", {"q", "v"}}})}};
   d.examples = {{{"method", "lora"}, {"r", 4}, {"lora_alpha", 8}},
-                {{"method", "lora"}, {"r", 2}, {"qkv_mode", "separate"}}};
+                {{"method", "lora"}, {"r", 2}, {"qkv_mode", "separate"}},
+                {{"method", "lora"}, {"r", 4}, {"lora_alpha", 8}, {"bits", 1}}};
   d.demo = DemoRow{"LoRA r=8 (qkv)", {{"name", "lora"}, {"method", "lora"}, {"r", 8}, {"lora_alpha", 8}}, 3e-3};
   return d;
 }
@@ -243,8 +254,11 @@ DG_REGISTER_METHOD(parallel) {
   d.golden = {{"two_scaled", {{"deltas",
                                {with(adapter_case("post", "adapter_plus"), {{"scale", {{"kind", "scalar"}}}}),
                                 with(adapter_case("par", "parallel"),
-                                     {{"scale", {{"kind", "channel"}, {"init", 1.0}, {"trainable", true}}}})}}}}};
-  d.examples = {{{"method", "parallel"}, {"dim", 4}, {"scaling", 0.1}}};
+                                     {{"scale", {{"kind", "channel"}, {"init", 1.0}, {"trainable", true}}}})}}}},
+              // Bi-AdaptFormer's place (binary_adapter/adaptformer.py), scripts/make_peft_bits_golden.py
+              {"parallel_bits1", one(with(adapter_case("bi", "parallel"), {{"bias", false}, {"bits", 1}, {"scaling", 0.5}}))}};
+  d.examples = {{{"method", "parallel"}, {"dim", 4}, {"scaling", 0.1}},
+                {{"method", "parallel"}, {"dim", 4}, {"bias", false}, {"bits", 1}}};
   return d;
 }
 

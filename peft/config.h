@@ -38,6 +38,7 @@ struct LoraConfig {
   std::string qkv_mode = "joint";
   std::vector<std::string> qkv_parts = {"q", "k", "v"};
   std::string init = "kaiming";  // A kaiming-uniform, B zeros; "random" also randomises B (tests)
+  int64_t bits = 32;             // 1: A and B trained and stored as 1-bit weights (peft/packed_bits.h)
 };
 
 struct AdapterConfig {
@@ -54,6 +55,7 @@ struct AdapterConfig {
   double dropout = 0.0;
   double drop_path = 0.0;
   std::vector<std::string> blocks = {"blocks.*"};  // which blocks get adapters
+  int64_t bits = 32;  // 1: the projection weights trained and stored as 1-bit weights (peft/packed_bits.h)
 };
 
 struct PromptConfig {

@@ -8,6 +8,7 @@
 
 #include "autograd/tape.h"
 #include "core/safetensors.h"
+#include "peft/packed_bits.h"
 #include "peft/peft_model.h"
 #include "peft/sparse_delta.h"
 
@@ -39,6 +40,7 @@ void PeftModel::save(const std::string& path) const {
     put_sparse(t, n, pos, gather_positions(t.at(n), pos));
     t.erase(n);
   }
+  pack_binary_tensors(deltas_, t);  // bits: 1 weights as packed signs + [mean, std] (packed_bits.h)
   std::map<std::string, std::string> meta{{"format", "deltagrad.delta/1"},
                                           {"peft_config", cfg_.raw.dump()},
                                           {"base_identity", base_identity(base_)},
@@ -105,6 +107,7 @@ void PeftModel::load(const std::string& path) {
   }
   for (const auto& [n, m] : masks_)
     if (mine.count(n)) mine["mask." + n] = m;  // not stored sparsely: the old dense pair must be there
+  for (const std::string& k : unpack_binary_tensors(deltas_, st.tensors, path)) mine.erase(k);
   std::map<std::string, Tensor> base_tensors;  // a frozen base tensor the file keeps (keep_base_tensor)
   for (auto& [n, p] : base_.named_parameters(false)) base_tensors[n] = p;
   for (const auto& [n, t] : st.tensors) {

@@ -46,7 +46,9 @@ LoraDelta::LoraDelta(const std::string& n, const LoraConfig& c, const ScaleConfi
   auto make_part = [&](const std::string& id, int64_t rows, int64_t row0) {
     Tensor A = kaiming(gen, c.r, in), B = Tensor::zeros({rows, c.r});
     if (c.init == "random") gen.normal_(B, 0.0, 0.02);  // non-zero B: for tests and parity checks
+    else if (c.bits == 1) gen.trunc_normal_(B, 0.001, -0.002, 0.002);  // a zero tensor has no signs: the authors' init
     parts.push_back({id, trainable(A), trainable(B), row0});
+    if (c.bits == 1) bits_.names.insert({id.empty() ? "lora_A" : id + ".lora_A", id.empty() ? "lora_B" : id + ".lora_B"});
   };
   if (fused_qkv && c.qkv_mode == "separate") {
     DG_CHECK(out == 3 * in, "lora '", n, "': qkv_mode 'separate' needs a fused qkv Linear [3D, D], got [", out, ", ",
@@ -64,7 +66,8 @@ Tensor LoraDelta::low_rank_update(const Tensor& xd, const Tensor& y, bool fold_s
   // [..., out] result: the same product, and a pass over the wide tensor less in forward and
   // in backward (out/r = 72x fewer elements on a ViT-Tiny qkv with r = 8)
   auto low_rank = [&](const Part& p) {
-    return linear(mul_scalar(linear(xd, p.A), scaling()), fold_scale ? scale.fold_rows(p.B, p.row0) : p.B);
+    const Tensor B = B_of(p);
+    return linear(mul_scalar(linear(xd, A_of(p)), scaling()), fold_scale ? scale.fold_rows(B, p.row0) : B);
   };
   if (parts.size() == 1 && parts[0].id.empty()) return low_rank(parts[0]);  // [..., out]
   // one low-rank update per projection, zeros for projections without one
@@ -107,7 +110,7 @@ Tensor LoraDelta::update_weight() const {
   const int64_t out = base_.out_features, in = base_.in_features;
   Tensor dw = Tensor::zeros({out, in}, base_.weight.dtype(), base_.weight.device());
   for (const Part& p : parts) {
-    Tensor ba = mul_scalar(matmul(p.B, p.A), scaling());  // [rows, in]
+    Tensor ba = mul_scalar(matmul(B_of(p), A_of(p)), scaling());  // [rows, in]
     backend_of(ba).copy(ba, view::slice(dw, 0, p.row0, p.row0 + p.B.size(0)));
   }
   return dw;
@@ -154,6 +157,11 @@ AdapterDelta::AdapterDelta(const std::string& n, const AdapterConfig& c, const S
     g.normal_(down_w, 0.0, 0.02);
     g.normal_(up_w, 0.0, 0.02);
   }
+  if (c.bits == 1) {
+    // the authors' init of a 1-bit up projection: a zero tensor has no signs (and std 0)
+    if (c.init == "zero" || c.init == "lora") g.trunc_normal_(up_w, 0.001, -0.002, 0.002);
+    bits_.names = {"down.weight", "up.weight"};
+  }
   trainable(down_w);
   trainable(up_w);
   if (c.bias) {
@@ -175,11 +183,11 @@ AdapterDelta::AdapterDelta(const std::string& n, const AdapterConfig& c, const S
 Tensor AdapterDelta::apply(const Tensor& input, const Tensor& output) {
   Tensor u = reads_input ? input : output;
   if (cfg.norm_layer) u = layer_norm(u, norm_w, norm_b, norm_eps);
-  Tensor h = linear(u, down_w, down_b);
+  Tensor h = linear(u, bits_.weight("down.weight", down_w), down_b);
   if (cfg.act_layer) h = gelu(h);
   if (training && cfg.dropout > 0) h = dropout(h, cfg.dropout, true, default_generator().next_key());
   // s * DropPath(up(h)) = DropPath(h (s W)^T + s b): drop_path scales whole samples
-  h = linear(h, scale.fold_rows(up_w), scale.fold_rows(up_b));
+  h = linear(h, scale.fold_rows(bits_.weight("up.weight", up_w)), scale.fold_rows(up_b));
   h = nn::drop_path(h, cfg.drop_path, training);
   return add(output, h);
 }

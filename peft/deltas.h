@@ -15,6 +15,7 @@
 #include "nn/layers.h"
 #include "peft/config.h"
 #include "peft/method_registry.h"
+#include "peft/packed_bits.h"
 
 namespace dg::peft {
 
@@ -62,6 +63,7 @@ class LoraDelta : public MethodDelta {
   std::vector<Part> parts;
   LoraConfig cfg;
   Scale scale;
+  BinaryWeights* binary_weights() override { return bits_.names.empty() ? nullptr : &bits_; }
 
  protected:
   // scaling * B(A(xd)) as [..., out] (zeros for projections without a LoRA); with
@@ -70,6 +72,9 @@ class LoraDelta : public MethodDelta {
   nn::Linear& base_;
   bool merged_ = false;
   MergeOriginals originals_;
+  BinaryWeights bits_;  // bits: 1: A and B as 1-bit weights
+  Tensor A_of(const Part& p) const { return bits_.weight(p.id.empty() ? "lora_A" : p.id + ".lora_A", p.A); }
+  Tensor B_of(const Part& p) const { return bits_.weight(p.id.empty() ? "lora_B" : p.id + ".lora_B", p.B); }
 };
 
 class AdapterDelta : public MethodDelta {
@@ -86,6 +91,10 @@ class AdapterDelta : public MethodDelta {
   bool reads_input;
   bool reads_site_input() const override { return reads_input; }
   double norm_eps;
+  BinaryWeights* binary_weights() override { return bits_.names.empty() ? nullptr : &bits_; }
+
+ private:
+  BinaryWeights bits_;  // bits: 1: down.weight and up.weight as 1-bit weights
 };
 
 class PromptDelta : public MethodDelta {

@@ -25,6 +25,8 @@
 
 namespace dg::peft {
 
+class BinaryWeights;  // peft/packed_bits.h
+
 // A delta made by a registered method. Merging is an ability: MethodDef::merges says which
 // methods have it, and those override merge/unmerge/merged.
 class MethodDelta : public nn::Delta {
@@ -40,6 +42,8 @@ class MethodDelta : public nn::Delta {
   // What a delta file records beside this delta's tensors to rebuild it exactly (VeRA: the
   // seed, generator and shapes of the projections it regenerates), or null. Loading checks it.
   virtual nlohmann::json file_metadata() const { return nullptr; }
+  // Its 1-bit (`bits: 1`) weights, which a delta file stores packed; null where it has none.
+  virtual BinaryWeights* binary_weights() { return nullptr; }
 };
 
 // The pre-merge values of the base tensors a merge writes: unmerge copies them back, so

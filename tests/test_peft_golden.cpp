@@ -19,26 +19,26 @@ using nlohmann::json;
 
 namespace {
 const SafeTensors& vit() { return test::golden_vit_file(); }
-const SafeTensors& gold_first_wave() {
-  static SafeTensors st = load_safetensors(DG_SOURCE_DIR "/tests/fixtures/peft_golden.safetensors");
-  return st;
-}
-// scripts/make_peft_methods_golden.py: real Hugging Face peft where peft has the method
-const SafeTensors& gold_methods() {
-  static SafeTensors st = load_safetensors(DG_SOURCE_DIR "/tests/fixtures/peft_methods_golden.safetensors");
-  return st;
-}
-// scripts/make_peft_fact_hydra_golden.py: the FacT and Hydra authors' forwards in plain PyTorch
-const SafeTensors& gold_fact_hydra() {
-  static SafeTensors st = load_safetensors(DG_SOURCE_DIR "/tests/fixtures/peft_fact_hydra_golden.safetensors");
-  return st;
+// The fixtures, each written by a script in scripts/: peft_golden (first-wave methods by hand),
+// peft_methods_golden (real Hugging Face peft where peft has the method), peft_fact_hydra_golden
+// (the FacT and Hydra authors' forwards), peft_bits_golden (the binary-adapter authors' 1-bit
+// quantiser), peft_mosa_golden (MoSA's authors' block and merge), all in plain PyTorch.
+const std::vector<SafeTensors>& fixtures() {
+  static const std::vector<SafeTensors> all = [] {
+    std::vector<SafeTensors> v;
+    for (const char* f : {"peft_golden", "peft_methods_golden", "peft_fact_hydra_golden", "peft_bits_golden",
+                          "peft_mosa_golden"})
+      v.push_back(load_safetensors(std::string(DG_SOURCE_DIR "/tests/fixtures/") + f + ".safetensors"));
+    return v;
+  }();
+  return all;
 }
 const SafeTensors* fixture_of(const std::string& c) {
-  for (const SafeTensors* st : {&gold_first_wave(), &gold_methods(), &gold_fact_hydra()})
-    if (st->tensors.count(c + ".logits")) return st;
+  for (const SafeTensors& st : fixtures())
+    if (st.tensors.count(c + ".logits")) return &st;
   return nullptr;
 }
-const SafeTensors& gold() { return gold_first_wave(); }
+const SafeTensors& gold() { return fixtures()[0]; }
 using test::golden_base;
 
 struct Parity {

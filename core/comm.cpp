@@ -47,24 +47,25 @@ std::unique_ptr<Comm>& world_slot() {
 
 int launcher_size() {
   // Open MPI's mpirun; PMI-1/2 (Slurm's srun, MPICH's hydra); PMIx (srun --mpi=pmix) sets the
-  // rank only, so its size is asked from MPI after init: count it as "launched".
+  // rank only: 0, MPI tells the size after its initialisation.
   if (int n = env_int("OMPI_COMM_WORLD_SIZE")) return n;
   if (int n = env_int("PMI_SIZE")) return n;
-  if (std::getenv("PMIX_RANK")) return 2;
+  if (std::getenv("PMIX_RANK")) return 0;
   return 1;
 }
 
 Comm& world() {
   static std::once_flag once;
   std::call_once(once, [] {
-    if (launcher_size() > 1 || (launcher_size() == 1 && std::getenv("OMPI_COMM_WORLD_SIZE") && mpi_built())) {
-      DG_CHECK(mpi_built(), "this process was started by a launcher of ", launcher_size(),
-               " processes (OMPI_COMM_WORLD_SIZE / PMI_SIZE / PMIX_RANK is set), but this build has no MPI: ",
-               "install libopenmpi-dev and reconfigure (meson setup --reconfigure build), or run one process");
-      world_slot() = detail::make_mpi_world();
-    } else {
+    const int n = launcher_size();
+    if (n == 1) {  // no launcher, or a launcher of one process: nothing to share
       world_slot() = std::make_unique<SingleComm>();
+      return;
     }
+    DG_CHECK(mpi_built(), "this process was started by a launcher (OMPI_COMM_WORLD_SIZE / PMI_SIZE / PMIX_RANK ",
+             "is set", n > 1 ? str(": ", n, " processes") : std::string(), "), but this build has no MPI: install ",
+             "libopenmpi-dev and reconfigure (meson setup --reconfigure build), or run one process");
+    world_slot() = detail::make_mpi_world();
   });
   DG_CHECK(world_slot() != nullptr, "world(): the MPI initialisation failed earlier");
   return *world_slot();

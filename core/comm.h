@@ -36,15 +36,16 @@ class Comm {
 };
 
 // The processes this program was started with. Under a launcher (mpirun / a cluster launcher
-// setting Open MPI's OMPI_COMM_WORLD_SIZE or PMI's PMI_SIZE / PMIX_RANK) MPI is initialised on
-// the first call and finalised at exit; without one it is a single process and no MPI call is
-// made. A launcher of more than one process with a build that has no MPI throws.
+// setting Open MPI's OMPI_COMM_WORLD_SIZE or PMI's PMI_SIZE / PMIX_RANK) of more than one process
+// MPI is initialised on the first call (finalize_world() ends it); otherwise it is a single
+// process and no MPI call is made. A launcher of several processes with a build without MPI throws.
 Comm& world();
 // Ends MPI if world() started it (a normal end of every rank; MPI wants it before exit).
 void finalize_world();
 // world() if something called it already (the CLI's error path asks), else nullptr.
 Comm* world_if_started();
-// The launcher's process count from the environment (1 when none): no MPI call.
+// The launcher's process count from the environment, without an MPI call: 1 without a launcher,
+// 0 when the launcher gave only a rank (PMIx).
 int launcher_size();
 bool mpi_built();
 bool nccl_built();

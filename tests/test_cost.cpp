@@ -3,6 +3,7 @@
 // from the shapes by hand: a frozen weight's gradient GEMM is not among them.
 #include <nlohmann/json.hpp>
 
+#include "core/backend.h"
 #include "peft/peft_model.h"
 #include "tests/test_util.h"
 #include "train/cost.h"
@@ -105,4 +106,36 @@ TEST_CASE("cost: bf16 halves the saved activations, recompute-mlp trades fc1's o
   CHECK(rec.total.activation_bytes < f32.total.activation_bytes);
   CHECK(rec.total.backward_flops == doctest::Approx(f32.total.backward_flops + L * kFc).epsilon(1e-12));
   CHECK(rec.total.forward_flops == doctest::Approx(f32.total.forward_flops).epsilon(1e-12));
+}
+
+TEST_CASE("cost CLI: JSON totals, CSV rows per method beside full fine-tuning, the chart as SVG and PNG") {
+  const std::filesystem::path dir = test::fresh_dir("cost", "cli");
+  const std::string cli = std::string(DG_BUILD_DIR) + "/tools/deltagrad cost --model-config vit_mnist_28 --batch 2";
+  auto run = [](const std::string& cmd) { return std::system((cmd + " > /dev/null 2>&1").c_str()); };
+  REQUIRE(run(cli + " --format json --out " + (dir / "full.json").string()) == 0);
+  const nlohmann::json j = nlohmann::json::parse(test::slurp(dir / "full.json"));
+  const nlohmann::json& t = j["totals"];
+  CHECK(t["name"] == "total");
+  CHECK(t["activation_bytes"].get<int64_t>() + t["saved_param_bytes"].get<int64_t>() == t["measured"]["held_bytes"].get<int64_t>());
+  CHECK(t["peak_bytes"].get<int64_t>() > t["weight_bytes"].get<int64_t>());
+  CHECK(j["rows"][0]["name"] == "base");
+  for (const char* chart : {"cmp.svg", "cmp.png"})
+    REQUIRE(run(cli + " --compare lora --format csv --out " + (dir / "cmp.csv").string() + " --chart " + (dir / chart).string()) == 0);
+  std::istringstream csv(test::slurp(dir / "cmp.csv"));
+  std::string line;
+  std::vector<std::string> totals;
+  std::getline(csv, line);
+  CHECK(line.rfind("method,name,kind,trainable_params,", 0) == 0);
+  while (std::getline(csv, line))
+    if (line.find(",total,total,") != std::string::npos) totals.push_back(line.substr(0, line.find(',')));
+  CHECK(totals == std::vector<std::string>{"full", "lora"});  // full fine-tuning is always beside
+  CHECK(test::slurp(dir / "cmp.svg").find("<svg") != std::string::npos);
+  CHECK(test::slurp(dir / "cmp.png").rfind("\x89PNG", 0) == 0);
+  // usage errors exit 2; --device cuda without a GPU skips with one line
+  CHECK(WEXITSTATUS(run(cli + " --format yaml")) == 2);
+  CHECK(WEXITSTATUS(run(cli + " --chart x.png")) == 2);
+  if (!backend_available(Device::CUDA)) {
+    REQUIRE(std::system((cli + " --device cuda > " + (dir / "cuda.txt").string()).c_str()) == 0);
+    CHECK(test::slurp(dir / "cuda.txt") == "cost --device cuda: skipped: no CUDA device, or a build without CUDA\n");
+  }
 }

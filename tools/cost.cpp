@@ -125,7 +125,7 @@ std::string compare_table(const std::vector<Compared>& all) {
 train::Figure compare_figure(const std::vector<Compared>& all, const std::string& title) {
   const double bar = 18, gap = 8, left = 150, top = 46, panel = 330, mid = 80;
   const double h = top + double(all.size()) * (bar + gap) + 40;
-  train::Figure f(left + 2 * panel + mid + 20, h);
+  train::Figure f(left + 2 * panel + mid + 90, h);  // room for the longest bar's label
   f.rect(0, 0, f.w, f.h, "white");
   f.text(10, 18, title);
   double max_mem = 1, max_flops = 1;

@@ -33,8 +33,13 @@ const SafeTensors& gold_fact_hydra() {
   static SafeTensors st = load_safetensors(DG_SOURCE_DIR "/tests/fixtures/peft_fact_hydra_golden.safetensors");
   return st;
 }
+// scripts/make_shira_golden.py: real Hugging Face peft SHiRA with SHiRA-WM's magnitude mask
+const SafeTensors& gold_shira() {
+  static SafeTensors st = load_safetensors(DG_SOURCE_DIR "/tests/fixtures/shira_golden.safetensors");
+  return st;
+}
 const SafeTensors* fixture_of(const std::string& c) {
-  for (const SafeTensors* st : {&gold_first_wave(), &gold_methods(), &gold_fact_hydra()})
+  for (const SafeTensors* st : {&gold_first_wave(), &gold_methods(), &gold_fact_hydra(), &gold_shira()})
     if (st->tensors.count(c + ".logits")) return st;
   return nullptr;
 }

@@ -166,3 +166,46 @@ TEST_CASE("shira: two SHiRA deltas on one Linear add up, leave the base bit-iden
   m2.eval();
   CHECK(pm2->forward(x).to_vector() == y.to_vector());
 }
+
+TEST_CASE("sparse deltas compose by addition (LT-SFT): base + (A - base) + (B - base), overlaps summed") {
+  tape().clear();
+  const auto dir = test::fresh_dir("sparse", "compose");
+  nn::VisionTransformer m(wide());
+  const auto w0 = weights(m);
+  std::vector<std::string> files;
+  std::map<std::string, std::vector<double>> want;
+  for (auto& [n, t] : m.named_parameters(false)) want[n] = t.to_vector();
+  for (uint64_t task : {1, 2}) {
+    nn::VisionTransformer mt(wide());
+    peft::PeftModel pm(mt, peft::parse_peft_config(json{{"masks", {{{"tensor", "blocks.*.mlp.fc1.weight"}, {"density", 0.05},
+                                                                     {"seed", task}}}}}));
+    perturb_masked(pm);
+    for (auto& [n, t] : mt.named_parameters(false)) {  // expected: the sum of both tasks' differences
+      const std::vector<double> v = t.to_vector();
+      const std::vector<float>& b = w0.at(n);
+      for (size_t i = 0; i < v.size(); ++i) want[n][i] += v[i] - double(b[i]);
+    }
+    files.push_back((dir / str("task", task, ".safetensors")).string());
+    pm.save(files.back());
+  }
+  peft::add_sparse_differences(m, files);
+  int64_t changed = 0;
+  for (auto& [n, t] : m.named_parameters(false)) {
+    const std::vector<float> got = t.to_float_vector();
+    for (size_t i = 0; i < got.size(); ++i) {
+      CHECK(got[i] == float(want[n][i]));
+      changed += got[i] != w0.at(n)[i];
+    }
+  }
+  CHECK(changed > 0);
+  // one file alone composes to exactly what loading it gives
+  nn::VisionTransformer one(wide()), loaded(wide());
+  peft::add_sparse_differences(one, {files[0]});
+  auto pm = peft::PeftModel::from_file(loaded, files[0]);
+  CHECK(weights(one) == weights(loaded));
+  nn::VisionTransformer other(wide());
+  nn::ViTConfig c = wide();
+  c.depth = 3;
+  nn::VisionTransformer deeper(c);
+  CHECK_THROWS_WITH_AS(peft::add_sparse_differences(deeper, files), doctest::Contains("was not made for this base"), Error);
+}

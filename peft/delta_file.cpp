@@ -149,4 +149,48 @@ std::unique_ptr<PeftModel> PeftModel::from_file(nn::VisionTransformer& base, con
   return m;
 }
 
+void add_sparse_differences(nn::VisionTransformer& base, const std::vector<std::string>& delta_files) {
+  std::map<std::string, Tensor> live, base0;  // the base as it was: every file's difference is against it
+  for (auto& [n, t] : base.named_parameters(false)) live[n] = t, base0[n] = t.detach().clone();
+  const std::string id = base_identity(base);
+  std::map<std::string, Tensor> sum;  // per tensor, the summed differences (float64, CPU)
+  for (const std::string& path : delta_files) {
+    SafeTensors st = load_safetensors(path);
+    auto it = st.metadata.find("base_identity");
+    DG_CHECK(it != st.metadata.end() && it->second == id, "compose: delta file '", path,
+             "' was not made for this base model (base_identity differs or is missing)");
+    const json cfg = json::parse(st.metadata.at("peft_config"), nullptr, false);
+    DG_CHECK(!cfg.is_object() || !cfg.contains("deltas") || cfg["deltas"].empty(), "compose: delta file '", path,
+             "' holds deltas of a method; only sparse or dense base-tensor differences compose by addition");
+    for (const std::string& n : sparse_names(st.tensors)) {
+      DG_CHECK(live.count(n), "compose: delta file '", path, "': the base has no tensor '", n, "'");
+      const Tensor pos = checked_positions(st.tensors.at(n + kSparseIndices), live[n].numel(), "delta file '" + path + "'", n);
+      auto v = st.tensors.find(n + kSparseValues);
+      DG_CHECK(v != st.tensors.end() && v->second.numel() == pos.numel(), "delta file '", path, "': '", n, kSparseValues,
+               "' is missing or has not one value a position");
+      const std::vector<double> p = pos.to_vector(), val = v->second.to_vector(), w0 = base0[n].to_vector();
+      if (!sum.count(n)) sum[n] = Tensor::zeros(live[n].shape(), DType::F64);
+      double* s = sum[n].data<double>();
+      for (size_t i = 0; i < p.size(); ++i) s[size_t(p[i])] += val[i] - w0[size_t(p[i])];
+      st.tensors.erase(n + kSparseIndices), st.tensors.erase(n + kSparseValues);
+    }
+    for (const auto& [n, t] : st.tensors) {  // dense trained base tensors: the whole difference
+      DG_CHECK(live.count(n) && t.shape() == live[n].shape(), "compose: delta file '", path, "': tensor '", n,
+               "' is not a base tensor of this model's shape");
+      if (!sum.count(n)) sum[n] = Tensor::zeros(live[n].shape(), DType::F64);
+      const std::vector<double> val = t.to_vector(), w0 = base0[n].to_vector();
+      double* s = sum[n].data<double>();
+      for (size_t i = 0; i < val.size(); ++i) s[i] += val[i] - w0[i];
+    }
+  }
+  NoGradGuard ng;
+  for (auto& [n, d] : sum) {
+    const std::vector<double> w0 = base0[n].to_vector();
+    std::vector<double> out(w0.size());
+    const double* s = d.data<double>();
+    for (size_t i = 0; i < out.size(); ++i) out[i] = w0[i] + s[i];
+    live[n].copy_(Tensor::from_vector(out, live[n].shape()).to(live[n].dtype()).to(live[n].device()));
+  }
+}
+
 }  // namespace dg::peft

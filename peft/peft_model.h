@@ -86,6 +86,12 @@ class PeftModel {
   nlohmann::json delta_metadata() const;  // "<site>.<delta>" -> file_metadata(), for each that has one
 };
 
+// LT-SFT's composition (Ansell et al., ACL 2022, "Composable Sparse Fine-Tuning"): the
+// differences of several delta files made on this same base (a file's tensor minus the base's,
+// at its positions where it is sparse) added to the base weights, in place. Files with deltas of
+// a method (LoRA, SHiRA, ...) are refused: only base-tensor differences compose by addition.
+void add_sparse_differences(nn::VisionTransformer& base, const std::vector<std::string>& delta_files);
+
 // 64-bit FNV-1a over base tensor names and shapes, hex: "which base model is this".
 std::string base_identity(nn::Module& base);
 

@@ -43,7 +43,7 @@ std::string run(const std::string& cmd) {
 TEST_CASE("docs: every option --help prints is in the README's CLI section, and the reverse") {
   const std::string cli = std::string(DG_BUILD_DIR) + "/tools/deltagrad";
   std::string help = run(cli + " --help");
-  for (const char* cmd : {"train", "eval", "predict", "grads", "inspect", "merge", "export-peft", "import-peft", "demo", "sweep", "cost"}) {
+  for (const char* cmd : {"train", "eval", "predict", "grads", "inspect", "merge", "export-peft", "import-peft", "demo", "sweep", "cost", "sensitivity", "sft"}) {
     const std::string h = run(cli + " " + cmd + " --help");
     CHECK_MESSAGE(!options_in(h).empty(), cmd);
     help += h;

@@ -21,7 +21,8 @@ std::set<std::string> fixture_cases() {
   std::set<std::string> cases;
   for (const char* f : {"/tests/fixtures/peft_golden.safetensors", "/tests/fixtures/peft_methods_golden.safetensors",
                         "/tests/fixtures/peft_fact_hydra_golden.safetensors", "/tests/fixtures/peft_bits_golden.safetensors",
-                        "/tests/fixtures/peft_mosa_golden.safetensors"})
+                        "/tests/fixtures/peft_mosa_golden.safetensors",
+                        "/tests/fixtures/shira_golden.safetensors"})
     for (auto& [k, t] : load_safetensors(std::string(DG_SOURCE_DIR) + f).tensors)
       if (k.size() > 7 && k.compare(k.size() - 7, 7, ".logits") == 0) cases.insert(k.substr(0, k.size() - 7));
   return cases;

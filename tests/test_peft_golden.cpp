@@ -22,12 +22,13 @@ const SafeTensors& vit() { return test::golden_vit_file(); }
 // The fixtures, each written by a script in scripts/: peft_golden (first-wave methods by hand),
 // peft_methods_golden (real Hugging Face peft where peft has the method), peft_fact_hydra_golden
 // (the FacT and Hydra authors' forwards), peft_bits_golden (the binary-adapter authors' 1-bit
-// quantiser), peft_mosa_golden (MoSA's authors' block and merge), all in plain PyTorch.
+// quantiser), peft_mosa_golden (MoSA's authors' block and merge), all in plain PyTorch, and
+// shira_golden (scripts/make_shira_golden.py: real Hugging Face peft SHiRA with a magnitude mask).
 const std::vector<SafeTensors>& fixtures() {
   static const std::vector<SafeTensors> all = [] {
     std::vector<SafeTensors> v;
     for (const char* f : {"peft_golden", "peft_methods_golden", "peft_fact_hydra_golden", "peft_bits_golden",
-                          "peft_mosa_golden"})
+                          "peft_mosa_golden", "shira_golden"})
       v.push_back(load_safetensors(std::string(DG_SOURCE_DIR "/tests/fixtures/") + f + ".safetensors"));
     return v;
   }();

@@ -10,6 +10,7 @@
 #include "core/random.h"
 #include "core/safetensors.h"
 #include "peft/peft_model.h"
+#include "peft/shira.h"
 #include "peft/sparse_delta.h"
 #include "tests/test_util.h"
 
@@ -119,4 +120,92 @@ TEST_CASE("sparse deltas: positions encode and decode") {
   Tensor z = Tensor::zeros({2, 3});
   peft::scatter_positions(z, pos, v);
   CHECK(z.to_vector() == std::vector<double>{0, 11, 0, 0, 14, 15});
+}
+
+TEST_CASE("shira: two SHiRA deltas on one Linear add up, leave the base bit-identical, and round-trip a delta file") {
+  tape().clear();
+  const auto dir = test::fresh_dir("sparse", "shira");
+  auto cfg = [] {
+    return json{{"deltas", {{{"name", "s1"}, {"method", "shira"}, {"r", 1}, {"init_weights", false}, {"random_seed", 1},
+                             {"target_modules", {"blocks.0.mlp.fc1"}}},
+                            {{"name", "s2"}, {"method", "shira"}, {"r", 1}, {"init_weights", false}, {"mask_type", "magnitude"},
+                             {"target_modules", {"blocks.0.mlp.fc1"}}}}}};
+  };
+  nn::VisionTransformer m(wide());
+  auto w0 = weights(m);
+  peft::PeftModel pm(m, peft::parse_peft_config(cfg()), 3);
+  m.eval();
+  Tensor x = Tensor::empty({2, 1, 8, 8});
+  Generator(4).normal_(x);
+  NoGradGuard ng;
+  const Tensor y = pm.forward(x);
+  CHECK(weights(m) == w0);  // the base is untouched: the deltas hold values and positions
+  // the same forward from W + dW1 + dW2 written into a plain model
+  nn::VisionTransformer plain(wide());
+  Tensor w = plain.named_parameters(false)[0].second;
+  for (auto& [n, t] : plain.named_parameters(false))
+    if (n == "blocks.0.mlp.fc1.weight") w = t;
+  std::vector<double> dense = w.to_vector();
+  int64_t k = 0;
+  for (const char* d : {"s1", "s2"})
+    for (auto& [site, delta] : pm.attachments(d)) {
+      auto& s = static_cast<peft::ShiraDelta&>(*delta);
+      const std::vector<double> pos = s.shira_indices.to_vector(), val = s.shira_weight.to_vector();
+      for (size_t i = 0; i < pos.size(); ++i) dense[size_t(pos[i])] += val[i];
+      k += int64_t(pos.size());
+    }
+  CHECK(k == 2 * (128 + 512));  // r (in + out) each
+  w.copy_(Tensor::from_vector(dense, w.shape()));
+  plain.eval();
+  CHECK(test::rel_err(plain(x), y) < 1e-6);
+  const std::string f = (dir / "shira.safetensors").string();
+  pm.save(f);
+  CHECK(std::filesystem::file_size(f) < 4 * 128 * 512 / 10);  // values + int32 positions: ~2.5% of the dense fc1
+  nn::VisionTransformer m2(wide());
+  auto pm2 = peft::PeftModel::from_file(m2, f);
+  m2.eval();
+  CHECK(pm2->forward(x).to_vector() == y.to_vector());
+}
+
+TEST_CASE("sparse deltas compose by addition (LT-SFT): base + (A - base) + (B - base), overlaps summed") {
+  tape().clear();
+  const auto dir = test::fresh_dir("sparse", "compose");
+  nn::VisionTransformer m(wide());
+  const auto w0 = weights(m);
+  std::vector<std::string> files;
+  std::map<std::string, std::vector<double>> want;
+  for (auto& [n, t] : m.named_parameters(false)) want[n] = t.to_vector();
+  for (uint64_t task : {1, 2}) {
+    nn::VisionTransformer mt(wide());
+    peft::PeftModel pm(mt, peft::parse_peft_config(json{{"masks", {{{"tensor", "blocks.*.mlp.fc1.weight"}, {"density", 0.05},
+                                                                     {"seed", task}}}}}));
+    perturb_masked(pm);
+    for (auto& [n, t] : mt.named_parameters(false)) {  // expected: the sum of both tasks' differences
+      const std::vector<double> v = t.to_vector();
+      const std::vector<float>& b = w0.at(n);
+      for (size_t i = 0; i < v.size(); ++i) want[n][i] += v[i] - double(b[i]);
+    }
+    files.push_back((dir / str("task", task, ".safetensors")).string());
+    pm.save(files.back());
+  }
+  peft::add_sparse_differences(m, files);
+  int64_t changed = 0;
+  for (auto& [n, t] : m.named_parameters(false)) {
+    const std::vector<float> got = t.to_float_vector();
+    for (size_t i = 0; i < got.size(); ++i) {
+      CHECK(got[i] == float(want[n][i]));
+      changed += got[i] != w0.at(n)[i];
+    }
+  }
+  CHECK(changed > 0);
+  // one file alone composes to exactly what loading it gives
+  nn::VisionTransformer one(wide()), loaded(wide());
+  peft::add_sparse_differences(one, {files[0]});
+  auto pm = peft::PeftModel::from_file(loaded, files[0]);
+  CHECK(weights(one) == weights(loaded));
+  nn::VisionTransformer other(wide());
+  nn::ViTConfig c = wide();
+  c.depth = 3;
+  nn::VisionTransformer deeper(c);
+  CHECK_THROWS_WITH_AS(peft::add_sparse_differences(deeper, files), doctest::Contains("was not made for this base"), Error);
 }

@@ -9,11 +9,12 @@
 namespace dg::cli {
 
 std::string summary_markdown(const std::vector<SummaryRow>& rows, double total) {
-  std::string s = "| method | trainable params | % of model | test accuracy | train time |\n|---|---:|---:|---:|---:|\n";
+  std::string s = "| method | trainable params | % of model | delta file | test accuracy | train time |\n"
+      "|---|---:|---:|---:|---:|---:|\n";
   char line[256];
   for (const SummaryRow& r : rows) {
-    std::snprintf(line, sizeof line, "| %s | %lld | %.2f%% | %.2f%% | %.1fs |\n", r.method.c_str(), (long long)r.trainable,
-                  r.percent, 100 * r.accuracy, r.seconds);
+    std::snprintf(line, sizeof line, "| %s | %lld | %.2f%% | %lld B | %.2f%% | %.1fs |\n", r.method.c_str(),
+                  (long long)r.trainable, r.percent, (long long)r.delta_bytes, 100 * r.accuracy, r.seconds);
     s += line;
   }
   std::snprintf(line, sizeof line, "\nTotal wall time %.0fs.\n", total);

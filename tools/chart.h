@@ -9,6 +9,7 @@ struct SummaryRow {
   std::string method;
   int64_t trainable;
   double percent, accuracy, seconds;
+  int64_t delta_bytes;  // the run's deltas.safetensors: what a task costs to store and ship
 };
 
 std::string summary_markdown(const std::vector<SummaryRow>& rows, double total_seconds);

@@ -258,9 +258,25 @@ int cmd_inspect(int argc, char** argv) {
 int cmd_merge(int argc, char** argv) {
   const char* help =
       "deltagrad merge --model W.safetensors --deltas D.safetensors [--model-config C] --out M.safetensors\n"
-      "  The model config is the delta file's (a --model-config given too must describe the same backbone).\n";
+      "deltagrad merge --model W.safetensors --model-config C --compose A.safetensors,B.safetensors --out M.safetensors\n"
+      "  The model config is the delta file's (a --model-config given too must describe the same backbone).\n"
+      "  --compose adds the differences of sparse (masked, LT-SFT) delta files made on this base: W + sum (D_i - W).\n";
   if (wants_help(argc, argv, help)) return 0;
-  Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "out"});
+  Args a = parse_args(argc, argv, 2, {"model-config", "model", "deltas", "out", "compose"});
+  if (a.has("compose")) {
+    if (a.has("deltas")) throw UsageError("give --deltas or --compose, not both");
+    auto m = load_model(a);
+    std::vector<std::string> files;
+    for (std::string rest = a.get("compose"); !rest.empty();) {
+      const size_t c = rest.find(',');
+      files.push_back(rest.substr(0, c));
+      rest = c == std::string::npos ? "" : rest.substr(c + 1);
+    }
+    peft::add_sparse_differences(*m, files);
+    save_safetensors(a.need("out"), nn::state_dict(*m), {{"format", "pt"}, {"generator", "deltagrad merge --compose"}});
+    std::printf("composed %zu delta files into %s\n", files.size(), a.get("out").c_str());
+    return 0;
+  }
   a.need("deltas");
   auto m = load_model(a);
   auto pm = attach_peft(*m, a);

@@ -19,5 +19,6 @@ int cmd_predict(int argc, char** argv);  // tools/predict.cpp
 int cmd_sweep(int argc, char** argv);    // tools/sweep.cpp
 int cmd_cost(int argc, char** argv);     // tools/cost.cpp
 int cmd_sensitivity(int argc, char** argv);  // tools/sensitivity.cpp
+int cmd_sft(int argc, char** argv);          // tools/sft.cpp
 
 }  // namespace dg::cli

@@ -36,6 +36,7 @@ const char* kUsage =
     "  grads         one deterministic forward/backward: logits, loss and every trainable gradient\n"
     "  cost          what one training step costs per delta: parameters, gradient, optimizer and activation bytes, FLOPs\n"
     "  sensitivity   score base weights on data (grad, taylor, fisher, magnitude, random), write the top share as masks\n"
+    "  sft           LT-SFT: full fine-tune, keep the most changed weights, reset, retrain only those (a sparse delta)\n"
     "  inspect       list tensors of a checkpoint or model: shapes, dtypes, trainable or frozen\n"
     "  merge         fold mergeable deltas into the base weights (a plain timm-layout checkpoint)\n"
     "  export-peft   write a delta in Hugging Face peft's format\n"
@@ -155,6 +156,7 @@ int run(int argc, char** argv) {
     if (cmd == "sweep") return dg::cli::cmd_sweep(argc, argv);
     if (cmd == "cost") return dg::cli::cmd_cost(argc, argv);
     if (cmd == "sensitivity") return dg::cli::cmd_sensitivity(argc, argv);
+    if (cmd == "sft") return dg::cli::cmd_sft(argc, argv);
     std::fprintf(stderr, "deltagrad: unknown command '%s' (see deltagrad --help)\n", dg::printable(cmd).c_str());
     return kExitBadInput;
   } catch (const dg::cli::UsageError& e) {

@@ -72,7 +72,8 @@ int cmd_demo(int argc, char** argv) {
   std::printf("== fine-tuning on 1000 training images of classes 5-9, testing on the test images of those classes\n");
   std::vector<SummaryRow> rows;
   for (const train::SweepRun& r : train::run_sweep(sweep).runs)
-    rows.push_back({r.label, r.trainable, 100.0 * double(r.trainable) / double(r.total), r.accuracy, r.seconds});
+    rows.push_back({r.label, r.trainable, 100.0 * double(r.trainable) / double(r.total), r.accuracy, r.seconds,
+                    r.delta_bytes});
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::string md = summary_markdown(rows, total);
   std::printf("\n%s", md.c_str());

@@ -31,6 +31,21 @@ std::vector<SweepMethod> sweep_methods() {
                     {{"name", "par"}, {"method", "parallel"}, {"dim", 4}, {"scale", {{"kind", "channel"}, {"init", 0.1}}}}}},
                   {"trainable", head}},
                  3e-3});
+  // Options of registered methods that change what a delta file holds (issue 19): 1-bit weights
+  // (packed signs) and a sensitivity-chosen sparse mask (positions + values)
+  out.push_back({"lora_1bit", "LoRA r=8 (qkv), 1-bit",
+                 {{"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 8}, {"lora_alpha", 8}, {"bits", 1}}}},
+                  {"trainable", head}},
+                 3e-3});
+  out.push_back({"adapter_plus_1bit", "Adapter+ d=8, 1-bit",
+                 {{"deltas", {{{"name", "adapter_plus"}, {"method", "adapter_plus"}, {"dim", 8}, {"bits", 1}}}},
+                  {"trainable", head}},
+                 3e-3});
+  out.push_back({"sparse_fisher", "1% of MLP weights (fisher, SPT)",
+                 {{"trainable", head},
+                  {"masks", {{{"tensor", "blocks.*.mlp.*.weight"},
+                              {"select", {{"criterion", "fisher"}, {"budget", 0.01}, {"batches", 8}}}}}}},
+                 3e-3});
   return out;
 }
 

@@ -152,6 +152,28 @@ int64_t PeftModel::base_parameter_count() const {
   return n;
 }
 
+std::pair<int64_t, int64_t> PeftModel::base_trainable_counts() const {
+  int64_t base_trainable = 0, masked = 0;
+  for (auto& [n, t] : base_.named_parameters(false)) {
+    if (!t.requires_grad()) continue;
+    auto it = masks_.find(n);
+    if (it == masks_.end()) {
+      base_trainable += t.numel();
+    } else {
+      for (double v : it->second.to_vector()) masked += v != 0.0;
+    }
+  }
+  return {base_trainable, masked};
+}
+
+int64_t PeftModel::trainable_count() const {
+  int64_t n = 0;
+  for (const auto& [name, list] : deltas_)
+    for (const auto& [site, d] : list) n += static_cast<MethodDelta&>(*d).trainable_count();
+  const auto [base_trainable, masked] = base_trainable_counts();
+  return n + base_trainable + masked;
+}
+
 std::string PeftModel::report() const {
   std::ostringstream os;
   const double base = double(base_parameter_count());
@@ -167,16 +189,7 @@ std::string PeftModel::report() const {
                   list.size(), static_cast<long long>(n), 100.0 * double(n) / base);
     os << line;
   }
-  int64_t base_trainable = 0, masked = 0;
-  for (auto& [n, t] : base_.named_parameters(false)) {
-    if (!t.requires_grad()) continue;
-    auto it = masks_.find(n);
-    if (it == masks_.end()) {
-      base_trainable += t.numel();
-    } else {
-      for (double v : it->second.to_vector()) masked += v != 0.0;
-    }
-  }
+  const auto [base_trainable, masked] = base_trainable_counts();
   std::snprintf(line, sizeof line, "%-24s %-12s %8s %12lld %8.3f%%\n", "base tensors", "trainable", "",
                 static_cast<long long>(base_trainable), 100.0 * double(base_trainable) / base);
   os << line;

@@ -44,6 +44,9 @@ class PeftModel {
 
   // peft's print_trainable_parameters / OpenDelta's log(): per delta and in total.
   std::string report() const;
+  // The report's total: each delta's own count (MoSA's copies count once, VeRA's frozen shared
+  // projections not at all), trainable base tensors, and masked tensors' trained elements.
+  int64_t trainable_count() const;
   int64_t base_parameter_count() const;
 
   // A frozen base tensor that no base checkpoint holds (a fresh head for a new task's
@@ -73,6 +76,7 @@ class PeftModel {
   void export_hf(const std::string& dir, const std::string& delta_name = "") const;
 
  private:
+  std::pair<int64_t, int64_t> base_trainable_counts() const;  // (whole tensors, masked elements)
   nn::VisionTransformer& base_;
   PeftConfig cfg_;
   // config name -> (site, delta), in attachment order

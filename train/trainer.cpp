@@ -334,16 +334,6 @@ data::LoaderOptions Trainer::train_loader_options() const {
 }
 
 // Trainable parameters, counted as the report does: a masked tensor counts its unmasked entries.
-int64_t Trainer::trainable_count(const nn::NamedTensors& params) const {
-  int64_t n = 0;
-  for (auto& [name, p] : params) {
-    auto it = peft_->masks().find(name);
-    if (it == peft_->masks().end()) n += p.numel();
-    else for (double v : it->second.to_vector()) n += v != 0;
-  }
-  return n;
-}
-
 // The finished run's outputs: the delta file and the curves of the whole run (resumed parts
 // included: the log holds the rows a resume kept).
 void Trainer::write_outputs(const MetricsHistory& h, int64_t spe) const {
@@ -463,7 +453,7 @@ TrainResult Trainer::fit(bool resume) {
     // output index -> class name (also in the delta file's model config)
     write_file_atomic(cfg_.out + "/class_names.json", nlohmann::json(model_->cfg.class_names).dump(1) + "\n");
   }
-  res.trainable_params = trainable_count(params);
+  res.trainable_params = peft_->trainable_count();  // as the PEFT report counts
   res.total_params = peft_->base_parameter_count();
   std::optional<MetricsLog> csv;
   if (lead) csv.emplace(cfg_.out + "/metrics.csv", resume ? &pos : nullptr, spe);

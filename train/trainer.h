@@ -102,7 +102,6 @@ class Trainer {
   RunPosition load_checkpoint(const std::string& path, nn::Optimizer& opt, int64_t steps_per_epoch) const;
   void save_checkpoint(const std::string& path, nn::Optimizer& opt, const RunPosition& pos) const;
   data::LoaderOptions train_loader_options() const;
-  int64_t trainable_count(const nn::NamedTensors& params) const;
   // A step's loss (the global batch's mean), hits, samples and "a rank was asked to stop".
   struct StepTotals {
     double loss;

@@ -113,8 +113,8 @@ Tensor Block::forward(const Tensor& x) {
   // a delta reading a branch point's input reads what the LayerNorm reads: share that buffer
   norm1->keep_input = point_reads_input("attn_branch");
   norm2->keep_input = point_reads_input("mlp_branch");
-  Tensor a = (*drop_path1)((*ls1)((*attn)((*norm1)(x))));
-  Tensor y = add(x, point("attn_branch", x, a));
+  // the attention branch is not held through the MLP (where the forward's working set peaks)
+  Tensor y = add(x, point("attn_branch", x, (*drop_path1)((*ls1)((*attn)((*norm1)(x))))));
   Tensor m = (*drop_path2)((*ls2)((*mlp)((*norm2)(y))));
   return add(y, point("mlp_branch", y, m));
 }

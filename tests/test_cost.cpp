@@ -139,3 +139,14 @@ TEST_CASE("cost CLI: JSON totals, CSV rows per method beside full fine-tuning, t
     CHECK(test::slurp(dir / "cuda.txt") == "cost --device cuda: skipped: no CUDA device, or a build without CUDA\n");
   }
 }
+
+TEST_CASE("cost: linear probe: the forward's working set, which no record shows, sets the peak") {
+  // Nothing below the head is recorded, so the tape holds almost nothing; at batch 64 the block's
+  // MLP working set (3 D + 2 H floats a token) is ~7 times the weights and decides the peak.
+  train::CostOptions o;
+  o.batch = 64;
+  const train::CostLedger led = ledger(nlohmann::json::parse(R"({"trainable": ["head.*"]})"), o);
+  check_consistent(led);
+  CHECK(led.total.activation_bytes <= int64_t(64 * (D + 2 * C) * 4));  // the head's input, the loss
+  CHECK(led.peak_bytes > 4 * led.weight_bytes);
+}

@@ -195,11 +195,12 @@ CostLedger cost_ledger(peft::PeftModel& pm, const CostOptions& o) {
       for (const CostRow& s : sites) opt_state += s.optimizer_bytes;
       const int64_t fixed = L.weight_bytes + L.input_bytes + opt_state;
       // The forward's own working set, which no record shows (ops on frozen inputs are not recorded):
-      // an MLP's input, its LayerNorm output, fc1's output and the GELU's, alive at once; it sets the
-      // peak when little is saved (a linear probe).
+      // inside a block's MLP (nn/layers.cpp, Block::forward) the block's input x, y = x + attention
+      // branch, norm2's output, fc1's output and the GELU's are alive at once: 3 D + 2 H per token.
+      // It sets the peak when little is saved (a linear probe).
       const int64_t tokens = o.batch * (c.num_patches() + c.num_prefix_tokens());
       const int64_t hidden = int64_t(double(c.embed_dim) * c.mlp_ratio);
-      const int64_t forward_work = tokens * (2 * c.embed_dim + 2 * hidden) * int64_t(sizeof(float));
+      const int64_t forward_work = tokens * (3 * c.embed_dim + 2 * hidden) * int64_t(sizeof(float));
       L.peak_bytes = std::max(fixed + saved_activations + forward_work,
                               replay_backward_peak(recs, param_storages, loss.impl()->id, fixed));
     });

@@ -4,6 +4,7 @@
 #include "peft/peft_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -83,6 +84,20 @@ void PeftModel::select_masks(const BatchSource& data) {
   for (const MaskConfig& m : pending_selects_)
     for (auto& [name, mask] : select(m, data)) masks_[name] = mask.to(masks_.at(name).dtype()).to(masks_.at(name).device());
   pending_selects_.clear();
+}
+
+int64_t PeftModel::pending_selection_count() const {
+  int64_t count = 0;
+  for (const MaskConfig& m : pending_selects_) {
+    int64_t matched = 0;
+    for (auto& [name, t] : base_.named_parameters(false))
+      if (nn::glob_match(m.tensor, name)) {
+        if (!m.select->global) count += std::llround(m.select->budget * double(t.numel()));
+        matched += t.numel();
+      }
+    if (m.select->global) count += std::llround(m.select->budget * double(matched));
+  }
+  return count;
 }
 
 void PeftModel::attach(const DeltaConfig& d, Generator& gen) {

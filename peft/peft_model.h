@@ -41,6 +41,9 @@ class PeftModel {
   // `data`, before training (the trainer calls it); until then they are empty.
   bool selection_pending() const { return !pending_selects_.empty(); }
   void select_masks(const BatchSource& data);
+  // How many elements the pending selections will choose: a top-k keeps exactly
+  // llround(budget * elements), over all matched tensors (global) or per tensor.
+  int64_t pending_selection_count() const;
 
   // peft's print_trainable_parameters / OpenDelta's log(): per delta and in total.
   std::string report() const;

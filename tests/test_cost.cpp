@@ -150,3 +150,22 @@ TEST_CASE("cost: linear probe: the forward's working set, which no record shows,
   CHECK(led.total.activation_bytes <= int64_t(64 * (D + 2 * C) * 4));  // the head's input, the loss
   CHECK(led.peak_bytes > 4 * led.weight_bytes);
 }
+
+TEST_CASE("cost: masks chosen from data before training count what the selection will keep") {
+  // The ledger runs no selection (it needs the task's data); a top-k keeps llround(budget * n)
+  // elements, so the count is known before: it equals the count after a real selection.
+  const nlohmann::json cfg = nlohmann::json::parse(R"({"trainable": ["head.*"], "masks": [{"tensor": "blocks.*.mlp.*.weight",
+      "select": {"criterion": "fisher", "budget": 0.01, "batches": 2}}]})");
+  const train::CostLedger led = ledger(cfg);
+  nn::VisionTransformer m(nn::vit_preset("vit_mnist_28"));
+  m.init_weights(0);
+  peft::PeftModel pm(m, peft::parse_peft_config(cfg));
+  REQUIRE(pm.selection_pending());
+  pm.select_masks([](int64_t i) {
+    Tensor x = Tensor::empty({4, 1, 28, 28});
+    Generator(uint64_t(i)).normal_(x);
+    return std::pair<Tensor, Tensor>{x, Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 3}, {4})};
+  });
+  CHECK(led.total.trainable_params == pm.trainable_count());
+  CHECK(led.total.trainable_params == int64_t(D * C + C) + std::llround(0.01 * L * 2 * D * H));
+}

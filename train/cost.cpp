@@ -151,6 +151,7 @@ CostLedger cost_ledger(peft::PeftModel& pm, const CostOptions& o) {
     row.optimizer_bytes += 2 * int64_t(p.nbytes());  // AdamW: exp_avg and exp_avg_sq (nn/optim.cpp)
   }
 
+  base.trainable_params += pm.pending_selection_count();  // masks chosen from data before training
   const nn::ViTConfig& c = m.cfg;
   Tensor images = Tensor::empty({o.batch, c.in_chans, c.img_size, c.img_size});
   Generator(0).normal_(images);

@@ -167,6 +167,9 @@ TEST_CASE("dist: the all-reduce overlapped with backward in several buckets give
   MESSAGE("buckets: " << buckets << "; after backward: " << on.out.substr(on.out.find("gradient all-reduce after")));
   CHECK(buckets == 5);
   CHECK(on.out.find("buckets started during backward") != std::string::npos);
+  const size_t early = on.out.find("5 buckets, ");  // "..., N of them started during backward" (rank 0's mean)
+  REQUIRE(early != std::string::npos);
+  CHECK(std::stod(on.out.substr(early + 11)) > 0);
   CHECK(off.out.find("in one bucket after backward (no overlap)") != std::string::npos);
   CHECK(off.out.find("; not overlapped)") != std::string::npos);
   const std::vector<double> la = step_losses(s.dir / "on"), lb = step_losses(s.dir / "off");

@@ -374,7 +374,7 @@ Trainer::StepTotals Trainer::train_step(const data::Batch& b, nn::Optimizer& opt
   StepTotals t{lv, int64_t(correct), n, stop};
   if (comm_->size() > 1) {
     const auto r0 = std::chrono::steady_clock::now();
-    if (overlap) overlap->finish();
+    if (overlap) early_buckets_ += int64_t(overlap->finish());
     else bucket_->all_reduce(*grad_comm_, w);
     reduce_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
     ++reduce_steps_;
@@ -475,7 +475,7 @@ TrainResult Trainer::fit(bool resume) {
   const auto t0 = std::chrono::steady_clock::now();
   auto last_ckpt = t0;
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
-  reduce_seconds_ = 0, reduce_steps_ = 0;
+  reduce_seconds_ = 0, reduce_steps_ = 0, early_buckets_ = 0;
   // The end of this process's training: its times, and (data parallel) what the all-reduce cost after backward.
   auto end_timing = [&] {
     res.seconds = elapsed(), res.total_seconds = pos.seconds + res.seconds;
@@ -483,7 +483,10 @@ TrainResult Trainer::fit(bool resume) {
     if (verbose && reduce_steps_ > 0)
       std::printf("gradient all-reduce after backward: %.3f ms per step (mean of %lld steps; %s)\n",
                   1e3 * reduce_seconds_ / double(reduce_steps_), (long long)reduce_steps_,
-                  reducer_ ? str("overlapped, ", reducer_->buckets(), " buckets").c_str() : "not overlapped");
+                  reducer_ ? str("overlapped, ", reducer_->buckets(), " buckets, ",
+                                 double(early_buckets_) / double(reduce_steps_), " of them started during backward")
+                                 .c_str()
+                           : "not overlapped");
   };
   // Rows first, then the checkpoint: every row before a checkpoint's position is on disk
   // when the checkpoint is, and a resume cuts the rows after it.

@@ -73,9 +73,10 @@ void GradientReducer::record_done() {
   for (auto& r : requests_) r->test();  // MPI progresses inside MPI calls; finished ones return at once
 }
 
-size_t GradientReducer::finish() {
+GradientReducer::Overlap GradientReducer::finish() {
   DG_CHECK(comm_, "gradient buckets: finish() without begin()");
-  const size_t started = next_;
+  Overlap o{next_, 0};
+  for (auto& r : requests_) o.done += r->test();
   for (size_t b = next_; b < buckets_.size(); ++b)
     for (size_t k = 0; k < filled_[b].size(); ++k)
       if (!filled_[b][k]) fill({b, k});
@@ -86,7 +87,7 @@ size_t GradientReducer::finish() {
   }
   requests_.clear();
   comm_ = nullptr;
-  return started;
+  return o;
 }
 
 }  // namespace dg::train

@@ -35,8 +35,12 @@ class GradientReducer final : public BackwardObserver {
   void record_done() override;
   // After backward: the buckets not started yet (a tensor that no sample reached on this rank
   // is never reported: zeros) are started in order, all are waited, and every gradient is set
-  // to its sum. Returns how many buckets backward had started before this call.
-  size_t finish();
+  // to its sum. Says how many buckets backward had started before this call, and how many of
+  // those were summed already (what the backward hid).
+  struct Overlap {
+    size_t started = 0, done = 0;
+  };
+  Overlap finish();
 
  private:
   struct Slot {

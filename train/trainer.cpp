@@ -374,7 +374,10 @@ Trainer::StepTotals Trainer::train_step(const data::Batch& b, nn::Optimizer& opt
   StepTotals t{lv, int64_t(correct), n, stop};
   if (comm_->size() > 1) {
     const auto r0 = std::chrono::steady_clock::now();
-    if (overlap) early_buckets_ += int64_t(overlap->finish());
+    if (overlap) {
+      const GradientReducer::Overlap o = overlap->finish();
+      early_buckets_ += int64_t(o.started), summed_early_ += int64_t(o.done);
+    }
     else bucket_->all_reduce(*grad_comm_, w);
     reduce_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
     ++reduce_steps_;
@@ -435,14 +438,17 @@ TrainResult Trainer::fit(bool resume) {
     const Device dev = cfg_.device == "cuda" ? Device::CUDA : Device::CPU;
     if (dev == Device::CUDA && !grad_comm_owned_) grad_comm_owned_ = make_nccl_comm(*comm_);
     grad_comm_ = dev == Device::CUDA ? grad_comm_owned_.get() : comm_;
-    bucket_ = std::make_unique<GradientBucket>(params, dev);
+    bucket_.reset(), reducer_.reset();  // one or the other: each holds a buffer of every trainable gradient
     if (cfg_.overlap)
       reducer_ = std::make_unique<GradientReducer>(params, dev, int64_t(cfg_.bucket_mb * 1024 * 1024), peft_->masks());
+    else
+      bucket_ = std::make_unique<GradientBucket>(params, dev);
+    const int64_t floats = reducer_ ? reducer_->floats() : bucket_->floats();
     if (verbose)
       std::printf("data parallel: %d ranks (%s), global batch %lld (%lld per rank); all-reduced per step: %lld "
                   "trainable gradient floats = %lld bytes in %s, + 32 bytes of loss, hits, count and stop flag\n",
                   comm_->size(), grad_comm_->backend_name().c_str(), (long long)cfg_.batch,
-                  (long long)(cfg_.batch / comm_->size()), (long long)bucket_->floats(), (long long)bucket_->bytes(),
+                  (long long)(cfg_.batch / comm_->size()), (long long)floats, (long long)(floats * 4),
                   reducer_ ? str(reducer_->buckets(), reducer_->buckets() == 1 ? " bucket" : " buckets",
                                  " started during backward (cap ", cfg_.bucket_mb, " MiB)").c_str()
                            : "one bucket after backward (no overlap)");
@@ -475,7 +481,7 @@ TrainResult Trainer::fit(bool resume) {
   const auto t0 = std::chrono::steady_clock::now();
   auto last_ckpt = t0;
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
-  reduce_seconds_ = 0, reduce_steps_ = 0, early_buckets_ = 0;
+  reduce_seconds_ = 0, reduce_steps_ = 0, early_buckets_ = 0, summed_early_ = 0;
   // The end of this process's training: its times, and (data parallel) what the all-reduce cost after backward.
   auto end_timing = [&] {
     res.seconds = elapsed(), res.total_seconds = pos.seconds + res.seconds;
@@ -484,7 +490,8 @@ TrainResult Trainer::fit(bool resume) {
       std::printf("gradient all-reduce after backward: %.3f ms per step (mean of %lld steps; %s)\n",
                   1e3 * reduce_seconds_ / double(reduce_steps_), (long long)reduce_steps_,
                   reducer_ ? str("overlapped, ", reducer_->buckets(), " buckets, ",
-                                 double(early_buckets_) / double(reduce_steps_), " of them started during backward")
+                                 double(early_buckets_) / double(reduce_steps_), " of them started during backward, ",
+                                 double(summed_early_) / double(reduce_steps_), " summed when it ended")
                                  .c_str()
                            : "not overlapped");
   };

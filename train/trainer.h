@@ -130,7 +130,7 @@ class Trainer {
   std::unique_ptr<GradientBucket> bucket_;
   std::unique_ptr<GradientReducer> reducer_;
   double reduce_seconds_ = 0;
-  int64_t reduce_steps_ = 0, early_buckets_ = 0;  // early: buckets started before backward ended
+  int64_t reduce_steps_ = 0, early_buckets_ = 0, summed_early_ = 0;  // buckets started / summed before backward ended
   void write_outputs(const MetricsHistory& history, int64_t steps_per_epoch) const;
 };
 

@@ -6,7 +6,9 @@
 // started (Comm::start_all_reduce_sum) while the backward goes on. Every rank starts the
 // buckets in index order, whatever order its gradients come in, as non-blocking collectives
 // require. finish() waits for all before clipping and the optimizer. Each element goes through
-// the same copy, weight and sum as in GradientBucket::all_reduce, so the result is the same bits.
+// the same copy, weight and sum as in GradientBucket::all_reduce, so with 2 ranks (a + b) the
+// result is the same bits (tested). With more ranks MPI may add in another order for another
+// message size or for the non-blocking call: then the same up to the last bits.
 #pragma once
 #include <cstdint>
 #include <map>

@@ -104,7 +104,41 @@ static Tensor add_new(const Tensor& a, const Tensor& b) {
   return out;
 }
 
-void Tape::backward(const Tensor& loss, const Tensor& grad_out) {
+// For an observer: how many record inputs still to come (newest-first) name each leaf; a leaf's
+// gradient is final when its count reaches zero.
+namespace {
+class LeafUses {
+ public:
+  LeafUses(const std::vector<Record>& records, BackwardObserver* observer) : observer_(observer) {
+    if (!observer_) return;
+    for (const Record& r : records)
+      for (const auto& w : r.leaves)
+        if (auto leaf = w.lock()) ++left_[leaf.get()];
+  }
+  // `r`'s backward has run (or was skipped): report the leaves it was the last user of.
+  void retire(const Record& r) {
+    if (!observer_) return;
+    for (const auto& w : r.leaves) {
+      auto leaf = w.lock();
+      if (!leaf) continue;
+      auto it = left_.find(leaf.get());
+      if (it == left_.end() || --it->second > 0) continue;
+      left_.erase(it);
+      if (leaf->grad) {
+        Tensor t(leaf);
+        observer_->leaf_final(t);
+      }
+    }
+    observer_->record_done();
+  }
+
+ private:
+  BackwardObserver* observer_;
+  std::unordered_map<const TensorImpl*, int64_t> left_;
+};
+}  // namespace
+
+void Tape::backward(const Tensor& loss, const Tensor& grad_out, BackwardObserver* observer) {
   DG_CHECK(loss.requires_grad(), "backward: ", loss.desc(),
            " does not depend on any trainable tensor (nothing was recorded for it)");
   std::unordered_map<uint64_t, Tensor> grads;
@@ -117,11 +151,13 @@ void Tape::backward(const Tensor& loss, const Tensor& grad_out) {
   }
   NoGradGuard no_grad;  // backward computations are never recorded
   BackwardPhaseGuard phase;  // FLOPs counted from here on are backward FLOPs
+  LeafUses uses(records_, observer);
   for (auto it = records_.rbegin(); it != records_.rend(); ++it) {
     Record& r = *it;
     auto g = grads.find(r.out_id);
     if (g == grads.end()) {  // this output did not reach the loss
       r.saved.clear();
+      uses.retire(r);
       continue;
     }
     Tensor gout = std::move(g->second);
@@ -157,6 +193,7 @@ void Tape::backward(const Tensor& loss, const Tensor& grad_out) {
     }
     r.saved.clear();
     r.backward = nullptr;
+    uses.retire(r);
   }
   records_.clear();
 }

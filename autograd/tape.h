@@ -20,6 +20,20 @@ namespace dg {
 
 struct OpDef;  // autograd/op_registry.h
 
+// Told by Tape::backward when a trainable leaf's gradient is final: every recorded op that
+// took the leaf as an input has run its backward (or did not reach the loss), so its .grad
+// will not change again in this pass. A data-parallel trainer starts summing a gradient over
+// its ranks from here, while the rest of the backward still runs (train/grad_reducer.h).
+class BackwardObserver {
+ public:
+  virtual ~BackwardObserver() = default;
+  // Once per leaf of the tape that has a .grad at that point (a leaf used by several ops, e.g.
+  // a shared factor or a tied weight: after the last of them), in the order they become final.
+  virtual void leaf_final(Tensor& leaf) = 0;
+  // After every record's backward: room for other work to progress (an MPI request's test).
+  virtual void record_done() {}
+};
+
 struct SavedTensor {
   std::string what;  // e.g. "x" or "mean"
   Tensor t;          // as kept: under autocast an activation is its bf16 copy
@@ -62,7 +76,8 @@ class Tape {
   // Record `out = op(inputs)` if any input needs grad (and grad mode is on);
   // marks `out` as needing grad and returns the record to fill in, else nullptr.
   Record* record(const OpDef& op, const std::vector<Tensor>& inputs, Tensor& out, std::string attrs = {});
-  void backward(const Tensor& loss, const Tensor& grad_out = Tensor());
+  // `observer` (optional; none costs nothing) is told when each leaf's gradient is final.
+  void backward(const Tensor& loss, const Tensor& grad_out = Tensor(), BackwardObserver* observer = nullptr);
   void clear() { records_.clear(); }
   const std::vector<Record>& records() const { return records_; }
   size_t saved_bytes() const;  // summed over records: a buffer saved by two records counts twice

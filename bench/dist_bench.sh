@@ -4,15 +4,21 @@
 #     global batch 64, one epoch + the sharded evaluation of 5000 images) as 1 process of 1 thread and
 #     as `mpirun -np 2` ranks of 1 thread each, ROUNDS times alternating; the time is the trainer's
 #     own ("done in", start-up and data loading excluded).
+#  1b. The same 2-rank run with the gradient all-reduce after backward (--no-overlap), overlapped in
+#     the default buckets (25 MiB: one for these 34 KB) and in buckets of 4 KiB (9 of them), ROUNDS
+#     times alternating: the trainer's "gradient all-reduce after backward" (ms per step: the time from
+#     the end of a step's backward to every gradient summed, i.e. what backward did not hide).
 #  2. The bytes each method all-reduces per step on vit_base_patch16_224 (bench_step's allreduce_bytes:
 #     every trainable gradient, 100 classes).
 #  3. A modelled table for 8-64 GPUs from a measured GPU step time, those bytes and stated bandwidths.
-# Writes bench/results/dist-<date>.md. Needs a quiet machine for (1): mpirun ranks share the cores.
+# Writes bench/results/dist-<date>.md. Needs a quiet machine for (1) and (1b): mpirun ranks share the cores.
 #   bash bench/dist_bench.sh            ROUNDS=3 EPOCHS=2 bash bench/dist_bench.sh
+#   PARTS=overlap bash bench/dist_bench.sh   (1b alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-2}
 EPOCHS=${EPOCHS:-1}
+PARTS=${PARTS:-all}
 CLI=build/tools/deltagrad
 [ -x "$CLI" ] || bash scripts/build.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -32,6 +38,7 @@ export -f cputime
 mkdir -p bench/results
 out=bench/results/dist-$(date -u +%Y-%m-%d).md
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+if [ "$PARTS" = all ]; then
 {
   echo "## Data parallel, $(date -u '+%Y-%m-%d %H:%M') UTC: $cpu, $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg) at the start"
   echo
@@ -49,6 +56,32 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "| $r | $a | $b | $(python3 -c "print(f'{$a/$b:.2f}x')") | $ca | $cb |" | tee -a "$out"
 done
 grep -m1 '^data parallel' "$work/two.log" | sed 's/^/trainer: /' | tee -a "$out"
+fi
+{
+  echo
+  [ "$PARTS" = all ] || printf '## Data parallel, %s UTC: %s, %s cores, load %s at the start\n\n' "$(date -u '+%Y-%m-%d %H:%M')" "$cpu" "$(nproc)" "$(cut -d' ' -f1 /proc/loadavg)"
+  echo "### The gradient all-reduce overlapped with backward: ms per step from the end of backward to every gradient summed"
+  echo
+  echo "2 ranks x 1 thread, the 2-rank run of (1); rank 0's mean over the run's steps (the trainer's 'gradient all-reduce after backward': it includes waiting for the other rank's backward)"
+  echo
+  echo "| round | after backward (--no-overlap) | overlapped, 25 MiB buckets | overlapped, 4 KiB buckets | buckets (4 KiB) | of them started during backward | summed when it ended |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
+} >> "$out"
+after() { sed -n 's/^gradient all-reduce after backward: \([0-9.]*\) ms.*/\1/p' "$1" | head -1; }
+for r in $(seq 1 "$ROUNDS"); do
+  for mode in off on small; do
+    extra=""
+    [ $mode = off ] && extra="--no-overlap"
+    [ $mode = small ] && extra="--bucket-mb 0.00390625"
+    rm -rf "$work/ov-$mode"
+    $MPIRUN -np 2 $CLI $args $extra --out "$work/ov-$mode" > "$work/ov-$mode.log" 2>&1
+  done
+  n=$(sed -n 's/.* bytes in \([0-9]*\) buckets.*/\1/p' "$work/ov-small.log" | head -1)
+  e=$(sed -n 's/.*buckets, \([0-9.]*\) of them started during backward.*/\1/p' "$work/ov-small.log" | head -1)
+  d=$(sed -n 's/.*during backward, \([0-9.]*\) summed when it ended.*/\1/p' "$work/ov-small.log" | head -1)
+  echo "| $r | $(after "$work/ov-off.log") | $(after "$work/ov-on.log") | $(after "$work/ov-small.log") | $n | $e | $d |" | tee -a "$out"
+done
+[ "$PARTS" = all ] || { echo "wrote $out"; exit 0; }
 {
   echo
   echo "### Bytes all-reduced per step, vit_base_patch16_224, 100 classes (bench_step's allreduce_bytes)"

@@ -15,6 +15,19 @@ void Comm::all_reduce_mean(Tensor& t) {
 }
 
 namespace {
+class DoneRequest final : public CommRequest {
+ public:
+  bool test() override { return true; }
+  void wait() override {}
+};
+}  // namespace
+
+std::unique_ptr<CommRequest> Comm::start_all_reduce_sum(Tensor& t) {
+  all_reduce_sum(t);
+  return std::make_unique<DoneRequest>();
+}
+
+namespace {
 
 // One process: every collective is the identity.
 class SingleComm final : public Comm {

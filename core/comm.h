@@ -13,6 +13,19 @@
 
 namespace dg {
 
+// A started all-reduce (Comm::start_all_reduce_sum). Its tensor must stay alive and unwritten
+// until wait() returns. Dropping an unfinished request does not wait (a failed peer would make
+// that hang; the process is ending then): it leaves the buffer to the library, never freed.
+class CommRequest {
+ public:
+  virtual ~CommRequest() = default;
+  // Lets the collective progress (MPI progresses inside MPI calls only); true once it is done.
+  virtual bool test() = 0;
+  // Until the sums are there for what reads the tensor next: the host (MPI), or the compute
+  // stream, which waits on an event (NCCL: the host does not block).
+  virtual void wait() = 0;
+};
+
 class Comm {
  public:
   virtual ~Comm() = default;
@@ -22,6 +35,9 @@ class Comm {
   // In-place element-wise sum over the ranks of a contiguous F32 tensor that every rank passes
   // with the same shape (on the device the implementation serves).
   virtual void all_reduce_sum(Tensor& t) = 0;
+  // The same, started and left running: every rank must start its all-reduces in the same
+  // order. By default the blocking one, returning a finished request (one process, no MPI).
+  virtual std::unique_ptr<CommRequest> start_all_reduce_sum(Tensor& t);
   // The same for host values (metrics, flags): summed in f64.
   virtual void all_reduce_sum(std::vector<double>& values) = 0;
   // Rank `root`'s bytes to every rank (the others' `bytes` are replaced, whatever their size).

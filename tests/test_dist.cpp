@@ -21,7 +21,9 @@
 #include "cuda/cuda_api.h"
 #include "tests/test_util.h"
 #include "tests/train_util.h"
+#include "autograd/ops.h"
 #include "train/grad_bucket.h"
+#include "train/grad_reducer.h"
 
 using namespace dg;
 using nlohmann::json;
@@ -64,7 +66,7 @@ Ran sh(const std::string& cmd, const fs::path& log) {
 struct Setup {
   fs::path dir, data, model_config, peft, run_config;
 };
-Setup make_setup(const std::string& name, int64_t max_steps = 0) {
+Setup make_setup(const std::string& name, int64_t max_steps = 0, const json& extra = json::object()) {
   Setup s;
   s.dir = test::fresh_dir("dist", name);
   s.data = test::make_stripes_folder(s.dir / "data", 16);
@@ -73,12 +75,13 @@ Setup make_setup(const std::string& name, int64_t max_steps = 0) {
                                         {"depth", 2}, {"num_heads", 2}, {"num_classes", 3}, {"mean", {0.3}},
                                         {"std", {0.3}}}.dump();
   s.run_config = s.dir / "run.json";
-  std::ofstream(s.run_config) << json{{"model_config", s.model_config.string()},
-                                      {"peft", {{"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 2}}}},
-                                                {"trainable", {"head.*"}}}},
-                                      {"data", s.data.string() + ":val=0.25"}, {"epochs", 4}, {"batch", 7},
-                                      {"lr", 1e-2}, {"seed", 5}, {"pad", 1}, {"augment", "pad-crop"},
-                                      {"quiet", true}, {"max_steps", max_steps}}.dump();
+  json rc{{"model_config", s.model_config.string()},
+          {"peft", {{"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 2}}}}, {"trainable", {"head.*"}}}},
+          {"data", s.data.string() + ":val=0.25"}, {"epochs", 4}, {"batch", 7},
+          {"lr", 1e-2}, {"seed", 5}, {"pad", 1}, {"augment", "pad-crop"},
+          {"quiet", true}, {"max_steps", max_steps}};
+  rc.update(extra);
+  std::ofstream(s.run_config) << rc.dump();
   return s;
 }
 std::string train_args(const Setup& s, const fs::path& out) {
@@ -141,11 +144,46 @@ TEST_CASE("dist: mpirun -np 2 trains as one process does at the same global batc
                                                                        << " s");
   // 2 blocks x LoRA r=2 on qkv (A 2x16, B 48x2) + head 3x16 + 3 = 2 * 128 + 51 = 307 floats
   CHECK(two.out.find("data parallel: 2 ranks (mpi), global batch 7") != std::string::npos);
-  CHECK(two.out.find("307 trainable gradient floats = 1228 bytes in one bucket") != std::string::npos);
+  CHECK(two.out.find("307 trainable gradient floats = 1228 bytes in 1 bucket started during backward (cap 25 MiB)") !=
+        std::string::npos);
+  CHECK(two.out.find("gradient all-reduce after backward: ") != std::string::npos);
   CHECK(two.out.find("epoch 4: train loss") != std::string::npos);
   check_same_run(s.dir / "two", s.dir / "one");
   // rank 0 alone wrote the run dir: one metrics log, its rows once
   CHECK(step_losses(s.dir / "two").size() == 24);
+}
+
+TEST_CASE("dist: the all-reduce overlapped with backward in several buckets gives the same bits as after it") {
+  if (const std::string why = mpi_missing(); !why.empty()) return test::skip(why);
+  // a cap of 256 bytes cuts the 307 floats (LoRA A 32, B 96 per block, head 48 + 3) into 5 buckets
+  const Setup s = make_setup("overlap", 0, {{"epochs", 2}, {"bucket_mb", 1.0 / 4096}, {"quiet", false}});
+  const Ran on = sh(mpirun(60) + "-np 2 " + kCli + train_args(s, s.dir / "on"), s.dir / "on.log");
+  REQUIRE_MESSAGE(on.code == 0, on.out);
+  const Ran off = sh(mpirun(60) + "-np 2 " + kCli + train_args(s, s.dir / "off") + " --no-overlap", s.dir / "off.log");
+  REQUIRE_MESSAGE(off.code == 0, off.out);
+  const size_t at = on.out.find("1228 bytes in ");
+  REQUIRE_MESSAGE(at != std::string::npos, on.out);
+  const int buckets = std::stoi(on.out.substr(at + 14));
+  MESSAGE("buckets: " << buckets << "; after backward: " << on.out.substr(on.out.find("gradient all-reduce after")));
+  CHECK(buckets == 5);
+  CHECK(on.out.find("buckets started during backward") != std::string::npos);
+  const size_t early = on.out.find("5 buckets, ");  // "..., N of them started during backward" (rank 0's mean)
+  REQUIRE(early != std::string::npos);
+  CHECK(std::stod(on.out.substr(early + 11)) > 0);
+  CHECK(off.out.find("in one bucket after backward (no overlap)") != std::string::npos);
+  CHECK(off.out.find("; not overlapped)") != std::string::npos);
+  const std::vector<double> la = step_losses(s.dir / "on"), lb = step_losses(s.dir / "off");
+  REQUIRE(la.size() == 12);
+  CHECK(la == lb);  // every step's loss, to the bit
+  SafeTensors da = load_safetensors((s.dir / "on" / "deltas.safetensors").string());
+  SafeTensors db = load_safetensors((s.dir / "off" / "deltas.safetensors").string());
+  REQUIRE(da.tensors.size() == db.tensors.size());
+  REQUIRE(da.tensors.size() >= 4);
+  for (auto& [n, t] : db.tensors) {
+    REQUIRE(da.tensors.count(n) == 1);
+    INFO(n);
+    CHECK(da.tensors.at(n).to_vector() == t.to_vector());  // the final deltas, to the bit
+  }
 }
 
 TEST_CASE("dist: a bad file on one rank ends every rank with its message, without a hang") {
@@ -275,9 +313,78 @@ TEST_CASE("dist: the gradient bucket weights, sums and restores every trainable 
   CHECK(bucket.floats() == 7);
   CHECK(bucket.bytes() == 28);
   CHECK(train::GradientBucket::bytes_for(params) == 28);
-  bucket.all_reduce(params, world(), 0.25);  // one rank: the sum is this rank's weighted gradient
+  bucket.all_reduce(world(), 0.25);  // one rank: the sum is this rank's weighted gradient
   CHECK(a.grad().to_vector() == std::vector<double>{0.125, 0.25, -0.25, 0.5});
   REQUIRE(b.grad().defined());
   CHECK(b.grad().to_vector() == std::vector<double>{0, 0, 0});
   CHECK(a.to_vector() == std::vector<double>{1, -2, 3, 4});  // the parameters are untouched
+}
+
+namespace {
+// A comm of one process that acts as if a second rank held the same gradients (sum = 2x) and
+// notes the size of each all-reduce it is asked to start, in order.
+class TwinComm final : public Comm {
+ public:
+  std::vector<int64_t> started;
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  std::string backend_name() const override { return "twin"; }
+  void all_reduce_sum(Tensor& t) override { t.copy_(add(t, t)); }
+  std::unique_ptr<CommRequest> start_all_reduce_sum(Tensor& t) override {
+    started.push_back(t.numel());
+    return Comm::start_all_reduce_sum(t);
+  }
+  void all_reduce_sum(std::vector<double>& v) override {
+    for (double& x : v) x += x;
+  }
+  void broadcast(std::string&, int) override {}
+  void barrier() override {}
+  [[noreturn]] void abort_all(const std::string& m, int) override { throw Error(m); }
+};
+}  // namespace
+
+TEST_CASE("dist: buckets start in order as their gradients become final, with the bits of one bucket after backward") {
+  tape().clear();
+  Tensor x = Tensor::from_vector(std::vector<float>{0.3f, -1.1f, 2.f, 0.7f}, {4});
+  Tensor z = Tensor::from_vector(std::vector<float>{1.5f, -0.2f, 0.9f}, {3});
+  // registered p0, p3 (never used), p1, p2: in reverse, with a cap of 5 floats, the buckets are
+  // [p2] [p1] [p3] [p0]; backward finishes p2, then p1, then p0
+  nn::NamedTensors params;
+  for (auto [name, n] : {std::pair{"p0", 4}, {"p3", 2}, {"p1", 4}, {"p2", 3}}) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) v[size_t(i)] = 0.1f * float(i + 1) * (name[1] == '1' ? -1.f : 1.f) + 0.37f;
+    Tensor p = Tensor::from_vector(v, {n});
+    p.set_requires_grad(true), p.set_name(name);
+    params.emplace_back(name, p);
+  }
+  const std::map<std::string, Tensor> masks{{"p1", Tensor::from_vector(std::vector<float>{1, 0, 1, 0}, {4})}};
+  auto loss_of = [&] {
+    Tensor h = mul(params[0].second, x);
+    return add(sum(mul(exp(h), params[2].second)), sum(mul(params[3].second, z)));
+  };
+  const double w = 3.0 / 7.0;
+  TwinComm comm;
+  train::GradientReducer red(params, Device::CPU, 5 * 4, masks);
+  REQUIRE(red.buckets() == 4);
+  CHECK(red.floats() == 13);
+  red.begin(comm, w);
+  tape().backward(loss_of(), Tensor(), &red);
+  CHECK(comm.started == std::vector<int64_t>{3, 4});  // p2's and p1's, during backward; [p3] holds p0's back
+  CHECK(red.finish().started == 2);
+  CHECK(comm.started == std::vector<int64_t>{3, 4, 2, 4});  // every rank starts them in this order
+  std::vector<std::vector<double>> overlapped;
+  for (auto& [n, p] : params) overlapped.push_back(p.grad().to_vector()), Tensor(p).zero_grad();
+  CHECK(overlapped[1] == std::vector<double>{0, 0});  // p3: no gradient, adds zeros
+  CHECK(overlapped[2][1] == 0);  // p1's mask
+  CHECK(overlapped[2][0] != 0);
+  // the path without overlap: backward, masks, one bucket of everything
+  backward(loss_of());
+  Tensor g1 = params[2].second.grad();
+  g1.copy_(mul(g1, masks.at("p1")));
+  train::GradientBucket one(params, Device::CPU);
+  one.all_reduce(comm, w);
+  for (size_t k = 0; k < params.size(); ++k) {
+    INFO(params[k].first);
+    CHECK(params[k].second.grad().to_vector() == overlapped[k]);
+  }
 }

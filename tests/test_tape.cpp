@@ -143,3 +143,50 @@ TEST_CASE("tape: LayerNorm before a LoRA branch keeps one buffer for both (CPU),
     CHECK(test::max_rel_err(gA, A.grad(), 1e-3) < 1e-4);
   }
 }
+
+namespace {
+// Notes each report: which leaf, its gradient then, and how many records had finished before it.
+struct Reports final : BackwardObserver {
+  std::vector<std::pair<std::string, std::vector<double>>> leaves;
+  std::vector<int> records_before;
+  int records_done = 0;
+  void leaf_final(Tensor& leaf) override {
+    leaves.push_back({leaf.name(), leaf.grad().to_vector()});
+    records_before.push_back(records_done);
+  }
+  void record_done() override { ++records_done; }
+};
+}  // namespace
+
+TEST_CASE("tape: the observer hears each leaf's gradient once, after its last user's backward") {
+  tape().clear();
+  Tensor a = randf({3}, 1, true).set_name("a"), b = randf({3}, 2, true).set_name("b");
+  Tensor w = randf({3}, 3, true).set_name("w"), c = randf({3}, 4, true).set_name("c");
+  Tensor x = randf({3}, 5, false).set_name("x");
+  Tensor p = mul(a, x);         // #0: a's first use
+  Tensor q = add(p, b);         // #1: b's only use
+  Tensor r = mul(q, a);         // #2: a's second use (a shared factor, a tied weight)
+  Tensor unused = exp(c);       // #3: c's only use never reaches the loss
+  Tensor s = mul(w, w);         // #4: w twice in one op
+  Tensor loss = sum(add(r, s));  // #5, #6
+  REQUIRE(tape().records().size() == 7);
+  Reports seen;
+  tape().backward(loss, Tensor(), &seen);
+  CHECK(seen.records_done == 7);  // told after every record, the skipped one too
+  // newest first (records_before counts the records finished before the report's own): w at
+  // #4, b at #1, a only at #0, its last user in backward; c has no gradient, x is frozen
+  REQUIRE(seen.leaves.size() == 3);
+  CHECK(seen.leaves[0].first == "w");
+  CHECK(seen.leaves[1].first == "b");
+  CHECK(seen.leaves[2].first == "a");
+  CHECK(seen.records_before == std::vector<int>{2, 5, 6});
+  CHECK_FALSE(c.grad().defined());
+  // what was reported is the whole gradient: d/da sum((a x + b) a) = 2 a x + b, and 2 w
+  const std::vector<double> av = a.to_vector(), bv = b.to_vector(), xv = x.to_vector(), wv = w.to_vector();
+  for (size_t i = 0; i < 3; ++i) {
+    CHECK(seen.leaves[2].second[i] == doctest::Approx(2 * av[i] * xv[i] + bv[i]).epsilon(1e-6));
+    CHECK(seen.leaves[0].second[i] == doctest::Approx(2 * wv[i]).epsilon(1e-6));
+  }
+  CHECK(seen.leaves[2].second == a.grad().to_vector());  // nothing was added after the report
+  CHECK(seen.leaves[1].second == b.grad().to_vector());
+}

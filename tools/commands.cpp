@@ -49,6 +49,7 @@ int cmd_train(int argc, char** argv) {
       "                [--epochs N] [--batch B] [--lr LR] [--weight-decay WD] [--warmup STEPS] [--seed S]\n"
       "                [--device cpu|cuda] [--out RUN_DIR] [--config RUN.json] [--resume RUN_DIR] [--quiet]\n"
       "                [--recompute-mlp]   (redo each MLP's fc1 in backward: ~1/4 less memory, one more GEMM)\n"
+      "                [--bucket-mb MIB] [--no-overlap]   (data parallel: see below)\n"
       "                [--precision f32|bf16]  (bf16: mixed precision, bf16 GEMMs and saved activations)\n"
       "                [--checkpoint-every STEPS] [--checkpoint-minutes M]  (checkpoints inside an epoch too)\n"
       "                [--augment auto|random-resized-crop|pad-crop]  (auto: random-resized-crop + flips for\n"
@@ -64,12 +65,15 @@ int cmd_train(int argc, char** argv) {
       "  exactly, after checking that base weights, model, PEFT config, data and batch are the same.\n"
       "  Data parallel: mpirun -np N deltagrad train ... (one process per GPU with --device cuda) splits every\n"
       "  global batch of B over the N ranks and sums the trainable gradients each step (MPI for CPU tensors,\n"
-      "  NCCL for CUDA ones); the log equals one process's, rank 0 writes RUN_DIR, and a failing rank ends all.\n";
+      "  NCCL for CUDA ones); the log equals one process's, rank 0 writes RUN_DIR, and a failing rank ends all.\n"
+      "  The sums run during backward, in buckets of at most --bucket-mb MiB (25) each started when its\n"
+      "  gradients are final; --no-overlap sums every gradient in one buffer after backward (same bits).\n";
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2,
                       {"model-config", "model", "peft", "data", "epochs", "batch", "lr", "weight-decay", "warmup", "seed",
-                       "device", "out", "config", "resume", "precision", "checkpoint-every", "checkpoint-minutes", "augment"},
-                      {"quiet", "recompute-mlp"});
+                       "device", "out", "config", "resume", "precision", "checkpoint-every", "checkpoint-minutes", "augment",
+                       "bucket-mb"},
+                      {"quiet", "recompute-mlp", "no-overlap"});
   json rc = json::object();
   if (a.has("resume")) {
     // A run dir is resumed in place: whatever `out` its run config recorded (a copied or
@@ -103,6 +107,8 @@ int cmd_train(int argc, char** argv) {
   if (a.has("augment")) rc["augment"] = a.get("augment");
   if (a.has("checkpoint-every")) rc["checkpoint_every"] = a.integer("checkpoint-every", 0, 0);
   if (a.has("checkpoint-minutes")) rc["checkpoint_minutes"] = a.num("checkpoint-minutes", 0);
+  if (a.has("bucket-mb")) rc["bucket_mb"] = a.num("bucket-mb", 25);
+  if (a.has("no-overlap")) rc["overlap"] = false;
   if (!a.has("resume") && !a.has("config") && !a.has("data")) throw UsageError("missing required option --data");
   // Under mpirun (or a cluster launcher) this starts MPI: from here on a failure on one rank
   // ends every rank (main's error path), never leaving the others waiting.

@@ -94,7 +94,7 @@ constexpr const char* kRunRecord = "sweep_run.json";
 // that do not change what is trained (where it lives, how it reports, when it checkpoints).
 json trained_as(json rc) {
   for (const char* k : {"out", "quiet", "log_every", "max_steps", "checkpoint_every", "checkpoint_minutes", "device",
-                        "recompute_mlp"})
+                        "recompute_mlp", "overlap", "bucket_mb"})
     rc.erase(k);
   return rc;
 }

@@ -38,7 +38,8 @@ static void visit_keys(Config& c, Visit&& v) {
   v("seed", c.seed), v("device", c.device), v("out", c.out), v("max_steps", c.max_steps);
   v("checkpoint_every", c.checkpoint_every), v("checkpoint_minutes", c.checkpoint_minutes);
   v("eval_every", c.eval_every), v("log_every", c.log_every), v("quiet", c.quiet);
-  v("recompute_mlp", c.recompute_mlp), v("precision", c.precision);
+  v("recompute_mlp", c.recompute_mlp), v("precision", c.precision), v("overlap", c.overlap);
+  v("bucket_mb", c.bucket_mb);
 }
 
 json to_json(const RunConfig& c) {
@@ -70,6 +71,9 @@ RunConfig run_config_from_json(const json& j) {
                         {"label_smoothing", c.label_smoothing}, {"clip_grad", c.clip_grad},
                         {"checkpoint_minutes", c.checkpoint_minutes}})
     DG_CHECK(std::isfinite(v) && v >= 0, "run config: key '", key, "' must be a finite number >= 0, got ", v);
+  DG_CHECK(std::isfinite(c.bucket_mb) && c.bucket_mb * 1024 * 1024 >= 4,
+           "run config: key 'bucket_mb' must be a finite number of MiB that holds a float (>= 4 bytes), got ",
+           c.bucket_mb);
   DG_CHECK(c.checkpoint_every >= 0 && c.max_steps >= 0 && c.warmup_steps >= 0,
            "run config: checkpoint_every, max_steps and warmup_steps must be >= 0");
   DG_CHECK(c.device == "cpu" || c.device == "cuda", "run config: device must be cpu or cuda, got '", c.device, "'");
@@ -352,22 +356,31 @@ Trainer::StepTotals Trainer::train_step(const data::Batch& b, nn::Optimizer& opt
                                         int64_t epoch, int64_t step, const std::string& last_good, bool stop) {
   const Device dev = cfg_.device == "cuda" ? Device::CUDA : Device::CPU;
   const int64_t n = b.labels.numel();
+  // each rank's loss is the mean over its n samples: weighted by n / global, the summed
+  // gradients and loss are the global batch's mean, as one process computes them
+  const double w = double(n) / double(b.global_size);
+  GradientReducer* overlap = comm_->size() > 1 && reducer_ ? reducer_.get() : nullptr;
+  if (overlap) overlap->begin(*grad_comm_, w);
   double lv = 0, correct = 0;
   if (n > 0) {  // a last batch smaller than the ranks leaves some with nothing: they add zeros
     Tensor logits = peft_->forward(b.images.to(dev));
     Tensor loss = cross_entropy(logits, b.labels.to(dev), cfg_.label_smoothing);
     lv = loss.item();
-    if (std::isfinite(lv)) backward(loss);  // a NaN stops the step below, on every rank
+    if (std::isfinite(lv)) tape().backward(loss, Tensor(), overlap);  // a NaN stops the step below, on every rank
     std::vector<double> pred = argmax(logits, 1).to_vector(), lab = b.labels.to_vector();
     for (size_t i = 0; i < pred.size(); ++i) correct += pred[i] == lab[i];
   }
-  peft_->mask_gradients();
+  if (!overlap) peft_->mask_gradients();  // (the reducer masks each gradient before it travels)
   StepTotals t{lv, int64_t(correct), n, stop};
   if (comm_->size() > 1) {
-    // each rank's loss is the mean over its n samples: weighted by n / global, the summed
-    // gradients and loss are the global batch's mean, as one process computes them
-    const double w = double(n) / double(b.global_size);
-    bucket_->all_reduce(params, *grad_comm_, w);
+    const auto r0 = std::chrono::steady_clock::now();
+    if (overlap) {
+      const GradientReducer::Overlap o = overlap->finish();
+      early_buckets_ += int64_t(o.started), summed_early_ += int64_t(o.done);
+    }
+    else bucket_->all_reduce(*grad_comm_, w);
+    reduce_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
+    ++reduce_steps_;
     std::vector<double> host{lv * w, correct, double(n), stop ? 1.0 : 0.0};
     comm_->all_reduce_sum(host);
     t = {host[0], int64_t(host[1]), int64_t(host[2]), host[3] > 0};
@@ -425,12 +438,20 @@ TrainResult Trainer::fit(bool resume) {
     const Device dev = cfg_.device == "cuda" ? Device::CUDA : Device::CPU;
     if (dev == Device::CUDA && !grad_comm_owned_) grad_comm_owned_ = make_nccl_comm(*comm_);
     grad_comm_ = dev == Device::CUDA ? grad_comm_owned_.get() : comm_;
-    bucket_ = std::make_unique<GradientBucket>(params, dev);
+    bucket_.reset(), reducer_.reset();  // one or the other: each holds a buffer of every trainable gradient
+    if (cfg_.overlap)
+      reducer_ = std::make_unique<GradientReducer>(params, dev, int64_t(cfg_.bucket_mb * 1024 * 1024), peft_->masks());
+    else
+      bucket_ = std::make_unique<GradientBucket>(params, dev);
+    const int64_t floats = reducer_ ? reducer_->floats() : bucket_->floats();
     if (verbose)
       std::printf("data parallel: %d ranks (%s), global batch %lld (%lld per rank); all-reduced per step: %lld "
-                  "trainable gradient floats = %lld bytes in one bucket, + 32 bytes of loss, hits, count and stop flag\n",
+                  "trainable gradient floats = %lld bytes in %s, + 32 bytes of loss, hits, count and stop flag\n",
                   comm_->size(), grad_comm_->backend_name().c_str(), (long long)cfg_.batch,
-                  (long long)(cfg_.batch / comm_->size()), (long long)bucket_->floats(), (long long)bucket_->bytes());
+                  (long long)(cfg_.batch / comm_->size()), (long long)floats, (long long)(floats * 4),
+                  reducer_ ? str(reducer_->buckets(), reducer_->buckets() == 1 ? " bucket" : " buckets",
+                                 " started during backward (cap ", cfg_.bucket_mb, " MiB)").c_str()
+                           : "one bucket after backward (no overlap)");
   }
   nn::AdamW opt(params, cfg_.lr, cfg_.weight_decay);
   for (auto& [n, m] : peft_->masks()) opt.set_mask(n, m);
@@ -460,6 +481,20 @@ TrainResult Trainer::fit(bool resume) {
   const auto t0 = std::chrono::steady_clock::now();
   auto last_ckpt = t0;
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  reduce_seconds_ = 0, reduce_steps_ = 0, early_buckets_ = 0, summed_early_ = 0;
+  // The end of this process's training: its times, and (data parallel) what the all-reduce cost after backward.
+  auto end_timing = [&] {
+    res.seconds = elapsed(), res.total_seconds = pos.seconds + res.seconds;
+    res.allreduce_after_backward_seconds = reduce_seconds_, res.allreduce_steps = reduce_steps_;
+    if (verbose && reduce_steps_ > 0)
+      std::printf("gradient all-reduce after backward: %.3f ms per step (mean of %lld steps; %s)\n",
+                  1e3 * reduce_seconds_ / double(reduce_steps_), (long long)reduce_steps_,
+                  reducer_ ? str("overlapped, ", reducer_->buckets(), " buckets, ",
+                                 double(early_buckets_) / double(reduce_steps_), " of them started during backward, ",
+                                 double(summed_early_) / double(reduce_steps_), " summed when it ended")
+                                 .c_str()
+                           : "not overlapped");
+  };
   // Rows first, then the checkpoint: every row before a checkpoint's position is on disk
   // when the checkpoint is, and a resume cuts the rows after it.
   auto checkpoint = [&](const RunPosition& at) {
@@ -512,7 +547,7 @@ TrainResult Trainer::fit(bool resume) {
         checkpoint(here);
         if (verbose) std::printf("\ninterrupted: checkpoint written to %s\n", ckpt.c_str());
         res.interrupted = true;
-        res.seconds = elapsed(), res.total_seconds = pos.seconds + res.seconds;
+        end_timing();
         return res;
       }
       // inside the epoch only: its end writes one anyway
@@ -536,7 +571,7 @@ TrainResult Trainer::fit(bool resume) {
     }
     checkpoint({epoch + 1, 0, 0, 0, 0});
   }
-  res.seconds = elapsed(), res.total_seconds = pos.seconds + res.seconds;
+  end_timing();
   if (lead) {
     csv->flush();
     write_outputs(csv->history(), spe);

@@ -13,6 +13,7 @@
 #include "core/comm.h"
 #include "train/figure.h"
 #include "train/grad_bucket.h"
+#include "train/grad_reducer.h"
 #include "train/run_dir.h"
 
 namespace dg::train {
@@ -44,6 +45,10 @@ struct RunConfig {
   // "f32", or "bf16": mixed precision (autograd/autocast.h) for forward, backward and evaluation;
   // weights, deltas, gradients and optimizer state stay f32
   std::string precision = "f32";
+  // Data parallel: start each bucket's gradient all-reduce during backward, as soon as its
+  // gradients are final (train/grad_reducer.h); off: one all-reduce of every gradient after it
+  bool overlap = true;
+  double bucket_mb = 25;  // the buckets' cap in MiB (DDP's default bucket_cap_mb)
 };
 
 RunConfig run_config_from_json(const nlohmann::json& j);
@@ -57,7 +62,12 @@ struct TrainResult {
   double total_seconds = 0;  // the run's, across resumes (checkpoints carry the time before)
   int64_t trainable_params = 0, total_params = 0;
   bool interrupted = false;
-  bool already_finished = false;  // resumed a run whose every epoch was done: only its outputs were rewritten
+  bool already_finished = false;
+  // Data parallel: the time steps spent in the gradient all-reduce after their backward had
+  // ended (copies in and out, sums, waits; overlapped: what backward had not hidden), and how
+  // many steps that sums.
+  double allreduce_after_backward_seconds = 0;
+  int64_t allreduce_steps = 0;  // resumed a run whose every epoch was done: only its outputs were rewritten
 };
 
 // Accuracy of `model` on a set (eval mode, no gradients), in batches.
@@ -112,11 +122,15 @@ class Trainer {
                         int64_t step, const std::string& last_good, bool stop);
   void check_same_run_on_every_rank() const;
   // Data parallel (comm_->size() > 1): the ranks, the comm that sums gradients (comm_ itself
-  // for CPU tensors, NCCL for CUDA ones) and the flat buffer it sums.
+  // for CPU tensors, NCCL for CUDA ones) and what it sums: the buckets started during backward
+  // (cfg_.overlap) or one flat buffer after it; the time spent after backward, summed.
   Comm* comm_;
   Comm* grad_comm_ = nullptr;
   std::unique_ptr<Comm> grad_comm_owned_;
   std::unique_ptr<GradientBucket> bucket_;
+  std::unique_ptr<GradientReducer> reducer_;
+  double reduce_seconds_ = 0;
+  int64_t reduce_steps_ = 0, early_buckets_ = 0, summed_early_ = 0;  // buckets started / summed before backward ended
   void write_outputs(const MetricsHistory& history, int64_t steps_per_epoch) const;
 };
 

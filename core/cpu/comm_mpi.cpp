@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "core/comm.h"
 #include "core/error.h"
@@ -23,6 +24,47 @@ void check_mpi(int rc, const char* call) {
   MPI_Error_string(rc, text, &len);
   throw Error(str("MPI error in ", call, ": ", std::string(text, size_t(len))));
 }
+
+void check_cpu_f32(const Tensor& t) {
+  DG_CHECK(t.device() == Device::CPU && t.dtype() == DType::F32 && t.is_contiguous(),
+           "MPI all-reduce: expected a contiguous f32 CPU tensor, got ", t.desc(), " (CUDA tensors go through NCCL)");
+}
+
+// MPI counts are int: a tensor of more elements is summed in pieces, calling f(first, count).
+template <class F>
+void in_int_pieces(const Tensor& t, F&& f) {
+  for (int64_t done = 0; done < t.numel();) {
+    const int n = int(std::min<int64_t>(t.numel() - done, std::numeric_limits<int>::max()));
+    f(t.data<float>() + done, n);
+    done += n;
+  }
+}
+
+// MPI_Iallreduce's requests (one per int-sized piece) and the tensor they write.
+class MpiRequest final : public CommRequest {
+ public:
+  explicit MpiRequest(const Tensor& t) : t_(t) {}
+  ~MpiRequest() override {
+    if (!reqs_.empty()) new Tensor(t_);  // unfinished: MPI may still write it (comm.h: never freed)
+  }
+  void add(MPI_Request r) { reqs_.push_back(r); }
+  bool test() override {
+    if (reqs_.empty()) return true;
+    int done = 0;
+    check_mpi(MPI_Testall(int(reqs_.size()), reqs_.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
+    if (done) reqs_.clear();
+    return done != 0;
+  }
+  void wait() override {
+    if (reqs_.empty()) return;
+    check_mpi(MPI_Waitall(int(reqs_.size()), reqs_.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+    reqs_.clear();
+  }
+
+ private:
+  Tensor t_;
+  std::vector<MPI_Request> reqs_;
+};
 
 class MpiComm final : public Comm {
  public:
@@ -50,14 +92,21 @@ class MpiComm final : public Comm {
   std::string backend_name() const override { return "mpi"; }
 
   void all_reduce_sum(Tensor& t) override {
-    DG_CHECK(t.device() == Device::CPU && t.dtype() == DType::F32 && t.is_contiguous(),
-             "MPI all-reduce: expected a contiguous f32 CPU tensor, got ", t.desc(), " (CUDA tensors go through NCCL)");
-    float* p = t.data<float>();
-    for (int64_t done = 0; done < t.numel();) {  // MPI counts are int
-      const int n = int(std::min<int64_t>(t.numel() - done, std::numeric_limits<int>::max()));
-      check_mpi(MPI_Allreduce(MPI_IN_PLACE, p + done, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
-      done += n;
-    }
+    check_cpu_f32(t);
+    in_int_pieces(t, [](float* p, int n) {
+      check_mpi(MPI_Allreduce(MPI_IN_PLACE, p, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+    });
+  }
+  // MPI_Iallreduce: Open MPI moves it on inside MPI calls (test()), no progress thread needed.
+  std::unique_ptr<CommRequest> start_all_reduce_sum(Tensor& t) override {
+    check_cpu_f32(t);
+    auto req = std::make_unique<MpiRequest>(t);
+    in_int_pieces(t, [&](float* p, int n) {
+      MPI_Request r;
+      check_mpi(MPI_Iallreduce(MPI_IN_PLACE, p, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r), "MPI_Iallreduce");
+      req->add(r);
+    });
+    return req;
   }
   void all_reduce_sum(std::vector<double>& v) override {
     check_mpi(MPI_Allreduce(MPI_IN_PLACE, v.data(), int(v.size()), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),

@@ -220,7 +220,8 @@ DG_REGISTER_METHOD(mosa) {
   MethodDef d;
   d.name = "mosa";
   d.order = 55;
-  d.summary = "blocks.i.mlp_branch: AdaptFormer adapter split into sparse copies, one random copy per step, merged in eval";
+  d.summary = "blocks.i.mlp_branch: AdaptFormer adapter split into sparse copies, one random copy per forward, a "
+              "consistency loss between two forwards; merged in eval and in the delta file";
   d.no_scale = "mosa takes no 'scale' (its fixed scale is 'scalar')";
   d.parse = parse_mosa;
   d.attach = [](const DeltaConfig& dc, nn::VisionTransformer& base, Generator& gen, const AttachFn& add) {

@@ -35,6 +35,12 @@ void PeftModel::save(const std::string& path) const {
   for (const auto& [name, list] : deltas_)  // fixed (non-trainable) delta tensors too, e.g. a fixed scale
     for (const auto& [site, d] : list)
       for (auto& [pn, p] : d->named_parameters()) t[site + "." + name + "." + pn] = p;
+  for (const auto& [name, list] : deltas_)  // a delta stored as other tensors (MoSA: its merged adapter)
+    for (const auto& [site, d] : list)
+      if (auto ft = static_cast<const MethodDelta&>(*d).file_tensors(); !ft.empty()) {
+        for (auto& [pn, p] : d->named_parameters()) t.erase(site + "." + name + "." + pn);
+        for (auto& [k, v] : ft) t[site + "." + name + "." + k] = v;
+      }
   for (const auto& [n, m] : masks_) {  // a masked tensor: its trained elements only (sparse_delta.h)
     const Tensor pos = mask_positions(m);
     put_sparse(t, n, pos, gather_positions(t.at(n), pos));
@@ -75,7 +81,7 @@ void PeftModel::load(const std::string& path) {
       const bool found = got.is_object() && got.contains(k);
       DG_CHECK(found && got.at(k) == v, "delta file '", path, "': delta_metadata of '", k, "' is ",
                found ? got.at(k).dump() : std::string("missing"), ", this build rebuilds it as ", v.dump(),
-               " (a file made by another generator or config keeps its tensors: save_projection)");
+               " (a file made by another generator, config or version of deltagrad)");
     }
   }
   DG_CHECK(meta("base_identity") == id, "delta file '", path, "' was made for a different base model (identity ",
@@ -85,6 +91,7 @@ void PeftModel::load(const std::string& path) {
   for (const auto& [name, list] : deltas_)
     for (const auto& [site, d] : list)
       for (auto& [pn, p] : d->named_parameters()) mine[site + "." + name + "." + pn] = p;
+  load_file_tensors(st, mine, path);
   // Masked tensors: positions + values (sparse_delta.h), or, in files before 2026-12-02, the
   // dense tensor and a dense "mask.<name>".
   NoGradGuard ng;
@@ -123,6 +130,30 @@ void PeftModel::load(const std::string& path) {
     Tensor dst = p;
     dst.copy_(it->second);
   }
+}
+
+// Deltas stored as other tensors than their own (MethodDelta::file_tensors, e.g. MoSA's merged
+// adapter): each takes its file tensors, checked, and its own tensors are no longer expected.
+void PeftModel::load_file_tensors(SafeTensors& st, std::map<std::string, Tensor>& mine, const std::string& path) {
+  for (const auto& [name, list] : deltas_)
+    for (const auto& [site, d] : list) {
+      auto& md = static_cast<MethodDelta&>(*d);
+      const std::map<std::string, Tensor> want = md.file_tensors();
+      if (want.empty()) continue;
+      const std::string pre = site + "." + name + ".";
+      std::map<std::string, Tensor> got;
+      for (const auto& [k, v] : want) {
+        auto it = st.tensors.find(pre + k);
+        DG_CHECK(it != st.tensors.end(), "delta file '", path, "': missing tensor '", pre + k, "'");
+        DG_CHECK(it->second.shape() == v.shape(), "delta file '", path, "': '", pre + k, "' has shape ",
+                 shape_str(it->second.shape()), ", expected ", shape_str(v.shape()));
+        for (double x : it->second.to_vector()) DG_CHECK(std::isfinite(x), "delta file '", path, "': '", pre + k, "' contains NaN or Inf");
+        got[k] = it->second;
+        st.tensors.erase(it);
+      }
+      for (auto& [pn, p] : d->named_parameters()) mine.erase(pre + pn);
+      md.load_file_tensors(got, path);
+    }
 }
 
 std::unique_ptr<PeftModel> PeftModel::from_file(nn::VisionTransformer& base, const std::string& path) {

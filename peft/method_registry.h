@@ -22,6 +22,7 @@
 #include "nn/vit.h"
 #include "peft/config.h"
 #include "peft/option_reader.h"
+#include "peft/training_loss.h"
 
 namespace dg::peft {
 
@@ -44,6 +45,13 @@ class MethodDelta : public nn::Delta {
   virtual nlohmann::json file_metadata() const { return nullptr; }
   // Its 1-bit (`bits: 1`) weights, which a delta file stores packed; null where it has none.
   virtual BinaryWeights* binary_weights() { return nullptr; }
+  // What a delta file stores for this delta when it is not named_parameters(), by local name
+  // (MoSA: the merged adapter that eval uses, not the copies and masks); empty: named_parameters().
+  // A file written so is read back by load_file_tensors, with file_metadata() saying which it is.
+  virtual std::map<std::string, Tensor> file_tensors() const { return {}; }
+  virtual void load_file_tensors(const std::map<std::string, Tensor>& tensors, const std::string& path) {}
+  // The second training forward this delta asks for (MoSA's consistency loss), or none.
+  virtual std::optional<ConsistencyLoss> consistency_loss() const { return std::nullopt; }
 };
 
 // The pre-merge values of the base tensors a merge writes: unmerge copies them back, so

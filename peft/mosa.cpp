@@ -69,8 +69,16 @@ MosaDelta::MosaDelta(const std::string& n, const MosaOptions& o, int64_t D, doub
   make(up, Tensor::zeros({D, o.dim}), D, o.share == "up");
 }
 
+namespace {
+const char* const kMergedNames[] = {"down.weight", "down.bias", "up.weight", "up.bias"};  // merged_adapter()'s order
+}
+
 std::vector<std::pair<std::string, Tensor>> MosaDelta::named_parameters() {
   std::vector<std::pair<std::string, Tensor>> out{{"norm.weight", norm_w}, {"norm.bias", norm_b}};
+  if (loaded_merged()) {
+    for (size_t i = 0; i < loaded_.size(); ++i) out.emplace_back(kMergedNames[i], loaded_[i]);
+    return out;
+  }
   auto add_proj = [&](const char* pn, const Projection& p) {
     const std::string pre = pn;
     if (p.mask.empty()) {
@@ -92,6 +100,10 @@ std::vector<std::pair<std::string, Tensor>> MosaDelta::named_parameters() {
 
 int64_t MosaDelta::trainable_count() {
   int64_t n = norm_w.numel() + norm_b.numel();
+  if (loaded_merged()) {  // one adapter
+    for (const Tensor& t : loaded_) n += t.numel();
+    return n;
+  }
   for (const Projection* p : {&down, &up})
     for (size_t i = 0; i < p->w.size(); ++i) {
       n += p->b[i].numel();
@@ -125,21 +137,51 @@ std::vector<Tensor> MosaDelta::merged_adapter() const {
   return {dw, db, uw, ub};
 }
 
+std::map<std::string, Tensor> MosaDelta::file_tensors() const {
+  std::vector<Tensor> m = loaded_;
+  if (m.empty()) {
+    NoGradGuard ng;  // the same ops on the same values as an eval forward: bit-identical tensors
+    m = merged_adapter();
+  }
+  std::map<std::string, Tensor> out{{"norm.weight", norm_w.detach()}, {"norm.bias", norm_b.detach()}};
+  for (size_t i = 0; i < m.size(); ++i) out[kMergedNames[i]] = m[i].detach();
+  return out;
+}
+
+void MosaDelta::load_file_tensors(const std::map<std::string, Tensor>& t, const std::string& path) {
+  NoGradGuard ng;
+  Tensor(norm_w).copy_(t.at("norm.weight"));
+  Tensor(norm_b).copy_(t.at("norm.bias"));
+  loaded_.clear();
+  for (const char* k : kMergedNames) loaded_.push_back(t.at(k).to(norm_w.dtype()).to(norm_w.device()));
+}
+
+std::optional<ConsistencyLoss> MosaDelta::consistency_loss() const {
+  if (!opt.additional) return std::nullopt;
+  return ConsistencyLoss{opt.add_weight, opt.reg_weight};
+}
+
 Tensor MosaDelta::apply(const Tensor& input, const Tensor& output) {
   Tensor dw, db, uw, ub;
-  if (training) {
+  if (loaded_merged()) {
+    DG_CHECK(!training, "mosa '", name, "': loaded from a delta file, which holds the merged adapter only (not the ",
+             "copies and masks training needs): it evaluates only; resume the run from its checkpoint to train on");
+    dw = loaded_[0], db = loaded_[1], uw = loaded_[2], ub = loaded_[3];
+  } else if (training) {
     auto pick = [&](const Projection& p, int64_t forced, Tensor& w, Tensor& b) {
       if (p.mask.empty()) {
         w = p.w[0], b = p.b[0];
         return;
       }
-      const int64_t i = forced_choice ? forced : int64_t(default_generator().next_key() % uint64_t(p.w.size()));
+      const int64_t i = !forced_choices.empty() ? forced : int64_t(default_generator().next_key() % uint64_t(p.w.size()));
       DG_CHECK(i >= 0 && i < int64_t(p.w.size()), "mosa '", name, "': copy ", i, " of ", p.w.size());
       w = part_of(p.w[size_t(i)], p.mask[size_t(i)]);
       b = p.b[size_t(i)];
     };
-    pick(down, forced_choice ? forced_choice->first : 0, dw, db);
-    pick(up, forced_choice ? forced_choice->second : 0, uw, ub);
+    const auto forced = forced_choices.empty() ? std::pair<int64_t, int64_t>{0, 0}
+                                               : forced_choices[forced_next++ % forced_choices.size()];
+    pick(down, forced.first, dw, db);
+    pick(up, forced.second, uw, ub);
   } else {
     std::vector<Tensor> m = merged_adapter();
     dw = m[0], db = m[1], uw = m[2], ub = m[3];
@@ -159,6 +201,11 @@ void parse_mosa(OptionReader& r, DeltaConfig& dc) {
   r.get("share", o->share);
   r.get("merge", o->merge);
   r.get("blocks", o->blocks);
+  r.get("additional", o->additional);
+  r.get("add_weight", o->add_weight);
+  r.get("reg_weight", o->reg_weight);
+  DG_CHECK(o->add_weight >= 0 && o->reg_weight >= 0 && std::isfinite(o->add_weight + o->reg_weight), r.where,
+           ": add_weight and reg_weight must be finite and >= 0");
   DG_CHECK(o->dim >= 1, r.where, ": dim must be >= 1, got ", o->dim);
   DG_CHECK(o->experts >= 1, r.where, ": experts must be >= 1, got ", o->experts);
   DG_CHECK(o->dropout >= 0 && o->dropout < 1, r.where, ": dropout must be in [0, 1)");
@@ -173,7 +220,8 @@ DG_REGISTER_METHOD(mosa) {
   MethodDef d;
   d.name = "mosa";
   d.order = 55;
-  d.summary = "blocks.i.mlp_branch: AdaptFormer adapter split into sparse copies, one random copy per step, merged in eval";
+  d.summary = "blocks.i.mlp_branch: AdaptFormer adapter split into sparse copies, one random copy per forward, a "
+              "consistency loss between two forwards; merged in eval and in the delta file";
   d.no_scale = "mosa takes no 'scale' (its fixed scale is 'scalar')";
   d.parse = parse_mosa;
   d.attach = [](const DeltaConfig& dc, nn::VisionTransformer& base, Generator& gen, const AttachFn& add) {

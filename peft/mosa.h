@@ -8,7 +8,13 @@
 // Each training forward activates one random copy per non-shared projection; evaluation uses
 // the merged adapter: the mean of the copies ("add", the authors' default and VTAB script) or
 // each copy's own part placed together and divided by the copy count ("joint", as their code).
+// Training adds, as their VTAB script (ADDITIONAL True), a consistency loss between two forwards
+// with their own random copies (peft/training_loss.h). A delta file holds the merged adapter
+// alone, the float32 tensors eval uses; loaded from one, the delta evaluates only (its copies
+// and masks are not there to train): a training forward is an error. A checkpoint keeps the
+// copies (the masks are drawn again from the config's seed).
 #pragma once
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -26,6 +32,9 @@ struct MosaOptions : MethodOptions {
   double dropout = 0.1;      // DROPOUT after the activation
   std::string share = "down";  // SHARE: the projection kept whole ("down", "up" or "none")
   std::string merge = "add";   // MERGE: "add" or "joint"
+  bool additional = true;      // ADDITIONAL: the consistency loss's second forward (the VTAB script's True)
+  double add_weight = 0.0;     // ADD_WEIGHT: its cross-entropy's weight
+  double reg_weight = 1.0;     // REG_WEIGHT: the symmetric KL's weight
   std::vector<std::string> blocks = {"blocks.*"};
 };
 
@@ -46,6 +55,12 @@ class MosaDelta : public MethodDelta {
   int64_t trainable_count() override;
   // The merged adapter's tensors: {down.weight, down.bias, up.weight, up.bias}, differentiable.
   std::vector<Tensor> merged_adapter() const;
+  // Delta files: the merged adapter with its LayerNorm (norm.*, down.*, up.*), and back.
+  nlohmann::json file_metadata() const override { return {{"stored", "merged adapter"}}; }
+  std::map<std::string, Tensor> file_tensors() const override;
+  void load_file_tensors(const std::map<std::string, Tensor>& tensors, const std::string& path) override;
+  bool loaded_merged() const { return !loaded_.empty(); }
+  std::optional<ConsistencyLoss> consistency_loss() const override;
 
   struct Projection {
     std::vector<Tensor> w, b;   // one per copy, or one when shared
@@ -55,8 +70,12 @@ class MosaDelta : public MethodDelta {
   Tensor norm_w, norm_b;
   MosaOptions opt;
   double norm_eps;
-  // tests: the copies a training forward activates (down, up), instead of random ones
-  std::optional<std::pair<int64_t, int64_t>> forced_choice;
+  // tests: the copies the training forwards activate (down, up), in turn, instead of random ones
+  std::vector<std::pair<int64_t, int64_t>> forced_choices;
+  size_t forced_next = 0;
+
+ private:
+  std::vector<Tensor> loaded_;  // the merged adapter read from a delta file (merged_adapter()'s order)
 };
 
 }  // namespace dg::peft

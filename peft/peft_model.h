@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/safetensors.h"
 #include "nn/vit.h"
 #include "peft/config.h"
 #include "peft/deltas.h"
@@ -91,6 +92,7 @@ class PeftModel {
   std::map<std::string, const MethodDef*> methods_;  // config name -> its method
   void attach(const DeltaConfig& d, Generator& gen);
   nlohmann::json delta_metadata() const;  // "<site>.<delta>" -> file_metadata(), for each that has one
+  void load_file_tensors(SafeTensors& st, std::map<std::string, Tensor>& mine, const std::string& path);
 };
 
 // LT-SFT's composition (Ansell et al., ACL 2022, "Composable Sparse Fine-Tuning"): the

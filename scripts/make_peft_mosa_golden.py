@@ -6,7 +6,10 @@ The method is the authors', read from Theia-4869/MoSA and written here in plain 
   src/models/vit_adapter/vit_mosa.py  MoSABlock (STYLE "AdaptFormer"): forward in training (copy A
       of adapter_down, copy B of adapter_up) and in eval (the *_merge modules), and merge(mode);
   src/utils/pruner.py  Pruner.divide(score, "all"): the disjoint masks by rank of a score;
-  src/engine/trainer.py  --sparse-train: a copy's gradient multiplied by its mask.
+  src/engine/trainer.py  --sparse-train: a copy's gradient multiplied by its mask; forward_one_batch
+      with MODEL.ADAPTER.ADDITIONAL: a second forward (its own copies) and the loss
+      CE(out1) + ADD_WEIGHT * CE(out2) + REG_WEIGHT * symmetric_KL_loss(out1, out2);
+  src/solver/losses.py  symmetric_KL_loss.
 The masks' scores are torch.rand here (the Rand pruner); the fixture stores the masks, and a
 divide case (scores and the masks divide makes of them) checks deltagrad's transcription of the rule.
 Eval-mode cases differentiate through the merge (the authors merge under no_grad and never
@@ -56,6 +59,17 @@ def merge(ws, bs, masks, mode):
     return w / n, b / n
 
 
+def symmetric_KL_loss(input, target, reduction="batchmean"):
+    """losses.py symmetric_KL_loss: 1/2 (KL(p||q) + KL(q||p)), each side's target detached."""
+    input = input.float()
+    target = target.float()
+    loss = F.kl_div(F.log_softmax(input, dim=-1, dtype=torch.float32),
+                    F.softmax(target.detach(), dim=-1, dtype=torch.float32), reduction=reduction) + \
+        F.kl_div(F.log_softmax(target, dim=-1, dtype=torch.float32),
+                 F.softmax(input.detach(), dim=-1, dtype=torch.float32), reduction=reduction)
+    return 0.5 * loss.sum()
+
+
 def mosa_block(self, x):
     """MoSABlock.forward, STYLE AdaptFormer (dropout inactive: p = 0 in training cases, eval otherwise)."""
     h = x
@@ -67,8 +81,10 @@ def mosa_block(self, x):
     return self.up_apply(a) * self.scalar + x + h
 
 
-def mosa_case(case, T, seed, dim, experts, share, merge_mode, scalar, choice=None):
-    """choice = None: eval (merged); (A, B): a training forward with copies A (down) and B (up)."""
+def mosa_case(case, T, seed, dim, experts, share, merge_mode, scalar, choice=None, additional=None):
+    """choice = None: eval (merged); (A, B): a training forward with copies A (down) and B (up).
+    additional = ((A2, B2), ADD_WEIGHT, REG_WEIGHT): the consistency loss's second forward, its copies."""
+    state = {"choice": choice}
     g = torch.Generator().manual_seed(seed)
     m, P = frozen_vit(), {}
     masks_of = {}
@@ -93,9 +109,9 @@ def mosa_case(case, T, seed, dim, experts, share, merge_mode, scalar, choice=Non
             ws, bs, masks = projs[pn]
             if masks is None:
                 return ws[0], bs[0]
-            if choice is None:
+            if state["choice"] is None:
                 return merge(ws, bs, masks, merge_mode)
-            return ws[choice[k]], bs[choice[k]]
+            return ws[state["choice"][k]], bs[state["choice"][k]]
 
         blk.down = lambda pick=pick: pick("down", 0)
         blk.up_apply = lambda a, pick=pick: F.linear(a, *pick("up", 1))
@@ -103,6 +119,14 @@ def mosa_case(case, T, seed, dim, experts, share, merge_mode, scalar, choice=Non
         blk.forward = types.MethodType(mosa_block, blk)
     logits = m(X)
     loss = F.cross_entropy(logits, Y)
+    if additional is not None:
+        state["choice"], add_weight, reg_weight = additional
+        outputs_additional = m(X)
+        if add_weight > 0:
+            loss = loss + F.cross_entropy(outputs_additional, Y) * add_weight
+        if reg_weight > 0:
+            loss = loss + symmetric_KL_loss(logits, outputs_additional) * reg_weight
+        T[f"{case}.logits2"] = outputs_additional.detach()
     loss.backward()
     T[f"{case}.logits"], T[f"{case}.loss"] = logits.detach(), loss.detach().reshape(())
     for n, p in P.items():
@@ -126,6 +150,9 @@ if __name__ == "__main__":
     mosa_case("mosa_joint", T, 63, 4, 3, "none", "joint", 0.5)
     mosa_case("mosa_train", T, 64, 4, 4, "down", "add", 0.7, choice=(0, 2))
     mosa_case("mosa_train_none", T, 65, 4, 3, "none", "add", 0.5, choice=(1, 2))
+    # the consistency loss: the VTAB script's weights (ADD_WEIGHT 0, REG_WEIGHT 1), and both terms
+    mosa_case("mosa_consist", T, 66, 4, 4, "down", "add", 0.7, choice=(0, 2), additional=((1, 3), 0.0, 1.0))
+    mosa_case("mosa_consist_none", T, 67, 4, 3, "none", "add", 0.5, choice=(1, 2), additional=((2, 0), 0.5, 2.0))
     out = os.path.join(HERE, "..", "tests", "fixtures", "peft_mosa_golden.safetensors")
     safetensors_io.save(out, T, {"generator": "scripts/make_peft_mosa_golden.py", "torch": torch.__version__})
     print(f"wrote {len(T)} tensors to {os.path.normpath(out)}")

@@ -18,6 +18,7 @@
 #include "core/random.h"
 #include "cuda/cuda_api.h"
 #include "nn/optim.h"
+#include "peft/training_loss.h"
 
 namespace dg::train {
 
@@ -166,7 +167,7 @@ CostLedger cost_ledger(peft::PeftModel& pm, const CostOptions& o) {
   nn::AdamW opt(pm.trainable_parameters(), 1e-4, 0.05);
   auto step = [&](const std::function<void(const Tensor&)>& before_backward) {
     tape().clear();
-    Tensor loss = cross_entropy(pm.forward(images), labels);
+    Tensor loss = peft::training_loss(pm, images, labels).loss;  // a training step's forwards (MoSA's: two)
     before_backward(loss);
     backward(loss);
     pm.mask_gradients();

@@ -19,6 +19,7 @@
 #include "core/user_files.h"
 #include "nn/optim.h"
 #include "nn/schedule.h"
+#include "peft/training_loss.h"
 
 namespace dg::train {
 
@@ -363,8 +364,8 @@ Trainer::StepTotals Trainer::train_step(const data::Batch& b, nn::Optimizer& opt
   if (overlap) overlap->begin(*grad_comm_, w);
   double lv = 0, correct = 0;
   if (n > 0) {  // a last batch smaller than the ranks leaves some with nothing: they add zeros
-    Tensor logits = peft_->forward(b.images.to(dev));
-    Tensor loss = cross_entropy(logits, b.labels.to(dev), cfg_.label_smoothing);
+    // cross-entropy, plus a second forward's terms where a method asks (MoSA's consistency loss)
+    auto [loss, logits] = peft::training_loss(*peft_, b.images.to(dev), b.labels.to(dev), cfg_.label_smoothing);
     lv = loss.item();
     if (std::isfinite(lv)) tape().backward(loss, Tensor(), overlap);  // a NaN stops the step below, on every rank
     std::vector<double> pred = argmax(logits, 1).to_vector(), lab = b.labels.to_vector();

@@ -20,6 +20,15 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b = Tensor());  //
 // gelu(linear(x, W, b)) as one op; recompute = true saves x instead of the [.., out] pre-activation
 // and redoes that GEMM in backward (ops/linear_gelu.cpp).
 Tensor linear_gelu(const Tensor& x, const Tensor& W, const Tensor& b, bool recompute);
+// y with alpha * h @ B^T added to its columns [col0, col0 + B.size(0)) for each term by the GEMM
+// (beta = 1): a low-rank branch into a base output. y is consumed: where the argument is the only handle on its
+// buffer (a Post delta's base output) the GEMM writes into that buffer, so a caller that reads y
+// afterwards must hold another handle on it (then y is copied first) (ops/lowrank_add.cpp).
+struct LowRankTerm {
+  Tensor h, B;       // h [..., r], B [n, r]
+  int64_t col0 = 0;  // adds to y's columns [col0, col0 + n)
+};
+Tensor lowrank_add(const Tensor& y, const std::vector<LowRankTerm>& terms, double alpha);
 
 // ---- elementwise, broadcasting (ops/binary.cpp) ----
 Tensor add(const Tensor& a, const Tensor& b);

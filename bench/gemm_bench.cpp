@@ -24,6 +24,8 @@
 #include "core/backend.h"
 #include "core/cpu/cpu_info.h"
 #include "core/cpu/gemm_kernel.h"
+#include "core/cpu/onednn_matmul.h"
+#include "core/tensor.h"
 
 using namespace dg;
 
@@ -48,6 +50,64 @@ Tensor rand_f32(const Shape& s, uint64_t seed) {
   Tensor t = Tensor::empty(s, DType::F32);
   backend(Device::CPU).random_normal(t, seed, 0, 0.0, 1.0);
   return t;
+}
+
+// Each function's wall times over `runs` interleaved rounds (so background load hits all alike),
+// after one warm-up call each (page faults, thread pools, JIT code).
+std::vector<std::vector<double>> time_runs(const std::vector<std::function<void()>>& fns, int runs) {
+  for (auto& f : fns) f();
+  std::vector<std::vector<double>> t(fns.size());
+  for (int r = 0; r < runs; ++r)
+    for (size_t i = 0; i < fns.size(); ++i) {
+      const double t0 = now_s();
+      fns[i]();
+      t[i].push_back(now_s() - t0);
+    }
+  return t;
+}
+
+// The forward products y = x W^T + b (and gelu(y) for fc1) as the linear ops can run them, in
+// ms: the bias broadcast into C then oneDNN's sgemm accumulating onto it (one thread per block
+// of rows: "dg+onednn"), oneDNN's matmul with the bias in its epilogue under the same split and
+// with oneDNN's own threads, and the GELU as a separate pass or in the epilogue.
+void forward_epilogues(const std::vector<Case>& cases, int runs) {
+  Backend& be = backend(Device::CPU);
+  std::printf("\nforward y = x W^T + b, ms (median): fill+sgemm = bias copied into C, sgemm with beta 1 (split);\n"
+              "epi = oneDNN matmul, bias in the epilogue, split by rows (split) or oneDNN's threads (mt)\n");
+  std::printf("%-40s %11s %11s %11s | %13s %11s %11s\n", "shape", "fill+sgemm", "epi split", "epi mt",
+              "epi+GELU pass", "GELU split", "GELU mt");
+  for (const Case& c : cases) {
+    if (c.ta || c.batch != 1 || c.name.find("lora") != std::string::npos) continue;
+    Tensor X = rand_f32({c.M, c.K}, 1), W = rand_f32({c.N, c.K}, 2), b = rand_f32({c.N}, 3), Y = Tensor::empty({c.M, c.N});
+    Tensor G = Tensor::empty({c.M, c.N});
+    Backend::Gemm g;
+    g.tb = true, g.M = c.M, g.N = c.N, g.K = c.K, g.lda = c.K, g.ldb = c.K, g.ldc = c.N;
+    auto epi = [&](bool split, bool gelu, float* out) {
+      if (!cpu::onednn_matmul(g, false, X.data<float>(), W.data<float>(), out, {b.data<float>(), gelu}, split))
+        std::fprintf(stderr, "gemm_bench: oneDNN declined %s\n", c.name.c_str());
+    };
+    const std::vector<std::function<void()>> fns = {
+        [&] {
+          cpu::set_gemm_library("onednn");
+          be.copy(view::expand(b, {c.M, c.N}), Y);
+          Backend::Gemm acc = g;
+          acc.beta = 1;
+          be.gemm(acc, X, W, Y);
+        },
+        [&] { epi(true, false, Y.data<float>()); },
+        [&] { epi(false, false, Y.data<float>()); },
+        [&] {
+          epi(true, false, Y.data<float>());
+          be.unary(UnaryOp::Gelu, Y, G, 0);
+        },
+        [&] { epi(true, true, G.data<float>()); },
+        [&] { epi(false, true, G.data<float>()); },
+    };
+    const std::vector<std::vector<double>> t = time_runs(fns, runs);
+    std::printf("%-40s", c.name.c_str());
+    for (size_t i = 0; i < t.size(); ++i) std::printf(i == 3 ? " | %13.3f" : " %11.3f", median(t[i]) * 1e3);
+    std::printf("\n");
+  }
 }
 
 }  // namespace
@@ -130,14 +190,7 @@ int main(int argc, char** argv) {
         cpu::openblas_set_threads(1);
       });
     }
-    for (auto& f : fns) f();  // warm up (page faults, thread pools, JIT code)
-    std::vector<std::vector<double>> t(fns.size());
-    for (int r = 0; r < runs; ++r)
-      for (size_t i = 0; i < fns.size(); ++i) {
-        const double t0 = now_s();
-        fns[i]();
-        t[i].push_back(now_s() - t0);
-      }
+    const std::vector<std::vector<double>> t = time_runs(fns, runs);
     const float* ref = outs.back().data<float>();
     double worst = 0, scale = 0;
     for (int64_t i = 0; i < outs.back().numel(); ++i) scale = std::max(scale, double(std::abs(ref[i])));
@@ -157,6 +210,7 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
+  if (cpu::have_onednn()) forward_epilogues(cases, runs);
   std::printf("peak %.1f %s\n", peak, peak_lib.c_str());
   std::printf("chosen %s (%s)\n", chosen.c_str(), why.c_str());
   return 0;

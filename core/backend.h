@@ -81,10 +81,19 @@ struct Backend {
   };
   virtual void gemm(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& C) = 0;
   // Optional: C = alpha * op(A) @ op(B) + bias, bias [N] (f32, contiguous) added to every row, in
-  // the GEMM's epilogue (batch 1; g.beta is not used). Returns false where the backend has no such
+  // the GEMM's epilogue (batch 1; g.beta is not used; cuBLASLt opt-in, the CPU's oneDNN matmul
+  // where oneDNN runs the forward products). Returns false where the backend has no such
   // path or not for these operands; the caller then writes the bias into C and runs gemm() with
   // beta = 1, which is what it costs without the epilogue.
   virtual bool gemm_bias(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& bias, const Tensor& C) {
+    return false;
+  }
+  // Optional: C = gelu(alpha * op(A) @ op(B) + bias) with the exact (erf) GELU in the epilogue,
+  // bias as in gemm_bias or undefined (none). False where not done; the caller runs its own path.
+  // No op calls it yet: only linear_gelu's recompute forward could (the other paths save u), its
+  // result differs from GEMM + our GELU pass in the last bits (recompute would no longer give
+  // the same gradients as without), and gemm_bench on a Zen 3 did not show it faster on fc1.
+  virtual bool gemm_bias_gelu(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& bias, const Tensor& C) {
     return false;
   }
 

@@ -66,9 +66,9 @@ class LoraDelta : public MethodDelta {
   BinaryWeights* binary_weights() override { return bits_.names.empty() ? nullptr : &bits_; }
 
  protected:
-  // scaling * B(A(xd)) as [..., out] (zeros for projections without a LoRA); with
-  // fold_scale, s folded into B's rows (LoRA), else no s (DoRA applies s elsewhere)
-  Tensor low_rank_update(const Tensor& xd, const Tensor& y, bool fold_scale = false) const;
+  // scaling * B(A(xd)) as [..., out] (zeros for projections without a LoRA), no s: DoRA's update
+  // (LoRA's own forward adds the parts into y with lowrank_add)
+  Tensor low_rank_update(const Tensor& xd, const Tensor& y) const;
   nn::Linear& base_;
   bool merged_ = false;
   MergeOriginals originals_;

@@ -17,8 +17,12 @@
 #include <fstream>
 
 #include <nlohmann/json.hpp>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "core/cpu/gemm_kernel.h"
+#include "core/cpu/gemm_select.h"
 #include "core/safetensors.h"
 #include "core/user_files.h"
 #include "nn/vit_config.h"
@@ -205,6 +209,37 @@ TEST_CASE("cli inputs: OpenBLAS is opened when a product needs it, not linked to
   CHECK(contains(version.err, "libopenblas"));  // opened for the products and its kernel name
   CHECK(contains(version.out, "OpenBLAS core: "));
   CHECK(contains(version.out, "CPU GEMM: openblas"));
+}
+
+TEST_CASE("cli inputs: --version with the GEMM choice cached opens no OpenBLAS where it is not the choice") {
+  // The cache key names OpenBLAS by its file (openblas_file_identity), so a process whose cached
+  // choice is another library never opens it (it cost 2.3 MB of RSS only to read its version).
+  if (cpu::openblas_file_identity().empty()) {
+    test::skip("no libopenblas.so.0 in the usual directories: the key cannot name it without loading it");
+    return;
+  }
+  const fs::path d = tmpdir("cached_choice");
+  const std::string lib = cpu::have_onednn() ? "onednn" : "eigen";  // not OpenBLAS
+#ifdef _OPENMP
+  const std::string threads = std::to_string(omp_get_max_threads());
+#else
+  const std::string threads = "1";
+#endif
+  const std::string cache = (d / "deltagrad" / "cpu_gemm.tsv").string();
+  // the child's key is this process's: same CPU, libraries and (set below) thread count
+  REQUIRE(cpu::write_gemm_cache(cache, cpu::gemm_cache_key(), {lib + ";" + lib + "," + lib + "," + lib + "," + lib, "test"}));
+  const std::vector<std::string> env{"LD_DEBUG=libs", "XDG_CACHE_HOME=" + d.string(), "OMP_NUM_THREADS=" + threads};
+  const CliRun version = run_cli({"--version"}, 60, 0, env);
+  CAPTURE(version.out);
+  REQUIRE(version.code == 0);
+  CHECK(contains(version.out, "CPU GEMM: " + lib + " (cached in"));  // the cached entry was the one read...
+  CHECK(contains(version.err, "libstdc++"));                         // ...the loader's trace is there...
+  CHECK(!contains(version.err, "libopenblas"));                      // ...and OpenBLAS is not in it
+  CHECK(contains(version.out, "OpenBLAS: not loaded (not chosen for any product): OpenBLAS file "));
+  // forced to OpenBLAS, the same cache directory opens it (the trace would show it)
+  const std::vector<std::string> forced{"LD_DEBUG=libs", "XDG_CACHE_HOME=" + d.string(), "DG_CPU_GEMM=openblas"};
+  if (cpu::have_openblas()) CHECK(contains(run_cli({"--version"}, 60, 0, forced).err, "libopenblas"));
+  fs::remove_all(d);
 }
 
 TEST_CASE("cli inputs: a tensor too large for memory is named with its shape and size") {

@@ -59,9 +59,12 @@ int print_version() {
   const std::string lib = gemm_library();  // settles the choice (may calibrate, well under a second)
   std::printf("CPU GEMM: %s (%s)\n", lib.c_str(), gemm_choice_reason().c_str());
   std::printf("bf16 GEMM: %s\n", bf16_gemm_kind().c_str());
-  if (have_openblas()) {
+  // OpenBLAS is opened for its kernel name only where it runs products (else the key named its file)
+  if (gemm_uses_openblas() && have_openblas()) {
     const std::string core = openblas_corename(), warn = openblas_kernel_warning(core, c.avx2, c.avx512f);
     std::printf("OpenBLAS core: %s%s%s\n", core.c_str(), warn.empty() ? "" : " -- warning: ", warn.c_str());
+  } else if (!gemm_uses_openblas() && !openblas_file_identity().empty()) {
+    std::printf("OpenBLAS: not loaded (not chosen for any product): %s\n", openblas_file_identity().c_str());
   } else if (openblas_load_error() != "built without OpenBLAS") {
     std::printf("OpenBLAS: not used: %s\n", openblas_load_error().c_str());
   }

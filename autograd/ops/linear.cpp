@@ -39,7 +39,7 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
   g.lda = in;
   g.ldb = in;
   g.ldc = out_f;
-  // the bias in the GEMM's epilogue where the backend has one (cuBLASLt, opt-in), else
+  // the bias in the GEMM's epilogue where the backend has one (cuBLASLt opt-in, CPU oneDNN), else
   // C = broadcast bias and the GEMM accumulates onto it
   count_gemm_flops(g);
   if (!b.defined() || !be.gemm_bias(g, xc, Wc, b.contiguous(), y)) {

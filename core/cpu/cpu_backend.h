@@ -38,6 +38,9 @@ struct CpuBackend final : Backend {
   void reduce(ReduceOp op, const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Tensor& out) override;
   void argmax(const Tensor& x, int64_t outer, int64_t n, int64_t inner, const Tensor& out) override;
   void gemm(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& C) override;
+  // oneDNN's matmul with the epilogue where oneDNN runs this kind of product (onednn_matmul.h)
+  bool gemm_bias(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& bias, const Tensor& C) override;
+  bool gemm_bias_gelu(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& bias, const Tensor& C) override;
   void softmax(const Tensor& x, int64_t rows, int64_t n, bool log, const Tensor& out) override;
   void softmax_backward(const Tensor& y, const Tensor& gy, int64_t rows, int64_t n, bool log,
                         const Tensor& gx) override;

@@ -12,6 +12,7 @@
 #include "core/cpu/gemm_kernel.h"
 #include "core/cpu/gemm_libs.h"
 #include "core/cpu/gemm_select.h"
+#include "core/cpu/onednn_matmul.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -41,7 +42,7 @@ void prepare_gemm_threads(bool f64) {
   // OpenBLAS runs the f32 products when chosen, and the f64 ones wherever it is built
   bool openblas = f64;
   for (int k = 0; k < kGemmKinds; ++k) openblas = openblas || gemm_lib_for(GemmKind(k)) == GemmLib::OpenBLAS;
-  if (!have_openblas() || !openblas) return;
+  if (!openblas || !have_openblas()) return;  // in this order: a process that never uses it never opens it
 #ifdef _OPENMP
   reserve_openblas_buffers(omp_get_max_threads());
 #else
@@ -142,6 +143,29 @@ void CpuBackend::gemm(const Gemm& g, const Tensor& A, const Tensor& B, const Ten
     using T = std::remove_pointer_t<decltype(tag)>;
     gemm_split<T>(lib, g, static_cast<const T*>(A.raw()), static_cast<const T*>(B.raw()), static_cast<T*>(C.raw()));
   });
+}
+
+// The epilogues run where the calibration (or DG_CPU_GEMM) put this kind of product in oneDNN,
+// under the same threading: "onednn" one block of rows per thread, "onednn-mt" oneDNN's own
+// threads. f64, bf16 and the other libraries return false: the caller's fill + GEMM + pass.
+static bool onednn_epilogue(const Backend::Gemm& g, const Tensor& A, const Tensor& B, const Tensor& bias, bool gelu,
+                            const Tensor& C) {
+  if (g.batch != 1 || A.dtype() != DType::F32 || B.dtype() != DType::F32 || C.dtype() != DType::F32) return false;
+  if (bias.defined() && (bias.dtype() != DType::F32 || !bias.is_contiguous() || bias.numel() != g.N)) return false;
+  const GemmLib lib = gemm_lib_for(gemm_kind(g));
+  if (lib != GemmLib::OneDNN && lib != GemmLib::OneDNNThreads) return false;
+  KernelTimer timer(false);
+  Backend::Gemm p = g;
+  p.beta = 0;
+  const MatmulEpilogue e{bias.defined() ? bias.data<float>() : nullptr, gelu};
+  return onednn_matmul(p, /*bf16=*/false, A.raw(), B.raw(), C.data<float>(), e, lib == GemmLib::OneDNN);
+}
+
+bool CpuBackend::gemm_bias(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& bias, const Tensor& C) {
+  return onednn_epilogue(g, A, B, bias, false, C);
+}
+bool CpuBackend::gemm_bias_gelu(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& bias, const Tensor& C) {
+  return onednn_epilogue(g, A, B, bias, true, C);
 }
 
 }  // namespace dg::cpu

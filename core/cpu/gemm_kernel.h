@@ -54,7 +54,15 @@ void openblas_buffer_free(void* p);
 // OpenBLAS's kernel set (openblas_get_corename(): "Haswell", "SkylakeX", "Prescott", ...); "" without it.
 std::string openblas_corename();
 std::string openblas_config();  // openblas_get_config(); "" without it
-// "Eigen 3.4.0; OpenBLAS 0.3.21 ...; oneDNN 2.6.3 (...)": what this build links.
+// "OpenBLAS file libopenblasp-r0.3.21.so (N bytes)": the library the loader would open, read
+// from the file system without loading it; "" where it is not found in the usual directories.
+std::string openblas_file_identity();
+// Whether OpenBLAS is built in and there to open, loading it only where its file is not found.
+bool openblas_present();
+// Whether the chosen GEMM runs any f32 product in OpenBLAS (settles the choice).
+bool gemm_uses_openblas();
+// "Eigen 3.4.0; OpenBLAS file libopenblasp-r0.3.21.so (...); oneDNN 2.6.3 (...)": what this build
+// links (OpenBLAS as openblas_file_identity(), its loaded config where the file is not found).
 std::string gemm_library_versions();
 
 // Wall time spent inside the backend's gemm() and its fused attention kernel (called from

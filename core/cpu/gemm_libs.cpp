@@ -106,6 +106,7 @@ std::string lib_names_joined() {
 }
 
 bool have_openblas() { return openblas_loaded(); }  // built in, and the library opens
+bool openblas_present() { return !openblas_file_identity().empty() || openblas_loaded(); }
 
 // oneDNN generates its GEMM kernels once, on first use, and does not check that allocation:
 // under a memory limit (ulimit -v) with ~20 MiB of address space left, dnnl_sgemm crashed with
@@ -155,7 +156,8 @@ template void gemm_one<double>(GemmLib, bool, bool, int64_t, int64_t, int64_t, d
 std::string gemm_library_versions() {
   std::string s = "Eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) + "." +
                   std::to_string(EIGEN_MINOR_VERSION);
-  if (have_openblas()) s += "; " + openblas_config();
+  if (const std::string file = openblas_file_identity(); !file.empty()) s += "; " + file;
+  else if (have_openblas()) s += "; " + openblas_config();
 #ifdef DG_HAVE_ONEDNN
   const dnnl_version_t* v = dnnl_version();
   s += "; oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +

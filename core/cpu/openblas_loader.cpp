@@ -12,7 +12,10 @@
 #include <sys/mman.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <mutex>
+#include <sstream>
+#include <vector>
 
 #include "core/cpu/gemm_kernel.h"
 #include "core/error.h"
@@ -126,6 +129,36 @@ std::string openblas_corename() {
   const char* n = a ? a->get_corename() : nullptr;
   return n ? n : "";
 }
+// The GEMM cache key names the OpenBLAS it would load without loading it (2.3 MB of RSS and its
+// constructor, in a process that runs oneDNN): the file the loader would open, followed to the
+// real file through Debian's alternatives links (libopenblasp-r0.3.21.so names the version and
+// threading flavour) with its size, and OPENBLAS_CORETYPE, which picks other kernels.
+std::string openblas_file_identity() {
+#ifdef DG_HAVE_OPENBLAS
+  namespace fs = std::filesystem;
+  std::vector<std::string> dirs;
+  if (const char* lp = std::getenv("LD_LIBRARY_PATH")) {
+    std::stringstream ss(lp);
+    for (std::string d; std::getline(ss, d, ':');)
+      if (!d.empty()) dirs.push_back(d);
+  }
+  for (const char* d : {"/usr/local/lib", "/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+                        "/lib/aarch64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib", "/lib"})
+    dirs.push_back(d);
+  std::error_code ec;
+  for (const std::string& d : dirs) {
+    const fs::path real = fs::canonical(fs::path(d) / "libopenblas.so.0", ec);
+    if (ec) continue;
+    const uintmax_t bytes = fs::file_size(real, ec);
+    if (ec) continue;
+    const char* core = std::getenv("OPENBLAS_CORETYPE");
+    return str("OpenBLAS file ", real.filename().string(), " (", bytes, " bytes)",
+               core && *core ? str(" OPENBLAS_CORETYPE=", core) : std::string());
+  }
+#endif
+  return "";
+}
+
 std::string openblas_config() {
   const Api* a = api();
   const char* n = a ? a->get_config() : nullptr;

@@ -202,3 +202,63 @@ TEST_CASE("LT-SFT options: the authors' names, checked; the sweep row splits its
   REQUIRE(rows.size() == 1);
   CHECK(rows[0].lt_sft.value("ft_params_proportion", 0.0) == 0.01);
 }
+
+TEST_CASE("LT-SFT sweep row: phase 2's numbers, a rerun skips it, an interrupted row resumes to the same result") {
+  tape().clear();
+  const auto dir = test::fresh_dir("lt_sft", "sweep");
+  const fs::path folder = test::make_stripes_folder(dir / "stripes", 8);
+  auto config = [&](const std::string& out) {
+    train::SweepConfig c;
+    c.base = test::small_run(folder, dir / "unused");
+    c.base.epochs = 3;  // 1 epoch of full fine-tuning, 2 sparse
+    c.tasks = {train::sweep_task(folder.string() + ":val=0.25")};
+    c.methods = train::choose_methods("lt_sft", "--methods");
+    c.seeds = 1, c.out = (dir / out).string();
+    return c;
+  };
+  const train::SweepConfig whole = config("whole");
+  const train::SweepResult a = train::run_sweep(whole);
+  REQUIRE(a.runs.size() == 1);
+  const train::SweepRun& r = a.runs[0];
+  CHECK(r.status == train::SweepRun::Status::Trained);
+  const fs::path run = r.dir;
+  CHECK(fs::exists(run / "full" / "metrics.csv"));
+  CHECK(fs::exists(run / "sft_masks.safetensors"));
+  int64_t kept = 0;
+  const SafeTensors masks = load_safetensors((run / "sft_masks.safetensors").string());
+  for (auto& [k, t] : masks.tensors) kept += t.numel();
+  CHECK(r.trainable == kept + 3 * 16 + 3);  // the kept weights and the head
+  CHECK(r.delta_bytes == int64_t(fs::file_size(run / "deltas.safetensors")));
+  const nlohmann::json rec = nlohmann::json::parse(test::slurp(run / "sweep_run.json"));
+  CHECK(rec["run_config"]["lt_sft"]["full_ft_epochs"] == 1);
+  CHECK(rec["run_config"]["lt_sft"]["sparse_ft_epochs"] == 2);
+  CHECK(train::run_sweep(whole).skipped == 1);
+
+  // stopped inside phase 1 (3 steps an epoch), then inside phase 2, then finished: the same run
+  train::SweepConfig cut = config("cut");
+  const fs::path cut_run = fs::path(cut.out) / r.task / "lt_sft" / "seed0";
+  cut.base.max_steps = 2;
+  CHECK(train::run_sweep(cut).interrupted);
+  CHECK(fs::exists(cut_run / "full" / "checkpoint.safetensors"));
+  CHECK_FALSE(fs::exists(cut_run / "sft_masks.safetensors"));
+  cut.base.max_steps = 3;  // phase 1's last step, then 3 of phase 2's 6
+  CHECK(train::run_sweep(cut).interrupted);
+  CHECK(fs::exists(cut_run / "sft_masks.safetensors"));
+  CHECK(fs::exists(cut_run / "checkpoint.safetensors"));
+  CHECK_FALSE(fs::exists(cut_run / "sweep_run.json"));
+  cut.base.max_steps = 0;
+  const train::SweepResult b = train::run_sweep(cut);
+  REQUIRE(b.runs.size() == 1);
+  CHECK(b.runs[0].status == train::SweepRun::Status::Resumed);
+  CHECK(b.runs[0].accuracy == r.accuracy);
+  CHECK(test::slurp(cut_run / "sft_masks.safetensors") == test::slurp(run / "sft_masks.safetensors"));
+  const SafeTensors d1 = load_safetensors((run / "deltas.safetensors").string()),
+                    d2 = load_safetensors((cut_run / "deltas.safetensors").string());
+  REQUIRE(d1.tensors.size() == d2.tensors.size());
+  for (auto& [k, t] : d1.tensors) {
+    CAPTURE(k);
+    REQUIRE(d2.tensors.count(k));
+    CHECK(t.to_vector() == d2.tensors.at(k).to_vector());  // the file's metadata names its own mask file
+  }
+  tape().clear();
+}

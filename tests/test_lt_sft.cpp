@@ -262,3 +262,31 @@ TEST_CASE("LT-SFT sweep row: phase 2's numbers, a rerun skips it, an interrupted
   }
   tape().clear();
 }
+
+TEST_CASE("deltagrad sft: the authors' options reach both phases; bad values name the option") {
+  const auto dir = test::fresh_dir("lt_sft", "cli");
+  const fs::path folder = test::make_stripes_folder(dir / "stripes", 8);
+  test::small_run(folder, dir / "run");  // writes dir/model.json
+  const std::string common = "sft --model-config " + (dir / "model.json").string() + " --data " + folder.string() +
+                             ":val=0.25 --batch 8 --quiet --out " + (dir / "run").string();
+  const test::Cli ok = test::run_cli(common + " --ft-params-num 40 --full-epochs 1 --epochs 1 --full-l1-reg 0.2"
+                                              " --sparse-l1-reg 0.3 --apply-reg-to-sparse-only --freeze-layer-norm",
+                                     "lt_sft");
+  REQUIRE_MESSAGE(ok.code == 0, ok.err);
+  CHECK(ok.out.find("(k = 40,") != std::string::npos);
+  const nlohmann::json full = nlohmann::json::parse(test::slurp(dir / "run" / "full" / "run_config.json")),
+                       sparse = nlohmann::json::parse(test::slurp(dir / "run" / "run_config.json"));
+  CHECK(full["l1_reg"] == 0.2);
+  CHECK(sparse["l1_reg"] == 0.3);
+  CHECK(sparse["weight_decay"] == 0.0);  // the authors' Trainer's default
+  for (const nlohmann::json* rc : {&full, &sparse}) {
+    CHECK(!(*rc)["l1_reg_tensors"].empty());  // the maskable tensors only: no head, no LayerNorm
+    for (const auto& g : (*rc)["l1_reg_tensors"]) {
+      CHECK(g.get<std::string>().find("norm") == std::string::npos);
+      CHECK(g.get<std::string>().rfind("head.", 0) == std::string::npos);
+    }
+  }
+  const test::Cli bad = test::run_cli(common + " --budget 2", "lt_sft");
+  CHECK(bad.code != 0);
+  CHECK(bad.err.find("--budget must be in (0, 1], got 2") != std::string::npos);
+}

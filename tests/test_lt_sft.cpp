@@ -170,6 +170,8 @@ TEST_CASE("LT-SFT: phase 2 changes only the kept positions (bit-identical elsewh
   CHECK(kept == r.kept);
   CHECK(changed > kept / 2);
   CHECK(maskable_tensors == int64_t(chosen.tensors.size()));
+  CHECK(r.threshold > 0);
+  CHECK(std::stod(chosen.metadata.at("threshold")) == doctest::Approx(r.threshold).epsilon(1e-7));
   // the delta file stores the kept weights as positions + values, the head densely, nothing else
   const SafeTensors delta = load_safetensors((dir / "run" / "deltas.safetensors").string());
   int64_t values = 0, positions = 0;

@@ -133,9 +133,12 @@ LtSftResult run_lt_sft(const RunConfig& rc, const LtSftOptions& o, const data::I
       if (before.count(n)) scores[n] = abs(sub(p.detach().to(Device::CPU), before[n]));
     for (auto& [n, s] : scores) res.maskable_params += s.numel();
     res.k = lt_sft_k(o, res.maskable_params);
-    peft::save_mask_file(masks_path, most_changed_masks(scores, res.k, &res.threshold),
+    auto masks = most_changed_masks(scores, res.k, &res.threshold);
+    char thresh[32];
+    std::snprintf(thresh, sizeof thresh, "%.9g", res.threshold);  // str() printed a 1e-4 threshold as 0
+    peft::save_mask_file(masks_path, masks,
                          {{"generator", "deltagrad LT-SFT"}, {"criterion", "|theta_1 - theta_0| >= threshold"},
-                          {"k", std::to_string(res.k)}, {"threshold", str(res.threshold)}});
+                          {"k", std::to_string(res.k)}, {"threshold", thresh}});
   }
 
   // phase 2: a fresh Trainer reloads the base (theta_0) and makes the same head, a fresh optimizer

@@ -41,6 +41,16 @@ struct Args {
       throw UsageError(str("option --", k, ": '", it->second, "' is not a number"));
     }
   }
+  // A comma-separated list ("a,b,c"; empty items dropped), or `def` when the option is absent.
+  std::vector<std::string> list(const std::string& k, const std::string& def = "") const {
+    std::vector<std::string> out;
+    for (std::string g = get(k, def), rest; !g.empty(); g = rest) {
+      const size_t c = g.find(',');
+      rest = c == std::string::npos ? "" : g.substr(c + 1);
+      if (c != 0) out.push_back(g.substr(0, c));
+    }
+    return out;
+  }
   // A whole number in [lo, hi]: "--seed -1" was stored as 18446744073709551615 and "--epochs 1.5"
   // silently became 1.
   int64_t integer(const std::string& k, int64_t def, int64_t lo, int64_t hi = INT64_MAX) const {

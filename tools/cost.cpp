@@ -246,6 +246,10 @@ int cmd_cost(int argc, char** argv) {
     methods.insert(methods.begin(), train::choose_methods("full", "--compare")[0]);
   std::vector<Compared> all;
   for (const train::SweepMethod& m : methods) {
+    if (!m.lt_sft.is_null()) {  // two runs: its phase 1 step is full's, its phase 2 step a masked run's
+      std::fprintf(stderr, "cost: %s skipped: its steps are full fine-tuning's, then a masked run's\n", m.id.c_str());
+      continue;
+    }
     std::fprintf(stderr, "cost: %s\n", m.id.c_str());
     all.push_back({m.id, ledger_of(m.peft)});
   }

@@ -44,12 +44,7 @@ int cmd_sensitivity(int argc, char** argv) {
     train_set = tr;
   }
   auto m = load_model(a, mc);
-  std::vector<std::string> globs;
-  for (std::string g = a.get("tensors", "blocks.*.weight"), rest; !g.empty(); g = rest) {
-    const size_t c = g.find(',');
-    rest = c == std::string::npos ? "" : g.substr(c + 1);
-    globs.push_back(g.substr(0, c));
-  }
+  const std::vector<std::string> globs = a.list("tensors", "blocks.*.weight");
   std::vector<std::string> names;
   for (auto& [n, t] : m->named_parameters(false))
     if (nn::glob_match_any(globs, n)) names.push_back(n);

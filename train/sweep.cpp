@@ -13,6 +13,7 @@
 #include "core/user_files.h"
 #include "nn/vit_config.h"
 #include "peft/method_registry.h"
+#include "train/lt_sft.h"
 
 namespace dg::train {
 
@@ -46,6 +47,10 @@ std::vector<SweepMethod> sweep_methods() {
                   {"masks", {{{"tensor", "blocks.*.mlp.*.weight"},
                               {"select", {{"criterion", "fisher"}, {"budget", 0.01}, {"batches", 8}}}}}}},
                  3e-3});
+  // LT-SFT (Ansell et al. 2022): full fine-tuning at the full row's lr, then 1% of the weights
+  // that changed most (every tensor but the head eligible), retrained from the base with the head
+  out.push_back({"lt_sft", "LT-SFT 1% (most changed)", {{"trainable", head}}, 3e-3,
+                 {{"ft_params_proportion", 0.01}, {"full_lr", 5e-4}}});
   return out;
 }
 
@@ -96,6 +101,9 @@ json trained_as(json rc) {
   for (const char* k : {"out", "quiet", "log_every", "max_steps", "checkpoint_every", "checkpoint_minutes", "device",
                         "recompute_mlp", "overlap", "bucket_mb"})
     rc.erase(k);
+  // keys added later, at the values that train as before: a record written before they existed matches
+  if (rc.value("l1_reg", 0.0) == 0.0) rc.erase("l1_reg");
+  if (rc.value("l1_reg_tensors", json::array()).empty()) rc.erase("l1_reg_tensors");
   return rc;
 }
 
@@ -187,6 +195,16 @@ std::string fixed(double v, int digits) {
   return s;
 }
 
+// An LT-SFT row's options: the row's, with the sweep's epochs split between the phases and the
+// row's lr for the sparse phase.
+LtSftOptions lt_sft_row_options(const SweepMethod& m, int64_t epochs) {
+  LtSftOptions o = lt_sft_options_from_json(m.lt_sft, str("sweep method '", m.id, "'"));
+  o.full_ft_epochs = std::max<int64_t>(1, epochs / 2);
+  o.sparse_ft_epochs = std::max<int64_t>(1, epochs - o.full_ft_epochs);
+  o.sparse_lr = m.lr;
+  return o;
+}
+
 }  // namespace
 
 SweepRun read_sweep_run(const std::string& dir) {
@@ -228,7 +246,10 @@ SweepResult run_sweep(const SweepConfig& c) {
         ++index;
         RunConfig rc = c.base;
         rc.peft = m.peft, rc.lr = m.lr, rc.data = t.spec, rc.seed = seed, rc.out = sweep_run_dir(c, t, m, seed);
-        const json record_now = trained_as(to_json(rc));
+        std::optional<LtSftOptions> lt;
+        if (!m.lt_sft.is_null()) lt = lt_sft_row_options(m, c.base.epochs);
+        json record_now = trained_as(to_json(rc));
+        if (lt) record_now["lt_sft"] = lt_sft_options_to_json(*lt);
         const std::string where = str("[", index, "/", total, "] ", t.name, " / ", m.id, " / seed ", seed);
         if (fs::exists(rc.out + "/" + kRunRecord)) {
           const json then = read_json_file(rc.out + "/" + kRunRecord, "sweep run record").value("run_config", json());
@@ -239,13 +260,22 @@ SweepResult run_sweep(const SweepConfig& c) {
           if (!c.base.quiet) std::printf("%s: finished before, skipped\n", where.c_str());
           continue;
         }
-        const bool resume = fs::exists(rc.out + "/checkpoint.safetensors");
+        // an LT-SFT row continues whichever phase is on disk (lt_sft.h)
+        const bool resume = fs::exists(rc.out + "/checkpoint.safetensors") ||
+                            (lt && (fs::exists(rc.out + "/sft_masks.safetensors") ||
+                                    fs::exists(rc.out + "/full/checkpoint.safetensors")));
         if (!c.base.quiet) std::printf("%s: %s (lr %g)\n", where.c_str(), resume ? "resuming" : "training", m.lr);
         std::fflush(stdout);
         if (!data_of_seed.count(seed)) data_of_seed.emplace(seed, load_data(t.spec, mc, seed));
         const auto& [tr, va] = data_of_seed.at(seed);
-        Trainer trainer(rc, tr, va);
-        const TrainResult r = trainer.fit(resume);
+        TrainResult r;
+        if (lt) {
+          const LtSftResult both = run_lt_sft(rc, *lt, tr, va, true);
+          r = both.sparse;
+          r.interrupted = both.interrupted, r.total_seconds += both.full.total_seconds;
+        } else {
+          r = Trainer(rc, tr, va).fit(resume);
+        }
         if (r.interrupted) {
           SweepRun stopped;
           stopped.task = t.name, stopped.method = m.id, stopped.label = m.label, stopped.seed = seed, stopped.dir = rc.out;

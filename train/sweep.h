@@ -26,6 +26,11 @@ struct SweepMethod {
   std::string label;  // the table's row
   nlohmann::json peft;
   double lr;
+  // An LT-SFT row (train/lt_sft.h's options; null: an ordinary run). The sweep's epochs are split
+  // between its phases, full_ft_epochs = max(1, epochs / 2) and the rest to the sparse phase, so it
+  // trains as many epochs as the other rows; lr is the sparse phase's. The row's run dir is phase
+  // 2's (its accuracy, trainable count and delta file), phase 1 under it in full/; its time is both.
+  nlohmann::json lt_sft = nullptr;
 };
 
 // linear_probe, full, every registered method that has a demo row (peft/method_registry.h: its

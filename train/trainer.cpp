@@ -40,7 +40,7 @@ static void visit_keys(Config& c, Visit&& v) {
   v("checkpoint_every", c.checkpoint_every), v("checkpoint_minutes", c.checkpoint_minutes);
   v("eval_every", c.eval_every), v("log_every", c.log_every), v("quiet", c.quiet);
   v("recompute_mlp", c.recompute_mlp), v("precision", c.precision), v("overlap", c.overlap);
-  v("bucket_mb", c.bucket_mb);
+  v("bucket_mb", c.bucket_mb), v("l1_reg", c.l1_reg), v("l1_reg_tensors", c.l1_reg_tensors);
 }
 
 json to_json(const RunConfig& c) {
@@ -70,7 +70,7 @@ RunConfig run_config_from_json(const json& j) {
   DG_CHECK(c.epochs >= 1 && c.batch >= 1 && c.lr > 0, "run config: epochs, batch and lr must be positive");
   for (auto [key, v] : {std::pair{"lr", c.lr}, {"weight_decay", c.weight_decay}, {"min_lr", c.min_lr},
                         {"label_smoothing", c.label_smoothing}, {"clip_grad", c.clip_grad},
-                        {"checkpoint_minutes", c.checkpoint_minutes}})
+                        {"checkpoint_minutes", c.checkpoint_minutes}, {"l1_reg", c.l1_reg}})
     DG_CHECK(std::isfinite(v) && v >= 0, "run config: key '", key, "' must be a finite number >= 0, got ", v);
   DG_CHECK(std::isfinite(c.bucket_mb) && c.bucket_mb * 1024 * 1024 >= 4,
            "run config: key 'bucket_mb' must be a finite number of MiB that holds a float (>= 4 bytes), got ",
@@ -367,6 +367,7 @@ Trainer::StepTotals Trainer::train_step(const data::Batch& b, nn::Optimizer& opt
     // cross-entropy, plus a second forward's terms where a method asks (MoSA's consistency loss)
     auto [loss, logits] = peft::training_loss(*peft_, b.images.to(dev), b.labels.to(dev), cfg_.label_smoothing);
     lv = loss.item();
+    if (!l1_start_.empty()) loss = add(loss, l1_reg_loss(params, l1_start_, cfg_.l1_reg, peft_->base_parameter_count()));
     if (std::isfinite(lv)) tape().backward(loss, Tensor(), overlap);  // a NaN stops the step below, on every rank
     std::vector<double> pred = argmax(logits, 1).to_vector(), lab = b.labels.to_vector();
     for (size_t i = 0; i < pred.size(); ++i) correct += pred[i] == lab[i];
@@ -456,6 +457,9 @@ TrainResult Trainer::fit(bool resume) {
   }
   nn::AdamW opt(params, cfg_.lr, cfg_.weight_decay);
   for (auto& [n, m] : peft_->masks()) opt.set_mask(n, m);
+  // p0 before any step (a resume's checkpoint is loaded below): the base, or the fresh deltas and head
+  l1_start_.clear();
+  if (cfg_.l1_reg > 0) l1_start_ = l1_reg_start(params, cfg_.l1_reg_tensors);
   default_generator().manual_seed(cfg_.seed + 3);
   TrainResult res;
   RunPosition pos;

@@ -2,6 +2,7 @@
 // schedule, progress, metrics.csv, curves.svg/png, atomic checkpoints and exact resume.
 #pragma once
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -49,6 +50,14 @@ struct RunConfig {
   // gradients are final (train/grad_reducer.h); off: one all-reduce of every gradient after it
   bool overlap = true;
   double bucket_mb = 25;  // the buckets' cap in MiB (DDP's default bucket_cap_mb)
+  // An L1 term pulling the trainable tensors towards their values at the start of training (LT-SFT,
+  // Ansell et al. 2022; composable-sft's full_l1_reg / sparse_l1_reg, the coefficient of the phase):
+  // l1_reg * sum |p - p0| / (every base parameter), added to each step's loss (the logged loss stays
+  // the cross entropy, as theirs logs the two apart). 0: off.
+  double l1_reg = 0;
+  // Globs of the trainable tensors the term covers; empty: all of them (theirs with
+  // apply_reg_to_sparse_only false; with it true, the maskable tensors only).
+  std::vector<std::string> l1_reg_tensors;
 };
 
 RunConfig run_config_from_json(const nlohmann::json& j);
@@ -80,6 +89,13 @@ double evaluate(nn::VisionTransformer& model, const data::ImageSet& set, const s
 // state, or that none was written), when any gradient element of `params` is NaN or Inf.
 void check_finite_gradients(const nn::NamedTensors& params, int64_t epoch, int64_t step, const std::string& last_good);
 
+// The L1 term above: coefficient * sum over the `params` that `start` holds of sum |p - p0|, divided
+// by num_params (a scalar on the tape: |x|'s derivative is sign(x), 0 at 0, as torch.abs's).
+Tensor l1_reg_loss(const nn::NamedTensors& params, const std::map<std::string, Tensor>& start, double coefficient,
+                   int64_t num_params);
+// Copies of the `params` the globs match (all when empty): the p0 of l1_reg_loss.
+std::map<std::string, Tensor> l1_reg_start(const nn::NamedTensors& params, const std::vector<std::string>& globs);
+
 class Trainer {
  public:
   // `train_set` / `val_set` may come from anywhere (a custom data source); the run config
@@ -109,6 +125,7 @@ class Trainer {
   std::unique_ptr<nn::VisionTransformer> model_;
   std::unique_ptr<peft::PeftModel> peft_;
   std::string base_identity_, base_hash_;  // of the base weights as loaded, before any step
+  std::map<std::string, Tensor> l1_start_;  // p0 of the L1 term (cfg.l1_reg > 0): the values before any step
   RunPosition load_checkpoint(const std::string& path, nn::Optimizer& opt, int64_t steps_per_epoch) const;
   void save_checkpoint(const std::string& path, nn::Optimizer& opt, const RunPosition& pos) const;
   data::LoaderOptions train_loader_options() const;

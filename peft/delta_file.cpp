@@ -175,6 +175,12 @@ std::unique_ptr<PeftModel> PeftModel::from_file(nn::VisionTransformer& base, con
           break;
         }
     }
+  // The file holds every masked tensor's mask (its trained elements' positions, or before
+  // 2026-12-02 a dense "mask.<name>"), and load() takes it from there: where training chose the
+  // mask (a mask file, which may be gone or moved, a selection over data) is not needed again.
+  if (j.is_object() && j.contains("masks") && j["masks"].is_array())
+    for (json& mc : j["masks"])
+      if (mc.is_object() && mc.contains("tensor")) mc = json{{"tensor", mc["tensor"]}, {"density", 1.0}};
   auto m = std::make_unique<PeftModel>(base, parse_peft_config(j, "peft_config in '" + path + "'"));
   m->load(path);
   return m;

@@ -10,6 +10,7 @@
 #include "core/random.h"
 #include "core/safetensors.h"
 #include "peft/peft_model.h"
+#include "peft/sensitivity.h"
 #include "peft/shira.h"
 #include "peft/sparse_delta.h"
 #include "tests/test_util.h"
@@ -84,6 +85,22 @@ TEST_CASE("sparse deltas: a 1% masked delta's file is ~2% of the dense tensors a
     nn::VisionTransformer m3(wide());
     auto pm3 = peft::PeftModel::from_file(m3, g);
     CHECK(weights(m3) == weights(m));
+  }
+  SUBCASE("masks taken from a mask file: the delta file loads after that file is gone") {
+    // as LT-SFT's second phase writes it: the config names the mask file by its path
+    const std::string mf = (dir / "masks.safetensors").string();
+    peft::save_mask_file(mf, pm.masks(), {});
+    nn::VisionTransformer m6(wide());
+    peft::PeftModel pm6(m6, peft::parse_peft_config(json{{"masks", {{{"tensor", "blocks.*.mlp.fc*.weight"}, {"from", mf}}}}}));
+    for (auto& [n, mask] : pm.masks()) REQUIRE(pm6.masks().at(n).to_vector() == mask.to_vector());
+    perturb_masked(pm6);
+    const std::string g = (dir / "from.safetensors").string();
+    pm6.save(g);
+    std::filesystem::remove(mf);
+    nn::VisionTransformer m7(wide());
+    auto pm7 = peft::PeftModel::from_file(m7, g);
+    CHECK(weights(m7) == weights(m6));
+    for (auto& [n, mask] : pm.masks()) CHECK(pm7->masks().at(n).to_vector() == mask.to_vector());
   }
   SUBCASE("bad positions are refused, naming the tensor") {
     const std::string n = "blocks.1.mlp.fc2.weight", key = n + ".sparse_indices";

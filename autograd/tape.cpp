@@ -1,5 +1,6 @@
 #include "autograd/tape.h"
 
+#include <algorithm>
 #include <iomanip>
 #include <set>
 #include <sstream>
@@ -49,6 +50,14 @@ const Tensor& Record::saved_stored(const std::string& what) const { return find_
 Tensor Record::saved_tensor(const std::string& what) const {
   const SavedTensor& s = find_saved(what);
   return s.t.defined() && s.t.dtype() != s.dtype ? s.t.to(s.dtype) : s.t;  // widen a bf16-kept activation
+}
+
+Tensor Record::take_grad_so_far(size_t i, DType dtype) {
+  if (i >= offered_.size() || !offered_[i].defined() || offered_[i].dtype() != dtype) return Tensor();
+  taken_[i] = true;
+  Tensor t = std::move(offered_[i]);
+  t.bump_version();  // the caller writes into it
+  return t;
 }
 
 size_t Record::saved_bytes() const {
@@ -138,6 +147,25 @@ class LeafUses {
 };
 }  // namespace
 
+// Hands `r` the gradients so far of its non-leaf inputs where the buffer is the slot's alone
+// (no other slot, view or handle on it), so that its backward may add into them in place
+// (Record::take_grad_so_far). An input listed twice by one op is not offered.
+void Tape::offer_grads_so_far(Record& r, std::unordered_map<uint64_t, Tensor>& grads) {
+  r.offered_.assign(r.in_ids.size(), Tensor());
+  r.taken_.assign(r.in_ids.size(), false);
+  for (size_t i = 0; i < r.in_ids.size(); ++i) {
+    if (!r.needs[i] || !r.leaves[i].expired()) continue;
+    if (std::count(r.in_ids.begin(), r.in_ids.end(), r.in_ids[i]) != 1) continue;
+    auto it = grads.find(r.in_ids[i]);
+    if (it == grads.end()) continue;
+    const Tensor& t = it->second;
+    const bool sole = t.impl_ptr().use_count() == 1 && t.impl()->storage.use_count() == 1;
+    if (!sole || !t.is_contiguous() || t.shape() != r.in_shapes[i]) continue;
+    r.offered_[i] = std::move(it->second);
+    grads.erase(it);
+  }
+}
+
 void Tape::backward(const Tensor& loss, const Tensor& grad_out, BackwardObserver* observer) {
   DG_CHECK(loss.requires_grad(), "backward: ", loss.desc(),
            " does not depend on any trainable tensor (nothing was recorded for it)");
@@ -152,6 +180,7 @@ void Tape::backward(const Tensor& loss, const Tensor& grad_out, BackwardObserver
   NoGradGuard no_grad;  // backward computations are never recorded
   BackwardPhaseGuard phase;  // FLOPs counted from here on are backward FLOPs
   LeafUses uses(records_, observer);
+  accumulation_ = {};
   for (auto it = records_.rbegin(); it != records_.rend(); ++it) {
     Record& r = *it;
     auto g = grads.find(r.out_id);
@@ -163,6 +192,7 @@ void Tape::backward(const Tensor& loss, const Tensor& grad_out, BackwardObserver
     Tensor gout = std::move(g->second);
     grads.erase(g);
     if (!gout.is_contiguous()) gout = gout.contiguous();  // backward kernels read dense buffers
+    offer_grads_so_far(r, grads);
     std::vector<Tensor> gin;
     {
       CostScopeGuard scope(r.scope);  // a delta's backward GEMMs are the delta's
@@ -171,9 +201,26 @@ void Tape::backward(const Tensor& loss, const Tensor& grad_out, BackwardObserver
     DG_CHECK(gin.size() == r.in_ids.size(), "backward of '", r.op->name, "' returned ", gin.size(),
              " gradients for ", r.in_ids.size(), " inputs");
     for (size_t i = 0; i < gin.size(); ++i) {
-      if (!r.needs[i] || !gin[i].defined()) continue;
+      Tensor offered = i < r.offered_.size() ? std::move(r.offered_[i]) : Tensor();
+      const bool taken = i < r.taken_.size() && r.taken_[i];
+      if (!r.needs[i] || !gin[i].defined()) {
+        DG_CHECK(!taken, "backward of '", r.op->name, "' took input ", i, "'s gradient so far and returned none");
+        if (offered.defined()) grads[r.in_ids[i]] = std::move(offered);  // not taken: back in its slot
+        continue;
+      }
       DG_CHECK(gin[i].shape() == r.in_shapes[i], "backward of '", r.op->name, "': gradient of input ", i,
                " has shape ", shape_str(gin[i].shape()), ", expected ", shape_str(r.in_shapes[i]));
+      if (taken || offered.defined()) {  // a sum: in the op's kernel, or here in place
+        ++accumulation_.sums;
+        if (taken) {
+          ++accumulation_.in_producer;
+        } else {
+          backend_of(offered).binary(BinaryOp::Add, offered, gin[i], offered);
+          gin[i] = std::move(offered);
+        }
+        grads[r.in_ids[i]] = gin[i];
+        continue;
+      }
       if (auto leaf = r.leaves[i].lock()) {
         Tensor p(leaf);
         if (!leaf->grad) {
@@ -188,6 +235,7 @@ void Tape::backward(const Tensor& loss, const Tensor& grad_out, BackwardObserver
         }
       } else {
         auto& slot = grads[r.in_ids[i]];
+        if (slot.defined()) ++accumulation_.sums;
         slot = slot.defined() ? add_new(slot, gin[i]) : gin[i];
       }
     }

@@ -5,13 +5,15 @@
 //    saved explicitly by name so the tape can show it and check it.
 //  * backward(loss) walks the records newest-first, routes each output gradient into
 //    its inputs' gradients, accumulates into trainable leaves' .grad, frees what was
-//    saved and clears the tape.
+//    saved and clears the tape. Where a tensor feeds several ops, the later-run op may add
+//    its part into the gradient so far in place (a GEMM with beta = 1) instead of a sum pass.
 //  * Frozen weights never need grad, so ops whose inputs are all frozen leave no record:
 //    the backward pass stops by itself below the lowest trainable tensor.
 #pragma once
 #include <functional>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "core/tensor.h"
@@ -57,6 +59,12 @@ struct Record {
   std::function<std::vector<Tensor>(Record& r, const Tensor& grad_out)> backward;
 
   bool needs_grad(size_t i) const { return needs[i]; }
+  // Input i's gradient as summed so far from the ops after this one, offered by backward just
+  // before this closure runs where nothing else holds that buffer (a contiguous `dtype` tensor
+  // of input i's shape), else undefined. A closure that takes it must add its own gradient into
+  // it (a GEMM with beta = 1, say) and return it as input i's gradient: the separate pass that
+  // would add the two is gone. Untaken, backward adds as usual.
+  Tensor take_grad_so_far(size_t i, DType dtype);
   void save(std::string what, const Tensor& t);  // kept as it is
   // An activation: under autocast (autograd/autocast.h) an f32 one is kept as its bf16 copy;
   // parameters (named leaves) are kept as they are.
@@ -68,7 +76,10 @@ struct Record {
   size_t saved_bytes() const;
 
  private:
+  friend class Tape;
   const SavedTensor& find_saved(const std::string& what) const;  // checks the version
+  std::vector<Tensor> offered_;  // per input: the gradient so far on offer (take_grad_so_far)
+  std::vector<bool> taken_;
 };
 
 class Tape {
@@ -82,10 +93,18 @@ class Tape {
   const std::vector<Record>& records() const { return records_; }
   size_t saved_bytes() const;  // summed over records: a buffer saved by two records counts twice
   size_t held_bytes() const;   // what the saved tensors hold: each buffer (same view) counted once
+  // Of the last backward: gradients of non-leaf tensors summed from two or more ops, and how many
+  // of those sums an op's own kernel did in place (Record::take_grad_so_far) instead of an add.
+  struct AccumulationStats {
+    size_t sums = 0, in_producer = 0;
+  };
+  AccumulationStats last_accumulation() const { return accumulation_; }
   std::string dump() const;  // one line per record: op, shapes, grads wanted, saved tensors
 
  private:
+  static void offer_grads_so_far(Record& r, std::unordered_map<uint64_t, Tensor>& grads);
   std::vector<Record> records_;
+  AccumulationStats accumulation_;
 };
 
 Tape& tape();  // the current thread's tape

@@ -190,3 +190,34 @@ TEST_CASE("tape: the observer hears each leaf's gradient once, after its last us
   CHECK(seen.leaves[2].second == a.grad().to_vector());  // nothing was added after the report
   CHECK(seen.leaves[1].second == b.grad().to_vector());
 }
+
+TEST_CASE("tape: a LoRA input's gradient is summed by the base layer's dx GEMM, not by an extra add") {
+  // h -> frozen W (the base) and trainable A then B (LoRA): both linears' dx go to h. A's backward
+  // runs first and its dx becomes h's gradient so far; the base linear's GEMM adds into that buffer
+  // (beta = 1). Reference: the same function in float64 with the weights merged, W + B A: one
+  // linear, no sum anywhere.
+  for (int64_t rows : {5, 64}) {
+    auto grad_x = [&](DType dt, bool merged) {
+      tape().clear();
+      Tensor x = randf({rows, 16}, 1, false).to(dt), W = randf({24, 16}, 2, false).to(dt);
+      Tensor A = randf({4, 16}, 3, false).to(dt), B = randf({24, 4}, 4, false).to(dt);
+      x.set_requires_grad(true), A.set_requires_grad(!merged);
+      Tensor h = tanh(x);  // a non-leaf: its gradient goes through the tape's slots
+      Tensor out = merged ? linear(h, add(W, matmul(B, A))) : add(linear(h, W), linear(linear(h, A), B));
+      backward(sum(tanh(out)));  // no op reads one tensor twice: h's is the only sum
+      return std::pair{x.grad().to(DType::F64), tape().last_accumulation()};
+    };
+    auto [g_lora, st_lora] = grad_x(DType::F32, false);
+    auto [g_ref, st_ref] = grad_x(DType::F64, true);
+    auto [g_merged, st_merged] = grad_x(DType::F32, true);  // float32's own rounding on this function
+    INFO("rows " << rows);
+    CHECK(st_lora.sums == 1);
+    CHECK(st_lora.in_producer == 1);  // the base dx GEMM did it
+    CHECK(st_ref.sums == 0);
+    // a lost or doubled part would be off by O(1); rounding is what float32 does without the sum
+    const double err = test::max_rel_err(g_lora, g_ref, 1e-2), f32 = test::max_rel_err(g_merged, g_ref, 1e-2);
+    INFO("float32 LoRA " << err << ", float32 merged " << f32);
+    CHECK(err < 1e-3);
+    CHECK(err < 4 * f32 + 1e-6);
+  }
+}

@@ -15,6 +15,20 @@ namespace dg {
 
 static const OpDef kLinear("linear");
 
+// dx = dy @ W. Where x's gradient already holds another op's part (LoRA's A product and the
+// base layer read the same x) and the tape offers that buffer, the GEMM adds into it (beta = 1).
+static Tensor input_grad(Record& r, const Tensor& gy2, const Tensor& W, int64_t rows, int64_t in, int64_t out_f) {
+  Tensor acc = W.dtype() == gy2.dtype() ? r.take_grad_so_far(0, gy2.dtype()) : Tensor();
+  if (!acc.defined()) return view::reshape(matmul(gy2, W), r.in_shapes[0]);
+  Backend::Gemm g;
+  g.M = rows, g.N = in, g.K = out_f;
+  g.lda = out_f, g.ldb = in, g.ldc = in;
+  g.beta = 1;
+  count_gemm_flops(g);
+  backend_of(gy2).gemm(g, gy2, W.contiguous(), view::reshape(acc, {rows, in}));
+  return acc;
+}
+
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
   DG_CHECK(W.dim() == 2 && x.dim() >= 1 && x.size(-1) == W.size(1), "linear: input ", x.desc(), " and weight ",
            W.desc(), ": expected x [..., ", W.dim() == 2 ? W.size(1) : -1, "]");
@@ -57,7 +71,7 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
       std::vector<Tensor> g(3);
       const int64_t rows = gy.numel() / out_f;
       Tensor gy2 = view::reshape(gy, {rows, out_f});
-      if (r.needs_grad(0)) g[0] = view::reshape(matmul(gy2, r.saved_stored("W")), r.in_shapes[0]);
+      if (r.needs_grad(0)) g[0] = input_grad(r, gy2, r.saved_stored("W"), rows, in, out_f);
       if (r.needs_grad(1)) g[1] = matmul(gy2, view::reshape(r.saved_stored("x"), {rows, in}), true, false);
       if (r.needs_grad(2)) g[2] = sum(gy2, {0});
       return g;
@@ -73,6 +87,13 @@ DG_GRADCHECK(linear) {
       {"frozen weight, trainable bias",
        [] { return std::vector<Tensor>{randn64({3, 4}, 4), randn64({5, 4}, 5, false), randn64({5}, 6)}; }, f},
       {"no bias", [] { return std::vector<Tensor>{randn64({3, 4}, 7), randn64({2, 4}, 8), Tensor()}; }, f},
+      // h read by two linears and a tanh: the linears' dx GEMMs add into the gradient so far
+      {"x shared by two linears (dx accumulated by the GEMM)",
+       [] { return std::vector<Tensor>{randn64({2, 3, 4}, 9), randn64({5, 4}, 10), randn64({5}, 11), randn64({5, 4}, 12)}; },
+       [](const std::vector<Tensor>& x) {
+         Tensor h = tanh(x[0]);
+         return add(add(linear(h, x[1], x[2]), linear(h, x[3], Tensor())), linear(tanh(h), x[3], Tensor()));
+       }},
   };
 }
 

@@ -22,6 +22,10 @@
 #include "tests/test_util.h"
 #include "tests/train_util.h"
 #include "autograd/ops.h"
+#include "nn/vit_config.h"
+#include "peft/config.h"
+#include "peft/peft_model.h"
+#include "peft/training_loss.h"
 #include "train/grad_bucket.h"
 #include "train/grad_reducer.h"
 
@@ -102,15 +106,15 @@ std::vector<double> step_losses(const fs::path& run) {
   return v;
 }
 
-// Both runs' step losses within 1e-6 relative and their delta files within a
+// Both runs' `steps` step losses within 1e-6 relative and their delta files within a
 // thousandth of one step's update.
-void check_same_run(const fs::path& a, const fs::path& b) {
+void check_same_run(const fs::path& a, const fs::path& b, size_t steps = 24) {
   const std::vector<double> la = step_losses(a), lb = step_losses(b);
-  REQUIRE(la.size() == 24);
+  REQUIRE(la.size() == steps);
   REQUIRE(lb.size() == la.size());
   double worst = 0;
   for (size_t i = 0; i < la.size(); ++i) worst = std::max(worst, std::abs(la[i] - lb[i]) / std::abs(lb[i]));
-  MESSAGE("largest relative difference of the 24 step losses: " << worst);
+  MESSAGE("largest relative difference of the " << steps << " step losses: " << worst);
   CHECK(worst < 1e-6);
   SafeTensors da = load_safetensors((a / "deltas.safetensors").string());
   SafeTensors db = load_safetensors((b / "deltas.safetensors").string());
@@ -129,6 +133,28 @@ void check_same_run(const fs::path& a, const fs::path& b) {
   }
   MESSAGE("largest difference of the final deltas: " << dmax);
   CHECK(dmax < 1e-3 * 1e-2);
+}
+
+// Both runs' step losses and final deltas, to the bit.
+void check_same_bits(const fs::path& a, const fs::path& b, size_t steps) {
+  const std::vector<double> la = step_losses(a), lb = step_losses(b);
+  REQUIRE(la.size() == steps);
+  CHECK(la == lb);  // every step's loss, to the bit
+  SafeTensors da = load_safetensors((a / "deltas.safetensors").string());
+  SafeTensors db = load_safetensors((b / "deltas.safetensors").string());
+  REQUIRE(da.tensors.size() == db.tensors.size());
+  REQUIRE(da.tensors.size() >= 4);
+  for (auto& [n, t] : db.tensors) {
+    REQUIRE(da.tensors.count(n) == 1);
+    INFO(n);
+    CHECK(da.tensors.at(n).to_vector() == t.to_vector());  // the final deltas, to the bit
+  }
+}
+
+// The number after `key` in `text` (-1 when absent).
+double number_after(const std::string& text, const std::string& key) {
+  const size_t at = text.find(key);
+  return at == std::string::npos ? -1 : std::stod(text.substr(at + key.size()));
 }
 
 }  // namespace
@@ -177,18 +203,61 @@ TEST_CASE("dist: the all-reduce overlapped with backward in several buckets give
   CHECK(std::stod(on.out.substr(early + 11)) > 0);
   CHECK(off.out.find("in one bucket after backward (no overlap)") != std::string::npos);
   CHECK(off.out.find("; not overlapped)") != std::string::npos);
-  const std::vector<double> la = step_losses(s.dir / "on"), lb = step_losses(s.dir / "off");
-  REQUIRE(la.size() == 12);
-  CHECK(la == lb);  // every step's loss, to the bit
-  SafeTensors da = load_safetensors((s.dir / "on" / "deltas.safetensors").string());
-  SafeTensors db = load_safetensors((s.dir / "off" / "deltas.safetensors").string());
-  REQUIRE(da.tensors.size() == db.tensors.size());
-  REQUIRE(da.tensors.size() >= 4);
-  for (auto& [n, t] : db.tensors) {
-    REQUIRE(da.tensors.count(n) == 1);
-    INFO(n);
-    CHECK(da.tensors.at(n).to_vector() == t.to_vector());  // the final deltas, to the bit
-  }
+  // after step 1 the buckets are cut in the order its backward finished the gradients
+  CHECK(on.out.find("in the order its backward finished the gradients, 5 buckets (were 5;") != std::string::npos);
+  check_same_bits(s.dir / "on", s.dir / "off", 12);
+}
+
+namespace {
+// 3 and 4 ranks (one thread each, on 2 cores): overlapped in several buckets against --no-overlap
+// (same bits), and against one process at the same global batch, whose slices per rank differ
+// by one (3 ranks, batch 8: 2/3/3, the epoch's last batch of 4: 1/1/2; 4 ranks, batch 7:
+// 1/2/2/2, the last batch of 1 leaves three ranks with nothing). Each rank's gradient is
+// weighted by its share, so the sum is the global batch's mean whatever the split.
+void check_ranks(int ranks, int64_t batch, int64_t epochs, const json& peft, const std::string& per_rank) {
+  const Setup s = make_setup("ranks" + std::to_string(ranks), 0,
+                             {{"batch", batch}, {"epochs", epochs}, {"bucket_mb", 1.0 / 4096}, {"peft", peft}, {"quiet", false}});
+  const size_t steps = size_t(epochs * ((36 + batch - 1) / batch));  // 36 training images
+  const Ran one = sh("OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 " + kCli + train_args(s, s.dir / "one"), s.dir / "one.log");
+  REQUIRE_MESSAGE(one.code == 0, one.out);
+  const std::string np = mpirun(60) + "-np " + std::to_string(ranks) + " " + kCli;
+  const Ran on = sh(np + train_args(s, s.dir / "on"), s.dir / "on.log");
+  REQUIRE_MESSAGE(on.code == 0, on.out);
+  const Ran off = sh(np + train_args(s, s.dir / "off") + " --no-overlap", s.dir / "off.log");
+  REQUIRE_MESSAGE(off.code == 0, off.out);
+  MESSAGE("wall time: 1 process " << one.seconds << " s, " << ranks << " ranks overlapped " << on.seconds
+                                  << " s, not overlapped " << off.seconds << " s");
+  CHECK(on.out.find(str("data parallel: ", ranks, " ranks (mpi), global batch ", batch, " (", per_rank, " per rank)")) !=
+        std::string::npos);
+  const double buckets = number_after(on.out, " bytes in ");
+  MESSAGE("buckets: " << buckets << "; " << on.out.substr(std::min(on.out.size(), on.out.find("gradient buckets after"))));
+  CHECK(buckets >= 4);
+  // rank 0's first step counts its held-back buckets; the run's mean says none was held after the rebuild
+  const double held_first = number_after(on.out, "started during backward, ");
+  const double held_mean = number_after(on.out, "of them started during backward, ");
+  REQUIRE(held_first >= 0);
+  REQUIRE(held_mean >= 0);
+  CHECK(std::abs(held_mean * double(steps) - held_first) < 1e-3);
+  check_same_bits(s.dir / "on", s.dir / "off", steps);
+  check_same_run(s.dir / "on", s.dir / "one", steps);
+}
+
+const json kLora = {{"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 2}}}}, {"trainable", {"head.*"}}};
+
+}  // namespace
+
+TEST_CASE("dist: 3 ranks at global batch 8 (2/3/3 per rank) train as one process; overlapped = --no-overlap bits") {
+  if (const std::string why = mpi_missing(); !why.empty()) return test::skip(why);
+  // two deltas per block: registration order (LoRA, then the adapter) is not backward's
+  const json peft = {{"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 2}},
+                                 {{"name", "aplus"}, {"method", "adapter_plus"}, {"dim", 2}, {"drop_path", 0}}}},
+                     {"trainable", {"head.*"}}};
+  check_ranks(3, 8, 3, peft, "2 or 3");
+}
+
+TEST_CASE("dist: 4 ranks at global batch 7 (1/2/2/2 per rank) train as one process; overlapped = --no-overlap bits") {
+  if (const std::string why = mpi_missing(); !why.empty()) return test::skip(why);
+  check_ranks(4, 7, 2, kLora, "1 or 2");
 }
 
 TEST_CASE("dist: a bad file on one rank ends every rank with its message, without a hang") {
@@ -225,7 +294,8 @@ TEST_CASE("dist: ranks started with different run configs stop at the start, nam
 
 TEST_CASE("dist: a run resumes on another number of ranks (2 -> 1 -> 2) and ends as the uninterrupted run") {
   if (const std::string why = mpi_missing(); !why.empty()) return test::skip(why);
-  const Setup whole = make_setup("resume_ref"), s = make_setup("resume", 9);  // 9 steps per process
+  // 9 steps per process; not quiet: the bucket rebuild is printed
+  const Setup whole = make_setup("resume_ref"), s = make_setup("resume", 9, {{"quiet", false}});
   REQUIRE(sh(kCli + train_args(whole, whole.dir / "run"), whole.dir / "log").code == 0);
   const fs::path run = s.dir / "run";
   const Ran a = sh(mpirun(120) + "-np 2 " + kCli + train_args(s, run), s.dir / "a.log");
@@ -236,6 +306,11 @@ TEST_CASE("dist: a run resumes on another number of ranks (2 -> 1 -> 2) and ends
   CHECK(step_losses(run).size() == 18);
   const Ran c = sh(mpirun(120) + "-np 2 " + kCli + " train --resume " + run.string(), s.dir / "c.log");
   REQUIRE_MESSAGE(c.code == 0, c.out);  // the last 6 on 2 ranks
+  // the bucket order is not saved: each data-parallel part decides it again after its first step
+  const std::string rebuilt = "gradient buckets after the first step: ";
+  CHECK(a.out.find(rebuilt) != std::string::npos);
+  CHECK(b.out.find(rebuilt) == std::string::npos);  // one process: nothing all-reduced, no buckets
+  CHECK(c.out.find(rebuilt) != std::string::npos);
   check_same_run(run, whole.dir / "run");
 }
 
@@ -251,7 +326,8 @@ TEST_CASE("dist: without a launcher the world is one process, and no MPI call is
   CHECK(t.to_vector() == std::vector<double>{1, 2, 3});
 }
 
-TEST_CASE("dist: NCCL all-reduce on one GPU (one rank)") {
+// Named "cuda: ..." so that the GPU checks' -tc='cuda*' (scripts/gpu_check.sh tests) run it.
+TEST_CASE("cuda: NCCL all-reduce on one GPU (one rank, the data-parallel comm)") {
   if (!nccl_built() || !cuda::device_present())
     return test::skip(std::string(nccl_built() ? "no GPU" : "this build has no NCCL") +
                       " (multi-GPU is modelled in bench/RESULTS.md)");
@@ -391,5 +467,140 @@ TEST_CASE("dist: buckets start in order as their gradients become final, with th
   for (size_t k = 0; k < params.size(); ++k) {
     INFO(params[k].first);
     CHECK(params[k].second.grad().to_vector() == overlapped[k]);
+  }
+}
+
+TEST_CASE("dist: after the first step the buckets follow the order backward finished the gradients, and start earlier") {
+  tape().clear();
+  nn::VisionTransformer m(nn::vit_config_from_json(
+      json{{"img_size", 12}, {"patch_size", 4}, {"in_chans", 1}, {"embed_dim", 16}, {"depth", 3}, {"num_heads", 2},
+           {"num_classes", 3}, {"mean", {0.3}}, {"std", {0.3}}}));
+  // per block: VPT-deep's prompts, LoRA on qkv, Adapter+ after the MLP; registered in an order
+  // backward does not follow (the adapter before the LoRA, the prompts before both)
+  peft::PeftModel pm(m, peft::parse_peft_config(json{
+                            {"deltas", {{{"name", "vpt"}, {"method", "vpt_deep"}, {"num_tokens", 2}},
+                                        {{"name", "lora"}, {"method", "lora"}, {"r", 2}},
+                                        {{"name", "aplus"}, {"method", "adapter_plus"}, {"dim", 2}, {"drop_path", 0}}}},
+                            {"trainable", {"head.*"}}}));
+  const nn::NamedTensors params = pm.trainable_parameters();
+  std::vector<float> px(4 * 144);
+  for (size_t i = 0; i < px.size(); ++i) px[i] = float((i * 7919) % 101) / 100.f;
+  const Tensor x = Tensor::from_vector(px, {4, 1, 12, 12}), y = Tensor::from_vector(std::vector<int64_t>{0, 2, 1, 2}, {4});
+  TwinComm comm;
+  train::GradientReducer red(params, Device::CPU, 4, pm.masks());  // a cap of one float: a bucket per tensor
+  REQUIRE(red.buckets() == params.size());
+  // a step's gradients as the reducer leaves them (the twin's sum: twice the weighted gradient)
+  auto step = [&](std::vector<std::vector<double>>& grads) {
+    red.begin(comm, 0.5);
+    tape().backward(peft::training_loss(pm, x, y).loss, Tensor(), &red);
+    const train::GradientReducer::Overlap o = red.finish();
+    grads.clear();
+    for (auto& [n, p] : params) grads.push_back(p.grad().to_vector()), Tensor(p).zero_grad();
+    return o;
+  };
+  std::vector<std::vector<double>> g1, g2;
+  const train::GradientReducer::Overlap first = step(g1);
+  const std::vector<size_t> order = red.observed_order();
+  std::vector<size_t> reverse(params.size());
+  for (size_t i = 0; i < reverse.size(); ++i) reverse[i] = reverse.size() - 1 - i;
+  REQUIRE(order != reverse);  // the model this test is for
+  CHECK(red.rebuild_from_rank0(comm));
+  REQUIRE(red.buckets() == params.size());
+  for (size_t b = 0; b < red.buckets(); ++b) {  // bucket b holds the b-th gradient backward finished
+    INFO(b);
+    CHECK(red.bucket(b).params()[0].first == params[order[b]].first);
+  }
+  const train::GradientReducer::Overlap second = step(g2);
+  CHECK(red.observed_order() == order);  // the same backward, the same order
+  CHECK(!red.rebuild_from_rank0(comm));   // nothing to change
+  MESSAGE(params.size() << " buckets; in the registration order " << first.started << " started during backward, "
+                        << first.held << " held back by an earlier bucket for " << first.held_records
+                        << " backward records in all; rebuilt: " << second.started << ", " << second.held << ", "
+                        << second.held_records);
+  CHECK(first.held > 0);
+  CHECK(first.held_records > 0);
+  CHECK(second.held == 0);  // each bucket starts as soon as its gradients are final
+  CHECK(second.held_records == 0);
+  CHECK(second.started >= first.started);
+  CHECK(second.started + 1 >= params.size());  // all but what the last record finishes
+  // the same sums in other buckets: every gradient back in its own tensor
+  CHECK(g2 == g1);
+  backward(peft::training_loss(pm, x, y).loss);
+  train::GradientBucket one(params, Device::CPU);
+  one.all_reduce(comm, 0.5);
+  for (size_t k = 0; k < params.size(); ++k) {
+    INFO(params[k].first);
+    CHECK(params[k].second.grad().to_vector() == g2[k]);
+  }
+  CHECK_THROWS_WITH_AS(red.rebuild({0, 0}), doctest::Contains("name each of the"), Error);
+}
+
+// Run by the next test under mpirun (skipped in a plain run): each rank's gradients, of wide
+// range so that the order of a sum shows in its bits, summed in one bucket after backward
+// (--no-overlap) and in buckets of other sizes, before and after a rebuild in rank 0's order.
+TEST_CASE("dist (under mpirun): an element's sum does not depend on its bucket" * doctest::skip()) {
+  Comm& w = world();
+  REQUIRE(w.size() > 1);
+  nn::NamedTensors params;
+  // 117 KB in all: there Open MPI 4.1's blocking MPI_Allreduce of 3 ranks adds in another order
+  // than its non-blocking one (this test failed when --no-overlap's path called it)
+  for (int64_t n : {20000, 7, 300, 9000}) {
+    Tensor p = Tensor::zeros({n});
+    p.set_requires_grad(true);
+    params.emplace_back("p" + std::to_string(params.size()), p);
+  }
+  // this rank's gradients: values from 1e-4 to 1e4 in magnitude, different on every rank
+  auto set_grads = [&] {
+    for (size_t k = 0; k < params.size(); ++k) {
+      Tensor p = params[k].second;
+      std::vector<float> g(static_cast<size_t>(p.numel()));
+      const size_t r = size_t(w.rank());
+      for (size_t i = 0; i < g.size(); ++i)
+        g[i] = float(std::sin(double(i) * 0.7 + double(r + 1) * 1.3 + double(k)) *
+                     std::pow(10.0, double((i * 7 + r * 3 + k) % 9) - 4.0));
+      p.impl()->grad = Tensor::from_vector(g, p.shape()).impl_ptr();
+    }
+  };
+  auto grads = [&] {
+    std::vector<std::vector<double>> out;
+    for (auto& [n, p] : params) out.push_back(p.grad().to_vector());
+    return out;
+  };
+  const double weight = 0.37;
+  set_grads();
+  train::GradientBucket whole(params, Device::CPU);
+  whole.all_reduce(w, weight);
+  const auto want = grads();
+  const std::map<std::string, Tensor> no_masks;  // (the reducer keeps a reference)
+  for (int64_t cap : {4, 100 * 1024, 1 << 20}) {
+    train::GradientReducer red(params, Device::CPU, cap, no_masks);
+    for (int pass = 0; pass < 2; ++pass) {  // the second after a rebuild in the order reported
+      set_grads();
+      red.begin(w, weight);
+      for (size_t k : {size_t(2), size_t(0), size_t(3), size_t(1)}) {
+        Tensor p = params[k].second;
+        red.leaf_final(p);
+      }
+      red.finish();
+      INFO("cap " << cap << " bytes, " << red.buckets() << " buckets, pass " << pass);
+      CHECK(grads() == want);
+      if (pass == 0) red.rebuild_from_rank0(w);
+    }
+  }
+  finalize_world();
+}
+
+TEST_CASE("dist: with 3 and 4 ranks an element's sum does not depend on the bucket it travels in") {
+  if (const std::string why = mpi_missing(); !why.empty()) return test::skip(why);
+  const fs::path dir = test::fresh_dir("dist", "sum_order");
+  for (int ranks : {3, 4}) {
+    const Ran r = sh(mpirun(60) + "-np " + std::to_string(ranks) + " " + DG_BUILD_DIR +
+                         "/tests/deltagrad_tests --no-skip -tc='dist (under mpirun)*'",
+                     dir / ("np" + std::to_string(ranks) + ".log"));
+    INFO(r.out);
+    CHECK(r.code == 0);
+    size_t passed = 0;
+    for (size_t at = 0; (at = r.out.find("tests: 1 passed, 0 failed", at)) != std::string::npos; ++at) ++passed;
+    CHECK(passed == size_t(ranks));  // each rank ran the test case and passed it
   }
 }

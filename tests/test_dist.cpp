@@ -429,7 +429,7 @@ TEST_CASE("dist: buckets start in order as their gradients become final, with th
   Tensor x = Tensor::from_vector(std::vector<float>{0.3f, -1.1f, 2.f, 0.7f}, {4});
   Tensor z = Tensor::from_vector(std::vector<float>{1.5f, -0.2f, 0.9f}, {3});
   // registered p0, p3 (never used), p1, p2: in reverse, with a cap of 5 floats, the buckets are
-  // [p2] [p1] [p3] [p0]; backward finishes p2, then p1, then p0
+  // [p2] [p1] [p3] [p0]; backward finishes p1, then p2, then p0 (recorded in the other order)
   nn::NamedTensors params;
   for (auto [name, n] : {std::pair{"p0", 4}, {"p3", 2}, {"p1", 4}, {"p2", 3}}) {
     std::vector<float> v(static_cast<size_t>(n));
@@ -441,7 +441,9 @@ TEST_CASE("dist: buckets start in order as their gradients become final, with th
   const std::map<std::string, Tensor> masks{{"p1", Tensor::from_vector(std::vector<float>{1, 0, 1, 0}, {4})}};
   auto loss_of = [&] {
     Tensor h = mul(params[0].second, x);
-    return add(sum(mul(exp(h), params[2].second)), sum(mul(params[3].second, z)));
+    Tensor t2 = sum(mul(params[3].second, z));
+    Tensor t1 = sum(mul(exp(h), params[2].second));
+    return add(t1, t2);
   };
   const double w = 3.0 / 7.0;
   TwinComm comm;
@@ -451,7 +453,9 @@ TEST_CASE("dist: buckets start in order as their gradients become final, with th
   red.begin(comm, w);
   tape().backward(loss_of(), Tensor(), &red);
   CHECK(comm.started == std::vector<int64_t>{3, 4});  // p2's and p1's, during backward; [p3] holds p0's back
-  CHECK(red.finish().started == 2);
+  const train::GradientReducer::Overlap o = red.finish();
+  CHECK(o.started == 2);
+  CHECK(o.held == 2);  // [p1] waited for [p2]; [p0], complete at the last record, for [p3] until finish()
   CHECK(comm.started == std::vector<int64_t>{3, 4, 2, 4});  // every rank starts them in this order
   std::vector<std::vector<double>> overlapped;
   for (auto& [n, p] : params) overlapped.push_back(p.grad().to_vector()), Tensor(p).zero_grad();
@@ -467,6 +471,20 @@ TEST_CASE("dist: buckets start in order as their gradients become final, with th
   for (size_t k = 0; k < params.size(); ++k) {
     INFO(params[k].first);
     CHECK(params[k].second.grad().to_vector() == overlapped[k]);
+    Tensor(params[k].second).zero_grad();
+  }
+  // rebuilt in the order reported, the never-reported p3 last: [p1] [p2] [p0] [p3]
+  CHECK(red.observed_order() == std::vector<size_t>{2, 3, 0, 1});
+  REQUIRE(red.rebuild_from_rank0(comm));
+  comm.started.clear();
+  red.begin(comm, w);
+  tape().backward(loss_of(), Tensor(), &red);
+  CHECK(comm.started == std::vector<int64_t>{4, 3, 4});  // each as its gradient is final, [p0] within the backward
+  CHECK(red.finish().held == 0);
+  CHECK(comm.started == std::vector<int64_t>{4, 3, 4, 2});
+  for (size_t k = 0; k < params.size(); ++k) {
+    INFO(params[k].first);
+    CHECK(params[k].second.grad().to_vector() == overlapped[k]);  // the same sums, in other buckets
   }
 }
 

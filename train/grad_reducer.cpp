@@ -95,17 +95,17 @@ void GradientReducer::record_done() {
 GradientReducer::Overlap GradientReducer::finish() {
   DG_CHECK(comm_, "gradient buckets: finish() without begin()");
   Overlap o;
-  // a bucket started while the tape retired record k (0-based) of records_ hid the rest behind it
-  for (size_t b = 0; b < next_; ++b) {
-    o.started += started_at_[b] + 1 < records_;
-    o.held += complete_at_[b] < started_at_[b];
-    o.held_records += started_at_[b] - complete_at_[b];
-  }
   for (auto& r : requests_) o.done += r->test();
   for (size_t b = next_; b < buckets_.size(); ++b)
     for (size_t k = 0; k < filled_[b].size(); ++k)
       if (!filled_[b][k]) fill({b, k});
-  start_ready();
+  start_ready();  // (these start "at record records_": after the backward)
+  // a bucket started while the tape retired record k (0-based) of records_ hid the rest behind it
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    o.started += started_at_[b] + 1 < records_;
+    o.held += complete_at_[b] < started_at_[b];
+    o.held_records += started_at_[b] - complete_at_[b];
+  }
   for (size_t b = 0; b < buckets_.size(); ++b) {
     requests_[b]->wait();
     buckets_[b]->restore();

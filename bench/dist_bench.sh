@@ -64,8 +64,8 @@ fi
   echo
   echo "2 ranks x 1 thread, the 2-rank run of (1); rank 0's mean over the run's steps (the trainer's 'gradient all-reduce after backward': it includes waiting for the other rank's backward)"
   echo
-  echo "| round | after backward (--no-overlap) | overlapped, 25 MiB buckets | overlapped, 4 KiB buckets | buckets (4 KiB) | of them started during backward | summed when it ended |"
-  echo "|---|---:|---:|---:|---:|---:|---:|"
+  echo "| round | after backward (--no-overlap) | overlapped, 25 MiB buckets | overlapped, 4 KiB buckets | buckets (4 KiB) | of them started during backward | held back by an earlier bucket | summed when it ended |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 } >> "$out"
 after() { sed -n 's/^gradient all-reduce after backward: \([0-9.]*\) ms.*/\1/p' "$1" | head -1; }
 for r in $(seq 1 "$ROUNDS"); do
@@ -78,8 +78,9 @@ for r in $(seq 1 "$ROUNDS"); do
   done
   n=$(sed -n 's/.* bytes in \([0-9]*\) buckets.*/\1/p' "$work/ov-small.log" | head -1)
   e=$(sed -n 's/.*buckets, \([0-9.]*\) of them started during backward.*/\1/p' "$work/ov-small.log" | head -1)
-  d=$(sed -n 's/.*during backward, \([0-9.]*\) summed when it ended.*/\1/p' "$work/ov-small.log" | head -1)
-  echo "| $r | $(after "$work/ov-off.log") | $(after "$work/ov-on.log") | $(after "$work/ov-small.log") | $n | $e | $d |" | tee -a "$out"
+  h=$(sed -n 's/.*during backward, \([0-9.]*\) held back by an earlier bucket.*/\1/p' "$work/ov-small.log" | head -1)
+  d=$(sed -n 's/.*earlier bucket, \([0-9.]*\) summed when it ended.*/\1/p' "$work/ov-small.log" | head -1)
+  echo "| $r | $(after "$work/ov-off.log") | $(after "$work/ov-on.log") | $(after "$work/ov-small.log") | $n | $e | $h | $d |" | tee -a "$out"
 done
 [ "$PARTS" = all ] || { echo "wrote $out"; exit 0; }
 {

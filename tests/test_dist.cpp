@@ -1,15 +1,11 @@
-// Data-parallel training (train/trainer.h, core/comm.h): `mpirun -np 2 deltagrad train` equals
-// one process at the same global batch, a bad file on one rank ends both ranks with its message,
-// and a run resumes on another number of ranks. Needs a build with MPI and mpirun on PATH
+// Data-parallel training (train/trainer.h, core/comm.h): `mpirun -np 2|3|4 deltagrad train` equals
+// one process at the same global batch (also where the batch does not divide by the ranks), the
+// overlapped all-reduce gives the bits of --no-overlap, a bad file on one rank ends both ranks with
+// its message, and a run resumes on another number of ranks. Needs a build with MPI and mpirun on PATH
 // (libopenmpi-dev, openmpi-bin); skips with one line otherwise. The NCCL comm's 1-rank all-reduce
-// runs where a GPU is present. The batch sharding and the gradient bucket are tested in one process
-// (every build).
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <chrono>
+// runs where a GPU is present. The batch sharding is tested in one process (every build); the
+// gradient buckets in tests/test_grad_buckets.cpp.
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -19,46 +15,17 @@
 #include "core/safetensors.h"
 #include "data/loader.h"
 #include "cuda/cuda_api.h"
+#include "tests/dist_util.h"
 #include "tests/test_util.h"
 #include "tests/train_util.h"
-#include "autograd/ops.h"
-#include "train/grad_bucket.h"
-#include "train/grad_reducer.h"
 
 using namespace dg;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
+using test::kCli, test::mpi_missing, test::mpirun, test::Ran, test::sh;
+
 namespace {
-
-const std::string kCli = std::string(DG_BUILD_DIR) + "/tools/deltagrad";
-
-// Why the MPI tests cannot run here ("" when they can).
-std::string mpi_missing() {
-  if (!mpi_built()) return "this build has no MPI (libopenmpi-dev not found at build time)";
-  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) return "mpirun is not on PATH (openmpi-bin)";
-  return "";
-}
-
-// `mpirun` for a 2-core container, as root too; every rank one OpenMP thread. Bounded by
-// `timeout`, so a hang fails the test (exit 124) instead of stopping the suite.
-std::string mpirun(int seconds) {
-  return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_plm_rsh_agent= timeout " +
-         std::to_string(seconds) +
-         " mpirun --oversubscribe --bind-to none --mca btl self,vader -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 ";
-}
-
-struct Ran {
-  int code;
-  std::string out;
-  double seconds;
-};
-Ran sh(const std::string& cmd, const fs::path& log) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const int rc = std::system((cmd + " > " + log.string() + " 2>&1").c_str());
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, test::slurp(log), s};
-}
 
 // The tiny run: 36 training images of 12x12, a 2-block ViT with LoRA r=2 and the head, global
 // batch 7 (6 steps an epoch; the last holds 1 image, so one of 2 ranks has none), 4 epochs.
@@ -102,15 +69,15 @@ std::vector<double> step_losses(const fs::path& run) {
   return v;
 }
 
-// Both runs' step losses within 1e-6 relative and their delta files within a
+// Both runs' `steps` step losses within 1e-6 relative and their delta files within a
 // thousandth of one step's update.
-void check_same_run(const fs::path& a, const fs::path& b) {
+void check_same_run(const fs::path& a, const fs::path& b, size_t steps = 24) {
   const std::vector<double> la = step_losses(a), lb = step_losses(b);
-  REQUIRE(la.size() == 24);
+  REQUIRE(la.size() == steps);
   REQUIRE(lb.size() == la.size());
   double worst = 0;
   for (size_t i = 0; i < la.size(); ++i) worst = std::max(worst, std::abs(la[i] - lb[i]) / std::abs(lb[i]));
-  MESSAGE("largest relative difference of the 24 step losses: " << worst);
+  MESSAGE("largest relative difference of the " << steps << " step losses: " << worst);
   CHECK(worst < 1e-6);
   SafeTensors da = load_safetensors((a / "deltas.safetensors").string());
   SafeTensors db = load_safetensors((b / "deltas.safetensors").string());
@@ -129,6 +96,28 @@ void check_same_run(const fs::path& a, const fs::path& b) {
   }
   MESSAGE("largest difference of the final deltas: " << dmax);
   CHECK(dmax < 1e-3 * 1e-2);
+}
+
+// Both runs' step losses and final deltas, to the bit.
+void check_same_bits(const fs::path& a, const fs::path& b, size_t steps) {
+  const std::vector<double> la = step_losses(a), lb = step_losses(b);
+  REQUIRE(la.size() == steps);
+  CHECK(la == lb);  // every step's loss, to the bit
+  SafeTensors da = load_safetensors((a / "deltas.safetensors").string());
+  SafeTensors db = load_safetensors((b / "deltas.safetensors").string());
+  REQUIRE(da.tensors.size() == db.tensors.size());
+  REQUIRE(da.tensors.size() >= 4);
+  for (auto& [n, t] : db.tensors) {
+    REQUIRE(da.tensors.count(n) == 1);
+    INFO(n);
+    CHECK(da.tensors.at(n).to_vector() == t.to_vector());  // the final deltas, to the bit
+  }
+}
+
+// The number after `key` in `text` (-1 when absent).
+double number_after(const std::string& text, const std::string& key) {
+  const size_t at = text.find(key);
+  return at == std::string::npos ? -1 : std::stod(text.substr(at + key.size()));
 }
 
 }  // namespace
@@ -177,18 +166,61 @@ TEST_CASE("dist: the all-reduce overlapped with backward in several buckets give
   CHECK(std::stod(on.out.substr(early + 11)) > 0);
   CHECK(off.out.find("in one bucket after backward (no overlap)") != std::string::npos);
   CHECK(off.out.find("; not overlapped)") != std::string::npos);
-  const std::vector<double> la = step_losses(s.dir / "on"), lb = step_losses(s.dir / "off");
-  REQUIRE(la.size() == 12);
-  CHECK(la == lb);  // every step's loss, to the bit
-  SafeTensors da = load_safetensors((s.dir / "on" / "deltas.safetensors").string());
-  SafeTensors db = load_safetensors((s.dir / "off" / "deltas.safetensors").string());
-  REQUIRE(da.tensors.size() == db.tensors.size());
-  REQUIRE(da.tensors.size() >= 4);
-  for (auto& [n, t] : db.tensors) {
-    REQUIRE(da.tensors.count(n) == 1);
-    INFO(n);
-    CHECK(da.tensors.at(n).to_vector() == t.to_vector());  // the final deltas, to the bit
-  }
+  // after step 1 the buckets are cut in the order its backward finished the gradients
+  CHECK(on.out.find("in the order its backward finished the gradients, 5 buckets (were 5;") != std::string::npos);
+  check_same_bits(s.dir / "on", s.dir / "off", 12);
+}
+
+namespace {
+// 3 and 4 ranks (one thread each, on 2 cores): overlapped in several buckets against --no-overlap
+// (same bits), and against one process at the same global batch, whose slices per rank differ
+// by one (3 ranks, batch 8: 2/3/3, the epoch's last batch of 4: 1/1/2; 4 ranks, batch 7:
+// 1/2/2/2, the last batch of 1 leaves three ranks with nothing). Each rank's gradient is
+// weighted by its share, so the sum is the global batch's mean whatever the split.
+void check_ranks(int ranks, int64_t batch, int64_t epochs, const json& peft, const std::string& per_rank) {
+  const Setup s = make_setup("ranks" + std::to_string(ranks), 0,
+                             {{"batch", batch}, {"epochs", epochs}, {"bucket_mb", 1.0 / 4096}, {"peft", peft}, {"quiet", false}});
+  const size_t steps = size_t(epochs * ((36 + batch - 1) / batch));  // 36 training images
+  const Ran one = sh("OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 " + kCli + train_args(s, s.dir / "one"), s.dir / "one.log");
+  REQUIRE_MESSAGE(one.code == 0, one.out);
+  const std::string np = mpirun(60) + "-np " + std::to_string(ranks) + " " + kCli;
+  const Ran on = sh(np + train_args(s, s.dir / "on"), s.dir / "on.log");
+  REQUIRE_MESSAGE(on.code == 0, on.out);
+  const Ran off = sh(np + train_args(s, s.dir / "off") + " --no-overlap", s.dir / "off.log");
+  REQUIRE_MESSAGE(off.code == 0, off.out);
+  MESSAGE("wall time: 1 process " << one.seconds << " s, " << ranks << " ranks overlapped " << on.seconds
+                                  << " s, not overlapped " << off.seconds << " s");
+  CHECK(on.out.find(str("data parallel: ", ranks, " ranks (mpi), global batch ", batch, " (", per_rank, " per rank)")) !=
+        std::string::npos);
+  const double buckets = number_after(on.out, " bytes in ");
+  MESSAGE("buckets: " << buckets << "; " << on.out.substr(std::min(on.out.size(), on.out.find("gradient buckets after"))));
+  CHECK(buckets >= 4);
+  // rank 0's first step counts its held-back buckets; the run's mean says none was held after the rebuild
+  const double held_first = number_after(on.out, "started during backward, ");
+  const double held_mean = number_after(on.out, "of them started during backward, ");
+  REQUIRE(held_first >= 0);
+  REQUIRE(held_mean >= 0);
+  CHECK(std::abs(held_mean * double(steps) - held_first) < 1e-3);
+  check_same_bits(s.dir / "on", s.dir / "off", steps);
+  check_same_run(s.dir / "on", s.dir / "one", steps);
+}
+
+const json kLora = {{"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 2}}}}, {"trainable", {"head.*"}}};
+
+}  // namespace
+
+TEST_CASE("dist: 3 ranks at global batch 8 (2/3/3 per rank) train as one process; overlapped = --no-overlap bits") {
+  if (const std::string why = mpi_missing(); !why.empty()) return test::skip(why);
+  // two deltas per block: registration order (LoRA, then the adapter) is not backward's
+  const json peft = {{"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 2}},
+                                 {{"name", "aplus"}, {"method", "adapter_plus"}, {"dim", 2}, {"drop_path", 0}}}},
+                     {"trainable", {"head.*"}}};
+  check_ranks(3, 8, 3, peft, "2 or 3");
+}
+
+TEST_CASE("dist: 4 ranks at global batch 7 (1/2/2/2 per rank) train as one process; overlapped = --no-overlap bits") {
+  if (const std::string why = mpi_missing(); !why.empty()) return test::skip(why);
+  check_ranks(4, 7, 2, kLora, "1 or 2");
 }
 
 TEST_CASE("dist: a bad file on one rank ends every rank with its message, without a hang") {
@@ -225,7 +257,8 @@ TEST_CASE("dist: ranks started with different run configs stop at the start, nam
 
 TEST_CASE("dist: a run resumes on another number of ranks (2 -> 1 -> 2) and ends as the uninterrupted run") {
   if (const std::string why = mpi_missing(); !why.empty()) return test::skip(why);
-  const Setup whole = make_setup("resume_ref"), s = make_setup("resume", 9);  // 9 steps per process
+  // 9 steps per process; not quiet: the bucket rebuild is printed
+  const Setup whole = make_setup("resume_ref"), s = make_setup("resume", 9, {{"quiet", false}});
   REQUIRE(sh(kCli + train_args(whole, whole.dir / "run"), whole.dir / "log").code == 0);
   const fs::path run = s.dir / "run";
   const Ran a = sh(mpirun(120) + "-np 2 " + kCli + train_args(s, run), s.dir / "a.log");
@@ -236,6 +269,11 @@ TEST_CASE("dist: a run resumes on another number of ranks (2 -> 1 -> 2) and ends
   CHECK(step_losses(run).size() == 18);
   const Ran c = sh(mpirun(120) + "-np 2 " + kCli + " train --resume " + run.string(), s.dir / "c.log");
   REQUIRE_MESSAGE(c.code == 0, c.out);  // the last 6 on 2 ranks
+  // the bucket order is not saved: each data-parallel part decides it again after its first step
+  const std::string rebuilt = "gradient buckets after the first step: ";
+  CHECK(a.out.find(rebuilt) != std::string::npos);
+  CHECK(b.out.find(rebuilt) == std::string::npos);  // one process: nothing all-reduced, no buckets
+  CHECK(c.out.find(rebuilt) != std::string::npos);
   check_same_run(run, whole.dir / "run");
 }
 
@@ -251,7 +289,8 @@ TEST_CASE("dist: without a launcher the world is one process, and no MPI call is
   CHECK(t.to_vector() == std::vector<double>{1, 2, 3});
 }
 
-TEST_CASE("dist: NCCL all-reduce on one GPU (one rank)") {
+// Named "cuda: ..." so that the GPU checks' -tc='cuda*' (scripts/gpu_check.sh tests) run it.
+TEST_CASE("cuda: NCCL all-reduce on one GPU (one rank, the data-parallel comm)") {
   if (!nccl_built() || !cuda::device_present())
     return test::skip(std::string(nccl_built() ? "no GPU" : "this build has no NCCL") +
                       " (multi-GPU is modelled in bench/RESULTS.md)");
@@ -307,89 +346,4 @@ TEST_CASE("dist: the shards of a global batch are its slices, in order, with the
   data::LoaderOptions bad = o;
   bad.shard = 2, bad.shards = 2;
   CHECK_THROWS_WITH_AS(data::DataLoader(set, bad), doctest::Contains("shard 2 of 2"), Error);
-}
-
-TEST_CASE("dist: the gradient bucket weights, sums and restores every trainable gradient") {
-  Tensor a = Tensor::from_vector(std::vector<float>{1, -2, 3, 4}, {2, 2}), b = Tensor::zeros({3});
-  a.set_requires_grad(true), b.set_requires_grad(true);
-  a.impl()->grad = Tensor::from_vector(std::vector<float>{0.5f, 1, -1, 2}, {2, 2}).impl_ptr();
-  const nn::NamedTensors params{{"a", a}, {"b", b}};  // b has no gradient (no sample reached it)
-  train::GradientBucket bucket(params, Device::CPU);
-  CHECK(bucket.floats() == 7);
-  CHECK(bucket.bytes() == 28);
-  CHECK(train::GradientBucket::bytes_for(params) == 28);
-  bucket.all_reduce(world(), 0.25);  // one rank: the sum is this rank's weighted gradient
-  CHECK(a.grad().to_vector() == std::vector<double>{0.125, 0.25, -0.25, 0.5});
-  REQUIRE(b.grad().defined());
-  CHECK(b.grad().to_vector() == std::vector<double>{0, 0, 0});
-  CHECK(a.to_vector() == std::vector<double>{1, -2, 3, 4});  // the parameters are untouched
-}
-
-namespace {
-// A comm of one process that acts as if a second rank held the same gradients (sum = 2x) and
-// notes the size of each all-reduce it is asked to start, in order.
-class TwinComm final : public Comm {
- public:
-  std::vector<int64_t> started;
-  int rank() const override { return 0; }
-  int size() const override { return 2; }
-  std::string backend_name() const override { return "twin"; }
-  void all_reduce_sum(Tensor& t) override { t.copy_(add(t, t)); }
-  std::unique_ptr<CommRequest> start_all_reduce_sum(Tensor& t) override {
-    started.push_back(t.numel());
-    return Comm::start_all_reduce_sum(t);
-  }
-  void all_reduce_sum(std::vector<double>& v) override {
-    for (double& x : v) x += x;
-  }
-  void broadcast(std::string&, int) override {}
-  void barrier() override {}
-  [[noreturn]] void abort_all(const std::string& m, int) override { throw Error(m); }
-};
-}  // namespace
-
-TEST_CASE("dist: buckets start in order as their gradients become final, with the bits of one bucket after backward") {
-  tape().clear();
-  Tensor x = Tensor::from_vector(std::vector<float>{0.3f, -1.1f, 2.f, 0.7f}, {4});
-  Tensor z = Tensor::from_vector(std::vector<float>{1.5f, -0.2f, 0.9f}, {3});
-  // registered p0, p3 (never used), p1, p2: in reverse, with a cap of 5 floats, the buckets are
-  // [p2] [p1] [p3] [p0]; backward finishes p2, then p1, then p0
-  nn::NamedTensors params;
-  for (auto [name, n] : {std::pair{"p0", 4}, {"p3", 2}, {"p1", 4}, {"p2", 3}}) {
-    std::vector<float> v(static_cast<size_t>(n));
-    for (int i = 0; i < n; ++i) v[size_t(i)] = 0.1f * float(i + 1) * (name[1] == '1' ? -1.f : 1.f) + 0.37f;
-    Tensor p = Tensor::from_vector(v, {n});
-    p.set_requires_grad(true), p.set_name(name);
-    params.emplace_back(name, p);
-  }
-  const std::map<std::string, Tensor> masks{{"p1", Tensor::from_vector(std::vector<float>{1, 0, 1, 0}, {4})}};
-  auto loss_of = [&] {
-    Tensor h = mul(params[0].second, x);
-    return add(sum(mul(exp(h), params[2].second)), sum(mul(params[3].second, z)));
-  };
-  const double w = 3.0 / 7.0;
-  TwinComm comm;
-  train::GradientReducer red(params, Device::CPU, 5 * 4, masks);
-  REQUIRE(red.buckets() == 4);
-  CHECK(red.floats() == 13);
-  red.begin(comm, w);
-  tape().backward(loss_of(), Tensor(), &red);
-  CHECK(comm.started == std::vector<int64_t>{3, 4});  // p2's and p1's, during backward; [p3] holds p0's back
-  CHECK(red.finish().started == 2);
-  CHECK(comm.started == std::vector<int64_t>{3, 4, 2, 4});  // every rank starts them in this order
-  std::vector<std::vector<double>> overlapped;
-  for (auto& [n, p] : params) overlapped.push_back(p.grad().to_vector()), Tensor(p).zero_grad();
-  CHECK(overlapped[1] == std::vector<double>{0, 0});  // p3: no gradient, adds zeros
-  CHECK(overlapped[2][1] == 0);  // p1's mask
-  CHECK(overlapped[2][0] != 0);
-  // the path without overlap: backward, masks, one bucket of everything
-  backward(loss_of());
-  Tensor g1 = params[2].second.grad();
-  g1.copy_(mul(g1, masks.at("p1")));
-  train::GradientBucket one(params, Device::CPU);
-  one.all_reduce(comm, w);
-  for (size_t k = 0; k < params.size(); ++k) {
-    INFO(params[k].first);
-    CHECK(params[k].second.grad().to_vector() == overlapped[k]);
-  }
 }

@@ -67,7 +67,8 @@ int cmd_train(int argc, char** argv) {
       "  global batch of B over the N ranks and sums the trainable gradients each step (MPI for CPU tensors,\n"
       "  NCCL for CUDA ones); the log equals one process's, rank 0 writes RUN_DIR, and a failing rank ends all.\n"
       "  The sums run during backward, in buckets of at most --bucket-mb MiB (25) each started when its\n"
-      "  gradients are final; --no-overlap sums every gradient in one buffer after backward (same bits).\n";
+      "  gradients are final (cut again after the first step in the order its backward finished them);\n"
+      "  --no-overlap sums every gradient in one buffer after backward (same bits).\n";
   if (wants_help(argc, argv, help)) return 0;
   Args a = parse_args(argc, argv, 2,
                       {"model-config", "model", "peft", "data", "epochs", "batch", "lr", "weight-decay", "warmup", "seed",

@@ -55,7 +55,9 @@ void GradientBucket::restore() {
 void GradientBucket::all_reduce(Comm& comm, double weight) {
   for (size_t k = 0; k < params_.size(); ++k) copy_in(k);
   scale(weight);
-  comm.all_reduce_sum(buffer_);  // blocking (MPI_Allreduce): the path before the overlap, kept as it was
+  // the call the overlapped buckets make, waited at once: MPI's blocking all-reduce may sum an
+  // element in another order (Open MPI, 3 ranks, 20000 floats: 2925 differed in their last bits)
+  comm.start_all_reduce_sum(buffer_)->wait();
   restore();
 }
 

@@ -23,6 +23,7 @@ class GradientBucket {
   static int64_t bytes_for(const nn::NamedTensors& params);
   // Every gradient := the sum over ranks of (weight * that rank's gradient). A tensor without a
   // gradient on a rank (no sample reached it there) adds zeros; afterwards every tensor has one.
+  // Through Comm::start_all_reduce_sum (waited), the call the overlapped buckets make.
   void all_reduce(Comm& comm, double weight);
 
   // The same in steps (train/grad_reducer.h): copy in each tensor's gradient (zeros without one),

@@ -376,12 +376,14 @@ Trainer::StepTotals Trainer::train_step(const data::Batch& b, nn::Optimizer& opt
   StepTotals t{lv, int64_t(correct), n, stop};
   if (comm_->size() > 1) {
     const auto r0 = std::chrono::steady_clock::now();
+    GradientReducer::Overlap o;
     if (overlap) {
-      const GradientReducer::Overlap o = overlap->finish();
-      early_buckets_ += int64_t(o.started), summed_early_ += int64_t(o.done);
+      o = overlap->finish();
+      early_buckets_ += int64_t(o.started), held_buckets_ += int64_t(o.held), summed_early_ += int64_t(o.done);
     }
     else bucket_->all_reduce(*grad_comm_, w);
     reduce_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
+    if (overlap && rebuild_buckets_) rebuild_buckets(o);  // once, outside the timed part
     ++reduce_steps_;
     std::vector<double> host{lv * w, correct, double(n), stop ? 1.0 : 0.0};
     comm_->all_reduce_sum(host);
@@ -394,6 +396,20 @@ Trainer::StepTotals Trainer::train_step(const data::Batch& b, nn::Optimizer& opt
   opt.step();
   opt.zero_grad();
   return t;
+}
+
+// After the first step of a fit (a resume's too: the order is not saved), the buckets are cut
+// again in the order that step's backward finished the gradients on rank 0 (broadcast).
+void Trainer::rebuild_buckets(const GradientReducer::Overlap& first) {
+  rebuild_buckets_ = false;
+  const size_t before = reducer_->buckets();
+  const bool changed = reducer_->rebuild_from_rank0(*comm_);
+  if (comm_->rank() == 0 && !cfg_.quiet)
+    std::printf("gradient buckets after the first step: %s in the order its backward finished the gradients, "
+                "%zu buckets (were %zu; in that step %zu started during backward, %zu held back by an earlier one "
+                "for %lld backward records in all)\n",
+                changed ? "rebuilt" : "kept, already", reducer_->buckets(), before, first.started, first.held,
+                (long long)first.held_records);
 }
 
 // Data parallel: every rank must run the same thing. Rank 0's run config, base weights and
@@ -445,12 +461,15 @@ TrainResult Trainer::fit(bool resume) {
       reducer_ = std::make_unique<GradientReducer>(params, dev, int64_t(cfg_.bucket_mb * 1024 * 1024), peft_->masks());
     else
       bucket_ = std::make_unique<GradientBucket>(params, dev);
+    rebuild_buckets_ = bool(reducer_);
     const int64_t floats = reducer_ ? reducer_->floats() : bucket_->floats();
+    const int64_t share = cfg_.batch / comm_->size();  // the loader's slices differ by one at most
+    const std::string per_rank = cfg_.batch % comm_->size() == 0 ? str(share) : str(share, " or ", share + 1);
     if (verbose)
-      std::printf("data parallel: %d ranks (%s), global batch %lld (%lld per rank); all-reduced per step: %lld "
+      std::printf("data parallel: %d ranks (%s), global batch %lld (%s per rank); all-reduced per step: %lld "
                   "trainable gradient floats = %lld bytes in %s, + 32 bytes of loss, hits, count and stop flag\n",
                   comm_->size(), grad_comm_->backend_name().c_str(), (long long)cfg_.batch,
-                  (long long)(cfg_.batch / comm_->size()), (long long)floats, (long long)(floats * 4),
+                  per_rank.c_str(), (long long)floats, (long long)(floats * 4),
                   reducer_ ? str(reducer_->buckets(), reducer_->buckets() == 1 ? " bucket" : " buckets",
                                  " started during backward (cap ", cfg_.bucket_mb, " MiB)").c_str()
                            : "one bucket after backward (no overlap)");
@@ -486,7 +505,7 @@ TrainResult Trainer::fit(bool resume) {
   const auto t0 = std::chrono::steady_clock::now();
   auto last_ckpt = t0;
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
-  reduce_seconds_ = 0, reduce_steps_ = 0, early_buckets_ = 0, summed_early_ = 0;
+  reduce_seconds_ = 0, reduce_steps_ = 0, early_buckets_ = 0, held_buckets_ = 0, summed_early_ = 0;
   // The end of this process's training: its times, and (data parallel) what the all-reduce cost after backward.
   auto end_timing = [&] {
     res.seconds = elapsed(), res.total_seconds = pos.seconds + res.seconds;
@@ -496,6 +515,7 @@ TrainResult Trainer::fit(bool resume) {
                   1e3 * reduce_seconds_ / double(reduce_steps_), (long long)reduce_steps_,
                   reducer_ ? str("overlapped, ", reducer_->buckets(), " buckets, ",
                                  double(early_buckets_) / double(reduce_steps_), " of them started during backward, ",
+                                 double(held_buckets_) / double(reduce_steps_), " held back by an earlier bucket, ",
                                  double(summed_early_) / double(reduce_steps_), " summed when it ended")
                                  .c_str()
                            : "not overlapped");

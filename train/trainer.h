@@ -147,7 +147,10 @@ class Trainer {
   std::unique_ptr<GradientBucket> bucket_;
   std::unique_ptr<GradientReducer> reducer_;
   double reduce_seconds_ = 0;
-  int64_t reduce_steps_ = 0, early_buckets_ = 0, summed_early_ = 0;  // buckets started / summed before backward ended
+  // buckets started during backward / held back by an earlier one / summed when backward ended
+  int64_t reduce_steps_ = 0, early_buckets_ = 0, held_buckets_ = 0, summed_early_ = 0;
+  bool rebuild_buckets_ = false;  // after this fit's first step
+  void rebuild_buckets(const GradientReducer::Overlap& first_step);
   void write_outputs(const MetricsHistory& history, int64_t steps_per_epoch) const;
 };
 

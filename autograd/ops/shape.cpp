@@ -85,6 +85,17 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
   return out;
 }
 
+Tensor without_range(const Tensor& x, int64_t dim, int64_t begin, int64_t end) {
+  dim = wrap_dim(dim, x.dim(), "without_range");
+  const int64_t n = x.size(dim);
+  DG_CHECK(0 <= begin && begin <= end && end <= n, "without_range: [", begin, ", ", end, ") is not a range of dim ",
+           dim, " of ", x.desc());
+  if (begin == end) return x;
+  if (begin == 0) return slice(x, dim, end, n);
+  if (end == n) return slice(x, dim, 0, begin);
+  return concat({slice(x, dim, 0, begin), slice(x, dim, end, n)}, dim);
+}
+
 namespace {
 std::vector<Tensor> one(const Shape& s, uint64_t seed) { return {randn64(s, seed)}; }
 }  // namespace
@@ -117,7 +128,9 @@ DG_GRADCHECK(contiguous) {
 }
 DG_GRADCHECK(slice) {
   return {{"dim 1 [1:3]", [] { return one({2, 4, 3}, 9); }, [](const std::vector<Tensor>& x) { return slice(x[0], 1, 1, 3); }},
-          {"negative start", [] { return one({5, 2}, 10); }, [](const std::vector<Tensor>& x) { return slice(x[0], 0, -2, 5); }}};
+          {"negative start", [] { return one({5, 2}, 10); }, [](const std::vector<Tensor>& x) { return slice(x[0], 0, -2, 5); }},
+          {"without_range [1:3) of dim 1", [] { return one({2, 5, 3}, 11); },
+           [](const std::vector<Tensor>& x) { return without_range(x[0], 1, 1, 3); }}};
 }
 
 }  // namespace dg

@@ -26,6 +26,7 @@
 #include "autograd/autocast.h"
 #include "autograd/ops.h"
 #include "core/backend.h"
+#include "core/cpu/cpu_backend.h"
 #include "core/cpu/gemm_kernel.h"
 #include "core/random.h"
 #include "cuda/cuda_api.h"
@@ -159,6 +160,7 @@ int main(int argc, char** argv) {
     };
     for (int64_t i = 0; i < warmup; ++i) step();  // allocator caches, cuBLAS heuristics
     if (dev == Device::CUDA) cuda::reset_peak();
+    else cpu::CpuBackend::reset_peak();
     std::vector<double> ms;
     cpu::reset_kernel_time();
     PerfControl perf;
@@ -186,6 +188,9 @@ int main(int argc, char** argv) {
                 {"recompute", a.has("recompute")}, {"ms_median", med}, {"ms_min", ms.front()}, {"ms_max", ms.back()}, {"img_per_s", 1000.0 * double(B) / med},
                 {"peak_mb", dev == Device::CUDA ? double(cuda::peak_bytes()) / 1048576.0 : rss_peak - rss_base},
                 {"rss_base_mb", rss_base}, {"rss_peak_mb", rss_peak},
+                // CPU: the allocator's bytes in use at their highest over the timed steps (the RSS
+                // also holds the blocks its cache keeps, one set per tensor size)
+                {"alloc_peak_mb", dev == Device::CPU ? double(cpu::CpuBackend::peak_bytes()) / 1048576.0 : 0.0},
                 // what a data-parallel step sums across ranks: every trainable gradient (train/grad_bucket.h)
                 {"allreduce_bytes", train::GradientBucket::bytes_for(pm.trainable_parameters())},
                 {"gflops", flops / (med * 1e-3) / 1e9}, {"tflops", flops / (med * 1e-3) / 1e12}};

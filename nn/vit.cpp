@@ -48,6 +48,7 @@ Tensor VisionTransformer::forward_features(const Tensor& images) {
     ~ClearHints() {
       for (auto& b : blocks) {
         b->dropped_rows = {0, 0};
+        b->attn->skip_queries = {};
         if (Delta* d = b->first_pre_delta()) d->unread_rows_absent = false;
       }
     }

@@ -106,8 +106,8 @@ Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end);
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim);        // ops/concat.cpp
 // Pieces of the given sizes along dim: differentiable views (each is a slice).
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);  // ops/shape.cpp
-// x without the indices [begin, end) of dim: the slices on either side, concatenated where both
-// are non-empty (a composite of slice and concat, ops/shape.cpp).
+// x without the indices [begin, end) of dim: the pieces on either side in one new tensor (a view
+// where one piece is empty), ops/shape.cpp.
 Tensor without_range(const Tensor& x, int64_t dim, int64_t begin, int64_t end);
 Tensor index_select(const Tensor& x, const Tensor& idx);           // rows of x (dim 0); ops/index_select.cpp
 

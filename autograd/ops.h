@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "autograd/tape.h"
+#include "core/backend.h"
 #include "core/tensor.h"
 
 namespace dg {
@@ -76,8 +77,9 @@ Tensor argmax(const Tensor& x, int64_t dim);  // I64, not differentiable
 Tensor softmax(const Tensor& x, int64_t dim);      // ops/softmax.cpp
 // Multi-head attention over packed qkv [B, N, 3*H*hd] -> [B, N, H*hd] (ops/attention.cpp):
 // one fused kernel where the backend has it (saves no probabilities), else, or with
-// fused = false, matmul + softmax + matmul.
-Tensor attention(const Tensor& qkv, int64_t heads, double scale, bool fused = true);
+// fused = false, matmul + softmax + matmul. `rows`: queries from all rows but [skip_begin,
+// skip_end) (those are keys and values only), out [B, N - skipped, H*hd].
+Tensor attention(const Tensor& qkv, int64_t heads, double scale, bool fused = true, AttnRows rows = {});
 Tensor log_softmax(const Tensor& x, int64_t dim);  // ops/softmax.cpp
 // Over the last dim; w, b [D] or undefined. Saves rstd and x, mean or (CPU, where the input is
 // recoverable) y, b; and w. keep_input: save x even where y would do (another op saves x anyway).
@@ -104,6 +106,9 @@ Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end);
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim);        // ops/concat.cpp
 // Pieces of the given sizes along dim: differentiable views (each is a slice).
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);  // ops/shape.cpp
+// x without the indices [begin, end) of dim: the pieces on either side in one new tensor (a view
+// where one piece is empty), ops/shape.cpp.
+Tensor without_range(const Tensor& x, int64_t dim, int64_t begin, int64_t end);
 Tensor index_select(const Tensor& x, const Tensor& idx);           // rows of x (dim 0); ops/index_select.cpp
 
 // ---- vision (ops/patchify.cpp) ----

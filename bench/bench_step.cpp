@@ -6,7 +6,8 @@
 //              [--warmup 3] [--threads N] [--tf32] [--recompute] [--gemm onednn|onednn-mt|openblas|eigen]
 //              [--precision f32|bf16]   (bf16: mixed precision, autograd/autocast.h)
 // Methods: inference, full, linear_probe, lora (r=8 on qkv), lora_all (r=8 on every block
-// Linear), adapter_plus, vpt_deep (10 prompts). CPU memory is read from /proc/self/status:
+// Linear), adapter_plus, vpt_deep (--prompts P, default 10; --full-rows: every block computes the
+// prompt rows the next block replaces, as before they were skipped). CPU memory is read from /proc/self/status:
 // rss_base_mb before the model exists, rss_peak_mb the high-water mark after the timed steps
 // (so step_mb = peak - base is the model, its state and the step's working memory).
 // Under bench/perf_share.py (DG_PERF_CTL=ctl_fifo,ack_fifo) perf samples the timed steps only.
@@ -25,6 +26,7 @@
 #include "autograd/autocast.h"
 #include "autograd/ops.h"
 #include "core/backend.h"
+#include "core/cpu/cpu_backend.h"
 #include "core/cpu/gemm_kernel.h"
 #include "core/random.h"
 #include "cuda/cuda_api.h"
@@ -36,7 +38,7 @@
 using namespace dg;
 using nlohmann::json;
 
-static json method_config(const std::string& m) {
+static json method_config(const std::string& m, int64_t prompts) {
   const json head = json::array({"head.*"});
   const json all_linear = {"blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2"};
   if (m == "lora") return {{"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 8}, {"lora_alpha", 8}}}}, {"trainable", head}};
@@ -44,7 +46,7 @@ static json method_config(const std::string& m) {
     return {{"deltas", {{{"name", "lora"}, {"method", "lora"}, {"r", 8}, {"lora_alpha", 8}, {"target_modules", all_linear}}}},
             {"trainable", head}};
   if (m == "adapter_plus") return {{"deltas", {{{"name", "ap"}, {"method", "adapter_plus"}, {"dim", 8}}}}, {"trainable", head}};
-  if (m == "vpt_deep") return {{"deltas", {{{"name", "vpt"}, {"method", "vpt_deep"}, {"num_tokens", 10}}}}, {"trainable", head}};
+  if (m == "vpt_deep") return {{"deltas", {{{"name", "vpt"}, {"method", "vpt_deep"}, {"num_tokens", prompts}}}}, {"trainable", head}};
   if (m == "full") return {{"trainable", {"*"}}};
   if (m == "linear_probe" || m == "inference") return {{"trainable", head}};
   throw Error(str("unknown method '", m, "' (inference, full, linear_probe, lora, lora_all, adapter_plus, vpt_deep)"));
@@ -52,17 +54,24 @@ static json method_config(const std::string& m) {
 
 // FLOPs of one step, from the shapes: every Linear's forward and input gradient, weight
 // gradients only where the weight trains, attention's two batched products (x3 for forward
-// + backward). The deltas' own FLOPs are small and left out on both sides alike.
-static double step_flops(const nn::ViTConfig& c, int64_t B, const std::string& method) {
-  const int64_t extra = method == "vpt_deep" ? 10 : 0;
+// + backward). The deltas' own FLOPs are small and left out on both sides alike. VPT-deep: the
+// prompt rows that the next block replaces are keys and values only (qkv on all T rows, attention
+// and the rest on the Tq kept query rows) in every block but the last, unless `full_rows`.
+static double step_flops(const nn::ViTConfig& c, int64_t B, const std::string& method, int64_t prompts,
+                         bool full_rows) {
+  const int64_t extra = method == "vpt_deep" ? prompts : 0;
   const double T = double(c.num_patches() + c.num_prefix_tokens() + extra), D = double(c.embed_dim);
   const double H = D * c.mlp_ratio, L = double(c.depth);
-  const double lin = 3 * D * D + D * D + 2 * D * H;  // multiply-adds per token per block
+  const double Tq = full_rows ? T : T - double(extra);  // query rows of blocks 0 .. L-2
+  // multiply-adds per block: qkv on T rows, proj and the MLP on the query rows; attention's two
+  // products Tq x T x D
+  const double lin = (T * 3 * D * D + Tq * (D * D + 2 * D * H)) * (L - 1) + T * (3 * D * D + D * D + 2 * D * H);
+  const double attn = Tq * T * D * (L - 1) + T * T * D;
   const double patch = 2 * double(c.num_patches()) * double(c.in_chans * c.patch_size * c.patch_size) * D;
-  const double fwd = 2 * T * lin * L + 4 * T * T * D * L + patch;
+  const double fwd = 2 * lin + 4 * attn + patch;
   if (method == "inference" || method == "linear_probe") return double(B) * fwd;
-  const double dx = 2 * T * lin * L + 8 * T * T * D * L;
-  const double dw = method == "full" ? 2 * T * lin * L + patch : 0;
+  const double dx = 2 * lin + 8 * attn;
+  const double dw = method == "full" ? 2 * lin + patch : 0;
   return double(B) * (fwd + dx + dw);
 }
 
@@ -102,7 +111,7 @@ class PerfControl {
 
 int main(int argc, char** argv) {
   try {
-    cli::Args a = cli::parse_args(argc, argv, 1, {"model", "method", "batch", "device", "steps", "warmup", "threads", "gemm", "precision"}, {"tf32", "recompute"});
+    cli::Args a = cli::parse_args(argc, argv, 1, {"model", "method", "batch", "device", "steps", "warmup", "threads", "gemm", "precision", "prompts"}, {"tf32", "recompute", "full-rows"});
     const std::string model = a.get("model", "vit_small_patch16_224"), method = a.get("method", "lora");
     const int64_t B = int64_t(a.num("batch", 64)), steps = int64_t(a.num("steps", 10)), warmup = int64_t(a.num("warmup", 3));
     const Device dev = a.get("device", "cuda") == "cuda" ? Device::CUDA : Device::CPU;
@@ -121,7 +130,9 @@ int main(int argc, char** argv) {
     c.num_classes = 100;
     nn::VisionTransformer m(c);
     m.set_recompute_mlp(a.has("recompute"));
-    peft::PeftModel pm(m, peft::parse_peft_config(method_config(method)));
+    m.skip_unread_rows = !a.has("full-rows");
+    const int64_t prompts = int64_t(a.num("prompts", 10));
+    peft::PeftModel pm(m, peft::parse_peft_config(method_config(method, prompts)));
     pm.to(dev);
     const bool infer = method == "inference";
     if (infer) m.eval();
@@ -133,6 +144,7 @@ int main(int argc, char** argv) {
     std::vector<int64_t> yl(static_cast<size_t>(B));
     for (int64_t i = 0; i < B; ++i) yl[size_t(i)] = i % 100;
     Tensor y = Tensor::from_vector(yl, {B}).to(dev);
+    size_t tape_held = 0;  // bytes the tape saves for backward, at the forward's end
     auto step = [&] {
       if (infer) {
         NoGradGuard ng;
@@ -140,6 +152,7 @@ int main(int argc, char** argv) {
       } else {
         opt.zero_grad();
         Tensor loss = cross_entropy(pm.forward(x), y);
+        tape_held = tape().held_bytes();
         backward(loss);
         opt.step();
       }
@@ -147,6 +160,7 @@ int main(int argc, char** argv) {
     };
     for (int64_t i = 0; i < warmup; ++i) step();  // allocator caches, cuBLAS heuristics
     if (dev == Device::CUDA) cuda::reset_peak();
+    else cpu::CpuBackend::reset_peak();
     std::vector<double> ms;
     cpu::reset_kernel_time();
     PerfControl perf;
@@ -162,8 +176,10 @@ int main(int argc, char** argv) {
     const cpu::KernelTime kt = cpu::kernel_time();  // CPU only: the CUDA backend does not add to it
     std::sort(ms.begin(), ms.end());
     const double med = ms[ms.size() / 2];
-    const double flops = step_flops(c, B, method), rss_peak = proc_status_mb("VmHWM:");
+    const double flops = step_flops(c, B, method, prompts, !m.skip_unread_rows), rss_peak = proc_status_mb("VmHWM:");
     json out = {{"impl", "deltagrad"}, {"model", model}, {"method", method}, {"batch", B},
+                {"prompts", method == "vpt_deep" ? prompts : 0}, {"full_rows", !m.skip_unread_rows},
+                {"tape_held_mb", double(tape_held) / 1048576.0},
                 {"device", dev == Device::CUDA ? cuda::device_name() : "cpu"}, {"threads", threads},
                 {"cpu_gemm", cpu::gemm_library()}, {"cpu_gemm_reason", cpu::gemm_choice_reason()},
                 {"cpu_bf16_gemm", cpu::bf16_gemm_native() ? "onednn" : "f32"},
@@ -172,6 +188,9 @@ int main(int argc, char** argv) {
                 {"recompute", a.has("recompute")}, {"ms_median", med}, {"ms_min", ms.front()}, {"ms_max", ms.back()}, {"img_per_s", 1000.0 * double(B) / med},
                 {"peak_mb", dev == Device::CUDA ? double(cuda::peak_bytes()) / 1048576.0 : rss_peak - rss_base},
                 {"rss_base_mb", rss_base}, {"rss_peak_mb", rss_peak},
+                // CPU: the allocator's bytes in use at their highest over the timed steps (the RSS
+                // also holds the blocks its cache keeps, one set per tensor size)
+                {"alloc_peak_mb", dev == Device::CPU ? double(cpu::CpuBackend::peak_bytes()) / 1048576.0 : 0.0},
                 // what a data-parallel step sums across ranks: every trainable gradient (train/grad_bucket.h)
                 {"allreduce_bytes", train::GradientBucket::bytes_for(pm.trainable_parameters())},
                 {"gflops", flops / (med * 1e-3) / 1e9}, {"tflops", flops / (med * 1e-3) / 1e12}};

@@ -37,7 +37,7 @@ const char* binary_name(BinaryOp op) {
 }  // namespace dg
 
 namespace dg {
-void Backend::attention(const Tensor&, int64_t, double, const Tensor&, const Tensor&) {
+void Backend::attention(const Tensor&, int64_t, double, const Tensor&, const Tensor&, AttnRows) {
   throw Error(str("attention: the ", name(), " backend has no fused attention kernel"));
 }
 void Backend::layernorm_backward_from_output(const Tensor& y, const Tensor& w, const Tensor& b, const Tensor& rstd,
@@ -53,7 +53,8 @@ void Backend::layernorm_backward_from_output(const Tensor& y, const Tensor& w, c
   fill(mean, 0.0);
   layernorm_backward(x, gx.defined() ? w : Tensor(), mean, rstd, gy, rows, n, gx, gw, gb);
 }
-void Backend::attention_backward(const Tensor&, const Tensor&, const Tensor&, int64_t, double, const Tensor&) {
+void Backend::attention_backward(const Tensor&, const Tensor&, const Tensor&, int64_t, double, const Tensor&,
+                                 AttnRows) {
   throw Error(str("attention backward: the ", name(), " backend has no fused attention kernel"));
 }
 }  // namespace dg

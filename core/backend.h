@@ -18,6 +18,14 @@ enum class UnaryOp : uint8_t {
 };
 enum class BinaryOp : uint8_t { Add, Sub, Mul, Div, Max, Min };
 enum class ReduceOp : uint8_t { Sum, Max };
+
+// Attention's query rows: all N, or all but the rows [skip_begin, skip_end), whose queries no
+// one reads (Backend::attention). Output row i is the query of input row query_row(i).
+struct AttnRows {
+  int64_t skip_begin = 0, skip_end = 0;
+  int64_t skipped() const { return skip_end - skip_begin; }
+  int64_t query_row(int64_t i) const { return i < skip_begin ? i : i + skipped(); }
+};
 const char* unary_name(UnaryOp);
 const char* binary_name(BinaryOp);
 
@@ -61,10 +69,14 @@ struct Backend {
   // Backward recomputes the scores from qkv and lse (no probability matrix is stored) and
   // writes gqkv [B, N, 3*H*hd]. Optional: where fused_attention_supported() is false (a
   // backend without the kernel, or a shape it does not cover) the op composes matmul + softmax.
+  // `rows` skips the query rows [skip_begin, skip_end) (they serve as keys and values only):
+  // out and lse then hold the N - skipped query rows in order, and gqkv's q columns of the
+  // skipped rows are zero (VPT-deep: the prompt rows that the next block replaces).
   virtual bool fused_attention_supported(const Tensor& qkv, int64_t heads) const { return false; }
-  virtual void attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse);
+  virtual void attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse,
+                         AttnRows rows = {});
   virtual void attention_backward(const Tensor& qkv, const Tensor& lse, const Tensor& gout, int64_t heads,
-                                  double scale, const Tensor& gqkv);
+                                  double scale, const Tensor& gqkv, AttnRows rows = {});
 
   // C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b] for b < batch, row-major.
   // op(A) is [M,K], op(B) is [K,N], C is [M,N] contiguous per batch.

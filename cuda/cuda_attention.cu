@@ -34,31 +34,32 @@ static void hd_dispatch(int64_t hd, F&& f) {
   throw Error(str("cuda attention: head_dim ", hd, " (the fused kernel has 32 and 64)"));
 }
 
-void CudaBackend::attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse) {
-  const int B = int(qkv.size(0)), N = int(qkv.size(1));
-  const dim3 grid(unsigned((N + TILE - 1) / TILE), unsigned(B * heads));
+void CudaBackend::attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse,
+                            AttnRows rows) {
+  const int B = int(qkv.size(0)), N = int(qkv.size(1)), sb = int(rows.skip_begin), sn = int(rows.skipped());
+  const dim3 grid(unsigned((N - sn + TILE - 1) / TILE), unsigned(B * heads));  // one thread per kept query
   float_dispatch(qkv.dtype(), "attention", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     hd_dispatch(qkv.size(2) / (3 * heads), [&](auto hd) {
       attn_fwd_kernel<T, decltype(hd)::value><<<grid, TILE, 0, stream()>>>(qkv.data<T>(), out.data<T>(), lse.data<T>(), N,
-                                                             int(heads), T(scale));
+                                                             int(heads), T(scale), sb, sn);
     });
   });
   DG_LAUNCH_CHECK();
 }
 
 void CudaBackend::attention_backward(const Tensor& qkv, const Tensor& lse, const Tensor& gout, int64_t heads,
-                                     double scale, const Tensor& gqkv) {
-  const int B = int(qkv.size(0)), N = int(qkv.size(1));
+                                     double scale, const Tensor& gqkv, AttnRows rows) {
+  const int B = int(qkv.size(0)), N = int(qkv.size(1)), sb = int(rows.skip_begin), sn = int(rows.skipped());
   const dim3 grid(unsigned((N + TILE - 1) / TILE), unsigned(B * heads));
-  Tensor Drow = Tensor::empty(lse.shape(), lse.dtype(), Device::CUDA);  // [B, H, N]
+  Tensor Drow = Tensor::empty(lse.shape(), lse.dtype(), Device::CUDA);  // [B, H, Nq]
   float_dispatch(qkv.dtype(), "attention backward", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     hd_dispatch(qkv.size(2) / (3 * heads), [&](auto hd) {
       attn_bwd_dq_kernel<T, decltype(hd)::value><<<grid, TILE, 0, stream()>>>(qkv.data<T>(), lse.data<T>(), gout.data<T>(),
-                                                                gqkv.data<T>(), Drow.data<T>(), N, int(heads), T(scale));
+                                                                gqkv.data<T>(), Drow.data<T>(), N, int(heads), T(scale), sb, sn);
       attn_bwd_dkv_kernel<T, decltype(hd)::value><<<grid, TILE, 0, stream()>>>(qkv.data<T>(), lse.data<T>(), gout.data<T>(),
-                                                                 Drow.data<T>(), gqkv.data<T>(), N, int(heads), T(scale));
+                                                                 Drow.data<T>(), gqkv.data<T>(), N, int(heads), T(scale), sb, sn);
     });
   });
   DG_LAUNCH_CHECK();

@@ -67,9 +67,10 @@ struct CudaBackend final : Backend {
   bool gemm_bias(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& bias, const Tensor& C) override;
   // cuda_attention.cu (opt-in with DG_CUDA_FUSED_ATTENTION=1 until it has run on a GPU)
   bool fused_attention_supported(const Tensor& qkv, int64_t heads) const override;
-  void attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse) override;
+  void attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse,
+                 AttnRows rows = {}) override;
   void attention_backward(const Tensor& qkv, const Tensor& lse, const Tensor& gout, int64_t heads, double scale,
-                          const Tensor& gqkv) override;
+                          const Tensor& gqkv, AttnRows rows = {}) override;
   void softmax(const Tensor& x, int64_t rows, int64_t n, bool log, const Tensor& out) override;
   void softmax_backward(const Tensor& y, const Tensor& gy, int64_t rows, int64_t n, bool log,
                         const Tensor& gx) override;

@@ -24,6 +24,12 @@ struct Delta {
   // reads the residual stream that also enters norm2): the module then lets the LayerNorm
   // keep that input for backward rather than its output, so one buffer serves both.
   virtual bool reads_site_input() const { return false; }
+  // Tokens (rows [first, second) of dim 1) of a Pre delta's input that it replaces without
+  // reading them (VPT-deep's prompt rows); {0, 0}: it reads every row. The model may then leave
+  // those rows out of the module before it (VisionTransformer::forward_features), and sets
+  // unread_rows_absent while this delta's input lacks them: apply must give the same result.
+  virtual std::pair<int64_t, int64_t> unread_input_rows() const { return {0, 0}; }
+  bool unread_rows_absent = false;
   // Local names ("lora_A", "down.weight", "scale") -> tensors.
   virtual std::vector<std::pair<std::string, Tensor>> named_parameters() { return {}; }
   virtual void train(bool mode) { training = mode; }

@@ -77,18 +77,19 @@ Attention::Attention(int64_t dim, int64_t h, bool qkv_bias, double ad, double pd
 }
 
 Tensor Attention::forward(const Tensor& x) {
-  const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
-  Tensor t = (*qkv)(x);  // [B, N, 3D]
-  Tensor o;              // [B, N, D]
+  const int64_t B = x.size(0), N = x.size(1), D = x.size(2), Nq = N - skip_queries.skipped();
+  Tensor t = (*qkv)(x);  // [B, N, 3D]: every row is a key and a value
+  Tensor o;              // [B, Nq, D]: the rows that are queries
   // The probabilities must exist for dropout on them or a delta attached at attn_drop;
   // otherwise the fused op never materialises them.
   if ((attn_drop->training() && attn_drop->p > 0) || !attn_drop->deltas().empty()) {
     t = contiguous(permute(reshape(t, {B, N, 3, heads, head_dim}), {2, 0, 3, 1, 4}));  // [3, B, H, N, hd]
     Tensor q = squeeze(slice(t, 0, 0, 1), 0), k = squeeze(slice(t, 0, 1, 2), 0), v = squeeze(slice(t, 0, 2, 3), 0);
-    Tensor a = (*attn_drop)(softmax(matmul(q, k, false, true, scale), -1));  // [B, H, N, N]
-    o = reshape(transpose(matmul(a, v), 1, 2), {B, N, D});
+    q = without_range(q, 2, skip_queries.skip_begin, skip_queries.skip_end);
+    Tensor a = (*attn_drop)(softmax(matmul(q, k, false, true, scale), -1));  // [B, H, Nq, N]
+    o = reshape(transpose(matmul(a, v), 1, 2), {B, Nq, D});
   } else {
-    o = attention(t, heads, scale);  // fused where the backend has it
+    o = attention(t, heads, scale, true, skip_queries);  // fused where the backend has it
   }
   return (*proj_drop)((*proj)(o));
 }
@@ -109,12 +110,22 @@ Block::Block(int64_t dim, int64_t heads, double mlp_ratio, bool qkv_bias, double
   declare_point("mlp_branch");
 }
 
+bool Block::can_drop_rows() const {
+  auto active = [](const Dropout& d) { return d.training() && d.p > 0; };
+  return !active(*attn->attn_drop) && !active(*attn->proj_drop) && !active(*mlp->drop1) && !active(*mlp->drop2);
+}
+
 Tensor Block::forward(const Tensor& x) {
+  const auto [d0, d1] = dropped_rows;
+  const bool drop = d1 > d0 && can_drop_rows();
   // a delta reading a branch point's input reads what the LayerNorm reads: share that buffer
-  norm1->keep_input = point_reads_input("attn_branch");
+  // (with dropped rows that input is the kept rows, a buffer of its own)
+  norm1->keep_input = point_reads_input("attn_branch") && !drop;
   norm2->keep_input = point_reads_input("mlp_branch");
+  attn->skip_queries = drop ? AttnRows{d0, d1} : AttnRows{};
+  Tensor xk = drop ? without_range(x, 1, d0, d1) : x;  // the residual stream's kept rows
   // the attention branch is not held through the MLP (where the forward's working set peaks)
-  Tensor y = add(x, point("attn_branch", x, (*drop_path1)((*ls1)((*attn)((*norm1)(x))))));
+  Tensor y = add(xk, point("attn_branch", xk, (*drop_path1)((*ls1)((*attn)((*norm1)(x))))));
   Tensor m = (*drop_path2)((*ls2)((*mlp)((*norm2)(y))));
   return add(y, point("mlp_branch", y, m));
 }

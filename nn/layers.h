@@ -2,6 +2,7 @@
 #pragma once
 #include <memory>
 
+#include "core/backend.h"
 #include "nn/module.h"
 
 namespace dg::nn {
@@ -78,21 +79,31 @@ class Mlp : public Module {
 class Attention : public Module {
  public:
   Attention(int64_t dim, int64_t heads, bool qkv_bias, double attn_drop, double proj_drop);
-  Tensor forward(const Tensor& x) override;
+  Tensor forward(const Tensor& x) override;  // [B, N, D] -> [B, N - skip_queries.skipped(), D]
   std::shared_ptr<Linear> qkv, proj;
   std::shared_ptr<Dropout> attn_drop, proj_drop;
   int64_t heads, head_dim;
   double scale;
+  // Rows that are keys and values only (set by the block for rows nobody reads downstream).
+  AttnRows skip_queries;
 };
 
 // Pre-norm block: x = x + drop_path(ls1(attn(norm1(x)))); x = x + drop_path(ls2(mlp(norm2(x)))).
 // Inner points for deltas: "attn_branch" (input x, output the attention branch before the
 // residual add) and "mlp_branch" (input the MLP sub-block's residual input, output its branch).
+//
+// dropped_rows [first, second): output rows that nobody reads (VPT-deep: the next block's prompt
+// replaces them), set per forward by VisionTransformer::forward_features. They still serve as
+// keys and values of the attention, but get no query, proj, residual, norm2 or MLP, and the
+// output lacks them: [B, N, D] -> [B, N - (second - first), D]. Ignored while a dropout inside
+// the block is active (its masks would be drawn over other shapes; can_drop_rows()).
 class Block : public Module {
  public:
   Block(int64_t dim, int64_t heads, double mlp_ratio, bool qkv_bias, double drop, double attn_drop,
         double drop_path, double init_values, double eps);
   Tensor forward(const Tensor& x) override;
+  bool can_drop_rows() const;
+  std::pair<int64_t, int64_t> dropped_rows{0, 0};
   std::shared_ptr<LayerNorm> norm1, norm2;
   std::shared_ptr<Attention> attn;
   std::shared_ptr<Mlp> mlp;

@@ -42,6 +42,14 @@ Tensor Module::operator()(const Tensor& x) {
   return out;
 }
 
+Delta* Module::first_pre_delta() const {
+  auto it = deltas_.find("");
+  if (it == deltas_.end()) return nullptr;
+  for (auto d = it->second.rbegin(); d != it->second.rend(); ++d)
+    if ((*d)->enabled && (*d)->position() == Delta::Position::Pre) return d->get();
+  return nullptr;
+}
+
 Tensor Module::point(const std::string& name, const Tensor& input, const Tensor& output) {
   auto it = deltas_.find(name);
   if (it == deltas_.end()) return output;

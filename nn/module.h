@@ -52,6 +52,9 @@ class Module {
   std::shared_ptr<Delta> remove_delta(const std::string& name) { return remove_delta("", name); }
   std::shared_ptr<Delta> find_delta(const std::string& name) const;  // nullptr if absent
   std::vector<std::shared_ptr<Delta>> deltas() const;                // insertion order
+  // The enabled Pre delta at this module's own site that sees its input first (operator()
+  // applies them in reverse insertion order); nullptr if none.
+  Delta* first_pre_delta() const;
 
  protected:
   Tensor& register_parameter(const std::string& name, Tensor t);

@@ -41,7 +41,26 @@ Tensor VisionTransformer::forward_features(const Tensor& images) {
   if (cfg.class_token) x = concat({expand(cls_token, {B, 1, D}), x}, 1);
   x = add(x, pos_embed);
   x = (*pos_drop)(x);
-  for (auto& b : blocks) x = (*b)(x);
+  // The hints hold for this forward only (a later call may have other deltas enabled), so they
+  // are cleared however it ends.
+  struct ClearHints {
+    std::vector<std::shared_ptr<Block>>& blocks;
+    ~ClearHints() {
+      for (auto& b : blocks) {
+        b->dropped_rows = {0, 0};
+        b->attn->skip_queries = {};
+        if (Delta* d = b->first_pre_delta()) d->unread_rows_absent = false;
+      }
+    }
+  } clear{blocks};
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    Delta* next = i + 1 < blocks.size() ? blocks[i + 1]->first_pre_delta() : nullptr;
+    const auto rows = next ? next->unread_input_rows() : std::pair<int64_t, int64_t>{0, 0};
+    const bool drop = skip_unread_rows && rows.second > rows.first && blocks[i]->can_drop_rows();
+    blocks[i]->dropped_rows = drop ? rows : std::pair<int64_t, int64_t>{0, 0};
+    if (next) next->unread_rows_absent = drop;
+    x = (*blocks[i])(x);
+  }
   return (*norm)(x);
 }
 

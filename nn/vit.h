@@ -27,6 +27,11 @@ class VisionTransformer : public Module {
     for (auto& b : blocks) b->mlp->recompute = on;
   }
 
+  // Rows of a block's output that the next block's first Pre delta replaces unread
+  // (Delta::unread_input_rows, VPT-deep's prompts) are not computed (Block::dropped_rows).
+  // false: every block computes every row (the reference the tests compare against).
+  bool skip_unread_rows = true;
+
   ViTConfig cfg;
   Tensor cls_token, pos_embed;  // [1,1,D], [1, prefix + N, D]
   std::shared_ptr<PatchEmbed> patch_embed;

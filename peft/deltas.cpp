@@ -225,7 +225,8 @@ Tensor PromptDelta::apply(const Tensor& input, const Tensor& output) {
   const int64_t B = x.size(0), T = x.size(1), D = x.size(2), p = cfg.num_tokens;
   Tensor pr = expand(unsqueeze(prompt, 0), {B, p, D});
   if (training && cfg.dropout > 0) pr = dropout(pr, cfg.dropout, true, default_generator().next_key());
-  const int64_t rest = insert_ ? 1 : 1 + p;  // deep: the previous layer's prompt rows are replaced
+  // deep: the previous layer's prompt rows are replaced, or absent (the block before skipped them)
+  const int64_t rest = insert_ || unread_rows_absent ? 1 : 1 + p;
   DG_CHECK(T >= rest, "vpt '", name, "': ", T, " tokens, expected at least ", rest);
   return concat({slice(x, 1, 0, 1), pr, slice(x, 1, rest, T)}, 1);
 }

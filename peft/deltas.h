@@ -106,6 +106,11 @@ class PromptDelta : public MethodDelta {
   Position position() const override { return insert_ ? Position::Post : Position::Pre; }
   const char* method() const override { return "vpt"; }
   Tensor apply(const Tensor& input, const Tensor& output) override;
+  // deep: the rows after the cls token that this layer's prompt replaces (when the block before
+  // has not computed them, unread_rows_absent, the prompt is inserted instead)
+  std::pair<int64_t, int64_t> unread_input_rows() const override {
+    return insert_ ? std::pair<int64_t, int64_t>{0, 0} : std::pair<int64_t, int64_t>{1, 1 + cfg.num_tokens};
+  }
   std::vector<std::pair<std::string, Tensor>> named_parameters() override { return {{"prompt", prompt}}; }
   PromptConfig cfg;
   Tensor prompt;  // [num_tokens, D]

@@ -91,6 +91,20 @@ TEST_CASE("cost: LoRA: frozen weights' gradient GEMMs are skipped, the delta's G
   CHECK(led.total.file_bytes > lora.file_bytes);  // the head and the header are the base row's
 }
 
+TEST_CASE("cost: VPT-deep: the prompt rows the next block replaces get keys and values only, as counted") {
+  const train::CostLedger led = ledger(nlohmann::json::parse(
+      R"({"deltas": [{"name": "vpt", "method": "vpt_deep", "num_tokens": 10}], "trainable": ["head.*"]})"));
+  check_consistent(led);
+  // blocks 0 .. L-2: qkv on all T + p rows, the rest on the T kept rows, attention T x (T + p);
+  // the last block computes all T + p rows (no prompt replaces them)
+  constexpr double Tp = T + 10;
+  auto block = [](double rows, double keys) {
+    return 2 * B * keys * D * 3 * D + 2 * B * rows * D * D + 2 * 2 * B * rows * D * H + 4 * B * rows * keys * D;
+  };
+  const double fwd = (L - 1) * block(T, Tp) + block(Tp, Tp) + kPatch + kHead;
+  CHECK(row(led, "base").forward_flops == doctest::Approx(fwd).epsilon(1e-12));
+}
+
 TEST_CASE("cost: bf16 halves the saved activations, recompute-mlp trades fc1's output for a GEMM in backward") {
   const nlohmann::json lora = nlohmann::json::parse(
       R"({"deltas": [{"name": "lora", "method": "lora", "r": 8, "lora_alpha": 8}], "trainable": ["head.*"]})");

@@ -85,6 +85,38 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
   return out;
 }
 
+static const OpDef kWithoutRange("without_range");
+
+// One copy of the two pieces forward; backward writes the gradient's two pieces into one buffer
+// and zeros only the removed range (slice + concat would zero-fill x's whole shape once per
+// piece and add the two).
+Tensor without_range(const Tensor& x, int64_t dim, int64_t begin, int64_t end) {
+  dim = wrap_dim(dim, x.dim(), "without_range");
+  const int64_t n = x.size(dim);
+  DG_CHECK(0 <= begin && begin <= end && end <= n, "without_range: [", begin, ", ", end, ") is not a range of dim ",
+           dim, " of ", x.desc());
+  if (begin == end) return x;
+  if (begin == 0) return slice(x, dim, end, n);
+  if (end == n) return slice(x, dim, 0, begin);
+  Shape s = x.shape();
+  s[size_t(dim)] = n - (end - begin);
+  Tensor y = Tensor::empty(s, x.dtype(), x.device());
+  Backend& be = backend_of(x);
+  be.copy(view::slice(x, dim, 0, begin), view::slice(y, dim, 0, begin));
+  be.copy(view::slice(x, dim, end, n), view::slice(y, dim, begin, s[size_t(dim)]));
+  if (Record* r = tape().record(kWithoutRange, {x}, y, str(dim, ":", begin, ":", end))) {
+    r->backward = [dim, begin, end, n](Record& r, const Tensor& gy) {
+      Tensor gx = Tensor::empty(r.in_shapes[0], gy.dtype(), gy.device());
+      Backend& be = backend_of(gy);
+      be.copy(view::slice(gy, dim, 0, begin), view::slice(gx, dim, 0, begin));
+      be.copy(view::slice(gy, dim, begin, gy.size(dim)), view::slice(gx, dim, end, n));
+      be.fill(view::slice(gx, dim, begin, end), 0.0);
+      return std::vector<Tensor>{gx};
+    };
+  }
+  return y;
+}
+
 namespace {
 std::vector<Tensor> one(const Shape& s, uint64_t seed) { return {randn64(s, seed)}; }
 }  // namespace
@@ -118,6 +150,13 @@ DG_GRADCHECK(contiguous) {
 DG_GRADCHECK(slice) {
   return {{"dim 1 [1:3]", [] { return one({2, 4, 3}, 9); }, [](const std::vector<Tensor>& x) { return slice(x[0], 1, 1, 3); }},
           {"negative start", [] { return one({5, 2}, 10); }, [](const std::vector<Tensor>& x) { return slice(x[0], 0, -2, 5); }}};
+}
+
+DG_GRADCHECK(without_range) {
+  return {{"[1:3) of dim 1", [] { return one({2, 5, 3}, 11); },
+           [](const std::vector<Tensor>& x) { return without_range(x[0], 1, 1, 3); }},
+          {"[2:3) of the last dim", [] { return one({3, 4}, 12); },
+           [](const std::vector<Tensor>& x) { return without_range(x[0], -1, 2, 3); }}};
 }
 
 }  // namespace dg

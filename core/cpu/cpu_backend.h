@@ -66,9 +66,10 @@ struct CpuBackend final : Backend {
              const Tensor& mask) override;
   double sum_squares(const Tensor& x) override;
   bool fused_attention_supported(const Tensor&, int64_t) const override { return true; }
-  void attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse) override;
+  void attention(const Tensor& qkv, int64_t heads, double scale, const Tensor& out, const Tensor& lse,
+                 AttnRows rows = {}) override;
   void attention_backward(const Tensor& qkv, const Tensor& lse, const Tensor& gout, int64_t heads, double scale,
-                          const Tensor& gqkv) override;
+                          const Tensor& gqkv, AttnRows rows = {}) override;
   // The caching allocator (cpu_memory.cpp): bytes held in free lists, and giving them back.
   static size_t cached_bytes();
   static void release_cached_memory();

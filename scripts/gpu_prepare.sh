@@ -39,7 +39,8 @@ cp -L "$GOMP" $BUNDLE/lib/libgomp.so.1
 } > $BUNDLE/bundle-info.txt
 
 # What the binaries may load on the device: glibc's own libraries (libc, libm, libdl, librt,
-# libpthread, the loader), libgcc_s/libstdc++ (not needed: linked statically, allowed anyway),
+# libpthread, the loader), libgcc_s/libstdc++ (ours are linked statically; NVIDIA's libnccl and
+# libcublasLt load the system's, which every image with the CUDA toolkit has),
 # libgomp (carried in lib/), libz (every Linux image has it), and the NVIDIA libraries: libcuda
 # comes with the driver, libcublas/libcublasLt/libnccl with the CUDA toolkit in
 # /usr/local/cuda/lib64 or PyTorch's wheels (gpu_run.sh finds them). Anything else, say

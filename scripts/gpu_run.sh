@@ -113,7 +113,7 @@ profile_step() {  # precision variant
     DG_PROFILE=$out $B/bench/bench_step --model vit_tiny_patch16_224 --method lora --batch 2 --steps 2 --warmup 1 \
       --device cpu --precision "$1" --variants "$2" || return
   fi
-  sed -n '1,16p' "$out"
+  cat "$out"
 }
 s_profile_f32() { profile_step f32 base; }
 s_profile_bf16() { profile_step bf16 base; }
@@ -123,16 +123,17 @@ export -f gpu_or_skip tests_run memcheck_step profile_step "${ALL[@]/#/s_}"
 # What each step prints here (its whole log is in $OUTDIR): the lines that say how it went.
 excerpt() {
   case $1 in
-    info) grep -E 'NVIDIA-SMI|^NVIDIA|^name|, [0-9]+ MiB|PyTorch|CUDA toolkit|no GPU|bundle:|not found' "$2" | head -n 12 ;;
+    info) grep -E '^date|NVIDIA-SMI|^NVIDIA|^name|, [0-9]+ MiB|PyTorch|CUDA toolkit|no GPU|bundle:|not found' "$2" | head -n 12 ;;
     tests*|nccl) grep -E 'skipped:|ERROR|FAILED|MESSAGE|^tests:|Status:|terminate|what\(\)' "$2" | head -n 25 ;;
     memcheck*) grep -E 'skipped|ERROR SUMMARY|Invalid|ms_median|bench_step:' "$2" | cut -c1-200 | head -n 10 ;;
-    bench) grep -E '^\||skipped|gpu_bench.sh' "$2" ;;
-    profile*) grep -v '^$' "$2" | head -n 16 ;;
+    bench) grep -E '^\||skipped|gpu_bench.sh' "$2" | head -n 20; echo "(the whole table: $OUTDIR/bench.md)" ;;
+    profile*) grep -E '^(##|backend|\| )' "$2" | sed '/^| gaps/q' ;;  # the family table; the calls are in the file
   esac
 }
 
 SUMMARY=$OUTDIR/summary.md
-{ echo "# gpu_run.sh $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)"
+gpu_name=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)
+{ echo "# gpu_run.sh $(date -u +%FT%TZ) on ${gpu_name:-no GPU} ($(tr '\n' ' ' < $B/bundle-info.txt | cut -c1-160))"
   echo; echo "| step | status | exit | seconds | limit |"; echo "|---|---|---:|---:|---:|"; } > "$SUMMARY"
 n=${#STEPS[@]}
 for ((i = 0; i < n; i++)); do

@@ -6,7 +6,8 @@
 # A group is one bench_step process that measures CUDA's opt-in paths interleaved step by step
 # (--variants base,fused,epilogue,both: the fused attention and the cuBLASLt bias epilogue off/on),
 # then one PyTorch process: deltagrad and PyTorch alternate group by group, and every variant of a
-# group is compared with the PyTorch run that follows it. Each process runs under its own timeout.
+# group is compared with the PyTorch run that follows it. Each process runs under its own timeout
+# (--foreground: in gpu_run.sh's process group, so that the step's own timeout ends them too).
 #   bench/gpu_bench.sh BENCH_STEP OUT_MD
 # Appends a markdown table to OUT_MD row by row and the raw JSON lines to OUT_MD's .jsonl.
 # Environment: DG_BENCH_STEPS (timed steps per variant, 6), DG_BENCH_WARMUP (2), DG_BENCH_BATCH (64),
@@ -31,10 +32,10 @@ for model in $MODELS; do
         echo "gpu_bench.sh: out of time, stopped before $model $method $precision" | tee -a "$MD"
         exit 3
       fi
-      dg=$(timeout -k 5 120 "$BIN" --model "$model" --method "$method" --precision "$precision" \
+      dg=$(timeout --foreground -k 5 120 "$BIN" --model "$model" --method "$method" --precision "$precision" \
         --variants base,fused,epilogue,both "${common[@]}" 2>"$MD.err.tmp"); dg_rc=$?
       [ $dg_rc = 0 ] || echo "gpu_bench.sh: bench_step $model $method $precision: rc $dg_rc: $(tail -n 2 "$MD.err.tmp")" >&2
-      pt=$(timeout -k 5 90 "$PY" "$DIR/torch_peer.py" --model "$model" --method "$method" --precision "$precision" \
+      pt=$(timeout --foreground -k 5 90 "$PY" "$DIR/torch_peer.py" --model "$model" --method "$method" --precision "$precision" \
         "${common[@]}" 2>"$MD.err.tmp"); pt_rc=$?
       [ $pt_rc = 0 ] || echo "gpu_bench.sh: torch_peer $model $method $precision: rc $pt_rc: $(tail -n 2 "$MD.err.tmp")" >&2
       printf '%s\n%s\n' "$dg" "$pt" | grep '^{' >> "$RAW"

@@ -86,11 +86,12 @@ s_info() {
   echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
   for b in tests/deltagrad_tests tools/deltagrad bench/bench_step; do echo "ldd $b:"; ldd $B/$b | grep -E 'cu|nccl|gomp|not found'; done
 }
-s_tests() { tests_run -tc='cuda*' -tce='*bf16*,*fused attention*,*cuBLASLt*'; }
-s_tests_fused() { DG_CUDA_FUSED_ATTENTION=1 tests_run -tc='cuda*' -tce='*bf16*,*cuBLASLt*'; }
-s_tests_epilogue() { DG_CUDA_LT_EPILOGUE=1 tests_run -tc='cuda*' -tce='*bf16*,*fused attention*'; }
-s_tests_bf16() { tests_run -tc='cuda*bf16*'; }
-s_tests_bf16_optin() { DG_CUDA_FUSED_ATTENTION=1 DG_CUDA_LT_EPILOGUE=1 tests_run -tc='cuda*bf16*'; }
+export BF16='*bf16 mixed precision*,*bf16 copies*'  # the bf16 cases (the cuBLASLt case says "f32 and bf16": not these)
+s_tests() { tests_run -tc='cuda*' -tce="$BF16,*fused attention*,*cuBLASLt*"; }
+s_tests_fused() { DG_CUDA_FUSED_ATTENTION=1 tests_run -tc='cuda*' -tce="$BF16,*cuBLASLt*"; }
+s_tests_epilogue() { DG_CUDA_LT_EPILOGUE=1 tests_run -tc='cuda*' -tce="$BF16,*fused attention*"; }
+s_tests_bf16() { tests_run -tc="cuda*bf16 mixed precision*,cuda*bf16 copies*"; }
+s_tests_bf16_optin() { DG_CUDA_FUSED_ATTENTION=1 DG_CUDA_LT_EPILOGUE=1 tests_run -tc="cuda*bf16 mixed precision*,cuda*bf16 copies*"; }
 s_nccl() { tests_run -tc='dist: NCCL*'; }
 memcheck_step() {
   gpu_or_skip

@@ -5,6 +5,10 @@
 //   bench_step --model vit_tiny_patch16_224 --method lora --batch 32 --device cpu [--steps 10]
 //              [--warmup 3] [--threads N] [--tf32] [--recompute] [--gemm onednn|onednn-mt|openblas|eigen]
 //              [--precision f32|bf16]   (bf16: mixed precision, autograd/autocast.h)
+//              [--variants base,fused,epilogue,both]  (CUDA's opt-in paths, interleaved step by step
+//              in one process: the fused attention, the cuBLASLt bias epilogue, both; one JSON line each)
+// With DG_PROFILE=FILE (core/op_profile.h) the timed steps are also profiled: time per kernel
+// family, calls per step and the gaps, written to FILE as markdown (one variant at a time).
 // Methods: inference, full, linear_probe, lora (r=8 on qkv), lora_all (r=8 on every block
 // Linear), adapter_plus, vpt_deep (--prompts P, default 10; --full-rows: every block computes the
 // prompt rows the next block replaces, as before they were skipped). CPU memory is read from /proc/self/status:
@@ -27,6 +31,7 @@
 #include "autograd/ops.h"
 #include "core/backend.h"
 #include "core/cpu/cpu_backend.h"
+#include "core/op_profile.h"
 #include "core/cpu/gemm_kernel.h"
 #include "core/random.h"
 #include "cuda/cuda_api.h"
@@ -109,9 +114,39 @@ class PerfControl {
   std::ifstream ack_;
 };
 
+// One of --variants: which of CUDA's opt-in paths are on (both are read at each call, so a
+// process can switch between steps; on the CPU neither changes anything).
+struct Variant {
+  std::string name;
+  bool fused_attention, lt_epilogue;
+  void apply() const {
+    setenv("DG_CUDA_FUSED_ATTENTION", fused_attention ? "1" : "0", 1);
+    cuda::set_lt_epilogue(lt_epilogue);
+  }
+};
+static std::vector<Variant> parse_variants(const std::string& list) {
+  std::vector<Variant> out;
+  if (list.empty()) {  // the paths as the environment set them
+    const char* f = std::getenv("DG_CUDA_FUSED_ATTENTION");
+    return {{"env", f && std::strcmp(f, "1") == 0, cuda::lt_epilogue()}};
+  }
+  size_t at = 0;
+  while (at <= list.size()) {
+    const size_t comma = std::min(list.find(',', at), list.size());
+    const std::string v = list.substr(at, comma - at);
+    if (v == "base") out.push_back({v, false, false});
+    else if (v == "fused") out.push_back({v, true, false});
+    else if (v == "epilogue") out.push_back({v, false, true});
+    else if (v == "both") out.push_back({v, true, true});
+    else throw Error(str("--variants: unknown variant '", v, "' in '", list, "' (base, fused, epilogue, both)"));
+    at = comma + 1;
+  }
+  return out;
+}
+
 int main(int argc, char** argv) {
   try {
-    cli::Args a = cli::parse_args(argc, argv, 1, {"model", "method", "batch", "device", "steps", "warmup", "threads", "gemm", "precision", "prompts"}, {"tf32", "recompute", "full-rows"});
+    cli::Args a = cli::parse_args(argc, argv, 1, {"model", "method", "batch", "device", "steps", "warmup", "threads", "gemm", "precision", "prompts", "variants"}, {"tf32", "recompute", "full-rows"});
     const std::string model = a.get("model", "vit_small_patch16_224"), method = a.get("method", "lora");
     const int64_t B = int64_t(a.num("batch", 64)), steps = int64_t(a.num("steps", 10)), warmup = int64_t(a.num("warmup", 3));
     const Device dev = a.get("device", "cuda") == "cuda" ? Device::CUDA : Device::CPU;
@@ -158,43 +193,63 @@ int main(int argc, char** argv) {
       }
       backend(dev).synchronize();
     };
-    for (int64_t i = 0; i < warmup; ++i) step();  // allocator caches, cuBLAS heuristics
-    if (dev == Device::CUDA) cuda::reset_peak();
-    else cpu::CpuBackend::reset_peak();
-    std::vector<double> ms;
+    const std::vector<Variant> variants = parse_variants(a.get("variants", ""));
+    DG_CHECK(!profile::enabled() || variants.size() == 1, "DG_PROFILE with --variants ", a.get("variants", ""),
+             ": profile one variant at a time");
+    for (int64_t i = 0; i < warmup; ++i)  // allocator caches, cuBLAS heuristics
+      for (const Variant& v : variants) v.apply(), step();
+    if (profile::enabled()) profile::reset(dev);
+    if (dev == Device::CPU) cpu::CpuBackend::reset_peak();
+    std::vector<std::vector<double>> ms(variants.size());
+    std::vector<double> peak(variants.size(), 0.0);
     cpu::reset_kernel_time();
     PerfControl perf;
     perf.send("enable");
-    for (int64_t i = 0; i < steps; ++i) {
-      auto t0 = std::chrono::steady_clock::now();
-      step();
-      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    }
+    for (int64_t i = 0; i < steps; ++i)
+      for (size_t k = 0; k < variants.size(); ++k) {  // interleaved: drift hits every variant alike
+        variants[k].apply();
+        if (dev == Device::CUDA) cuda::reset_peak();
+        auto t0 = std::chrono::steady_clock::now();
+        step();
+        ms[k].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        peak[k] = std::max(peak[k], double(cuda::peak_bytes()) / 1048576.0);
+      }
     perf.send("disable");
-    double total_ms = 0;
-    for (double v : ms) total_ms += v;
+    double total_ms = 0;  // every variant's timed steps
+    for (auto& v : ms)
+      for (double t : v) total_ms += t;
+    if (profile::enabled()) {
+      const std::string title = str(model, " ", method, " batch ", B, " ", precision, ", ", variants[0].name,
+                                    " (fused attention ", variants[0].fused_attention ? "on" : "off", ", epilogue ",
+                                    variants[0].lt_epilogue ? "on" : "off", ") on ",
+                                    dev == Device::CUDA ? cuda::device_name() : "cpu");
+      profile::write_report(profile::report_path(), profile::collect(dev, total_ms, steps), title);
+    }
     const cpu::KernelTime kt = cpu::kernel_time();  // CPU only: the CUDA backend does not add to it
-    std::sort(ms.begin(), ms.end());
-    const double med = ms[ms.size() / 2];
     const double flops = step_flops(c, B, method, prompts, !m.skip_unread_rows), rss_peak = proc_status_mb("VmHWM:");
-    json out = {{"impl", "deltagrad"}, {"model", model}, {"method", method}, {"batch", B},
-                {"prompts", method == "vpt_deep" ? prompts : 0}, {"full_rows", !m.skip_unread_rows},
-                {"tape_held_mb", double(tape_held) / 1048576.0},
-                {"device", dev == Device::CUDA ? cuda::device_name() : "cpu"}, {"threads", threads},
-                {"cpu_gemm", cpu::gemm_library()}, {"cpu_gemm_reason", cpu::gemm_choice_reason()},
-                {"cpu_bf16_gemm", cpu::bf16_gemm_native() ? "onednn" : "f32"},
-                {"gemm_share", dev == Device::CPU ? kt.gemm_s * 1e3 / total_ms : 0.0},
-                {"attention_share", dev == Device::CPU ? kt.attention_s * 1e3 / total_ms : 0.0}, {"tf32", a.has("tf32")}, {"precision", precision}, {"lt_epilogue", cuda::lt_epilogue()},
-                {"recompute", a.has("recompute")}, {"ms_median", med}, {"ms_min", ms.front()}, {"ms_max", ms.back()}, {"img_per_s", 1000.0 * double(B) / med},
-                {"peak_mb", dev == Device::CUDA ? double(cuda::peak_bytes()) / 1048576.0 : rss_peak - rss_base},
-                {"rss_base_mb", rss_base}, {"rss_peak_mb", rss_peak},
-                // CPU: the allocator's bytes in use at their highest over the timed steps (the RSS
-                // also holds the blocks its cache keeps, one set per tensor size)
-                {"alloc_peak_mb", dev == Device::CPU ? double(cpu::CpuBackend::peak_bytes()) / 1048576.0 : 0.0},
-                // what a data-parallel step sums across ranks: every trainable gradient (train/grad_bucket.h)
-                {"allreduce_bytes", train::GradientBucket::bytes_for(pm.trainable_parameters())},
-                {"gflops", flops / (med * 1e-3) / 1e9}, {"tflops", flops / (med * 1e-3) / 1e12}};
-    std::printf("%s\n", out.dump().c_str());
+    for (size_t k = 0; k < variants.size(); ++k) {
+      std::sort(ms[k].begin(), ms[k].end());
+      const double med = ms[k][ms[k].size() / 2];
+      json out = {{"impl", "deltagrad"}, {"model", model}, {"method", method}, {"batch", B},
+                  {"prompts", method == "vpt_deep" ? prompts : 0}, {"full_rows", !m.skip_unread_rows},
+                  {"tape_held_mb", double(tape_held) / 1048576.0},
+                  {"device", dev == Device::CUDA ? cuda::device_name() : "cpu"}, {"threads", threads},
+                  {"cpu_gemm", cpu::gemm_library()}, {"cpu_gemm_reason", cpu::gemm_choice_reason()},
+                  {"cpu_bf16_gemm", cpu::bf16_gemm_native() ? "onednn" : "f32"},
+                  {"gemm_share", dev == Device::CPU ? kt.gemm_s * 1e3 / total_ms : 0.0},
+                  {"attention_share", dev == Device::CPU ? kt.attention_s * 1e3 / total_ms : 0.0}, {"tf32", a.has("tf32")}, {"precision", precision},
+                  {"variant", variants[k].name}, {"fused_attention", variants[k].fused_attention}, {"lt_epilogue", variants[k].lt_epilogue},
+                  {"recompute", a.has("recompute")}, {"ms_median", med}, {"ms_min", ms[k].front()}, {"ms_max", ms[k].back()}, {"img_per_s", 1000.0 * double(B) / med},
+                  {"peak_mb", dev == Device::CUDA ? peak[k] : rss_peak - rss_base},
+                  {"rss_base_mb", rss_base}, {"rss_peak_mb", rss_peak},
+                  // CPU: the allocator's bytes in use at their highest over the timed steps (the RSS
+                  // also holds the blocks its cache keeps, one set per tensor size); all variants
+                  {"alloc_peak_mb", dev == Device::CPU ? double(cpu::CpuBackend::peak_bytes()) / 1048576.0 : 0.0},
+                  // what a data-parallel step sums across ranks: every trainable gradient (train/grad_bucket.h)
+                  {"allreduce_bytes", train::GradientBucket::bytes_for(pm.trainable_parameters())},
+                  {"gflops", flops / (med * 1e-3) / 1e9}, {"tflops", flops / (med * 1e-3) / 1e12}};
+      std::printf("%s\n", out.dump().c_str());
+    }
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_step: %s\n", e.what());

@@ -1,5 +1,7 @@
 #include "core/backend.h"
 
+#include "core/op_profile.h"
+
 namespace dg {
 
 static Backend* g_backends[2] = {nullptr, nullptr};
@@ -15,11 +17,11 @@ bool backend_available(Device d) {
 Backend& backend(Device d) {
   if (d == Device::CPU) {
     static Backend* cpu = make_cpu_backend();
-    return *cpu;
+    return profile::maybe_wrap(d, *cpu);
   }
   DG_CHECK(g_backends[int(d)], "device ", device_name(d),
            ": this build of deltagrad has no CUDA backend (configure with -Dcuda=enabled on a machine with nvcc)");
-  return *g_backends[int(d)];
+  return profile::maybe_wrap(d, *g_backends[int(d)]);
 }
 
 Backend& backend_of(const Tensor& t) { return backend(t.device()); }

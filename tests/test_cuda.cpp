@@ -89,6 +89,11 @@ TEST_CASE("cuda: every op with a gradient check matches the CPU, forward and bac
 
 TEST_CASE("cuda: the fused attention kernel (opt-in, DG_CUDA_FUSED_ATTENTION=1) matches the CPU kernel") {
   if (!gpu()) return;
+  struct Restore {  // as it was: scripts/gpu_run.sh runs every CUDA case with DG_CUDA_FUSED_ATTENTION=1 too
+    const char* was = std::getenv("DG_CUDA_FUSED_ATTENTION");
+    std::string value = was ? was : "";
+    ~Restore() { was ? setenv("DG_CUDA_FUSED_ATTENTION", value.c_str(), 1) : unsetenv("DG_CUDA_FUSED_ATTENTION"); }
+  } restore;
   setenv("DG_CUDA_FUSED_ATTENTION", "1", 1);
   for (DType dt : {DType::F32, DType::F64}) {
     g_dt = dt;
@@ -99,7 +104,6 @@ TEST_CASE("cuda: the fused attention kernel (opt-in, DG_CUDA_FUSED_ATTENTION=1) 
     both("attention ViT-S/16", {rnd({2, 197, 3 * 384}, 52)}, [](auto& x) { return attention(x[0], 6, 0.125); }, tol);
   }
   g_dt = DType::F32;
-  unsetenv("DG_CUDA_FUSED_ATTENTION");
 }
 
 TEST_CASE("cuda: backend primitives (random streams, copies, AdamW with masks, sum of squares)") {

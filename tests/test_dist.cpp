@@ -289,7 +289,7 @@ TEST_CASE("dist: without a launcher the world is one process, and no MPI call is
   CHECK(t.to_vector() == std::vector<double>{1, 2, 3});
 }
 
-// Named "cuda: ..." so that the GPU checks' -tc='cuda*' (scripts/gpu_check.sh tests) run it.
+// Named "cuda: ..." with the other GPU cases; scripts/gpu_run.sh runs it in a step of its own (nccl).
 TEST_CASE("cuda: NCCL all-reduce on one GPU (one rank, the data-parallel comm)") {
   if (!nccl_built() || !cuda::device_present())
     return test::skip(std::string(nccl_built() ? "no GPU" : "this build has no NCCL") +

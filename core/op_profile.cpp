@@ -125,12 +125,13 @@ class ProfiledBackend final : public Backend {
   bool fused_attention_supported(const Tensor& qkv, int64_t heads) const override {
     return in_.fused_attention_supported(qkv, heads);
   }
-  void attention(const Tensor& qkv, int64_t h, double sc, const Tensor& o, const Tensor& lse) override {
-    timed(Family::Attention, "attention", "fused", [&] { in_.attention(qkv, h, sc, o, lse); });
+  void attention(const Tensor& qkv, int64_t h, double sc, const Tensor& o, const Tensor& lse, AttnRows rows) override {
+    timed(Family::Attention, "attention", "fused", [&] { in_.attention(qkv, h, sc, o, lse, rows); });
   }
   void attention_backward(const Tensor& qkv, const Tensor& lse, const Tensor& go, int64_t h, double sc,
-                          const Tensor& gqkv) override {
-    timed(Family::Attention, "attention_backward", "fused", [&] { in_.attention_backward(qkv, lse, go, h, sc, gqkv); });
+                          const Tensor& gqkv, AttnRows rows) override {
+    timed(Family::Attention, "attention_backward", "fused",
+          [&] { in_.attention_backward(qkv, lse, go, h, sc, gqkv, rows); });
   }
   void gemm(const Gemm& g, const Tensor& A, const Tensor& B, const Tensor& C) override {
     timed(Family::Gemm, "gemm", gemm_kind(g, A), [&] { in_.gemm(g, A, B, C); });

@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <new>
 
 #include "core/error.h"
 #include "core/safetensors.h"
@@ -201,9 +202,14 @@ void write_png(const std::string& path, const RgbImage& img) {
   auto append = [](void* ctx, void* data, int size) {
     static_cast<std::string*>(ctx)->append(static_cast<const char*>(data), size_t(size));
   };
-  // stb fails only when an allocation does (the sizes are ours)
-  if (stbi_write_png_to_func(append, &bytes, img.w, img.h, 3, img.px.data(), img.w * 3) == 0)
-    throw OutOfMemory(str("encoding the PNG for '", path, "' (", img.w, " x ", img.h, " pixels)"));
+  // stb fails only when an allocation does (the sizes are ours): it returns 0, or its allocator
+  // throws (data/stb_impl.cpp), or appending to `bytes` does
+  bool ok = false;
+  try {
+    ok = stbi_write_png_to_func(append, &bytes, img.w, img.h, 3, img.px.data(), img.w * 3) != 0;
+  } catch (const std::bad_alloc&) {
+  }
+  if (!ok) throw OutOfMemory(str("encoding the PNG for '", path, "' (", img.w, " x ", img.h, " pixels)"));
   write_file_atomic(path, bytes);
 }
 

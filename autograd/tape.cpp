@@ -151,8 +151,7 @@ class LeafUses {
 // (no other slot, view or handle on it), so that its backward may add into them in place
 // (Record::take_grad_so_far). An input listed twice by one op is not offered.
 void Tape::offer_grads_so_far(Record& r, std::unordered_map<uint64_t, Tensor>& grads) {
-  r.offered_.assign(r.in_ids.size(), Tensor());
-  r.taken_.assign(r.in_ids.size(), false);
+  r.offered_.clear(), r.taken_.clear();  // allocated only when something is offered
   for (size_t i = 0; i < r.in_ids.size(); ++i) {
     if (!r.needs[i] || !r.leaves[i].expired()) continue;
     if (std::count(r.in_ids.begin(), r.in_ids.end(), r.in_ids[i]) != 1) continue;
@@ -161,6 +160,7 @@ void Tape::offer_grads_so_far(Record& r, std::unordered_map<uint64_t, Tensor>& g
     const Tensor& t = it->second;
     const bool sole = t.impl_ptr().use_count() == 1 && t.impl()->storage.use_count() == 1;
     if (!sole || !t.is_contiguous() || t.shape() != r.in_shapes[i]) continue;
+    if (r.offered_.empty()) r.offered_.resize(r.in_ids.size()), r.taken_.assign(r.in_ids.size(), false);
     r.offered_[i] = std::move(it->second);
     grads.erase(it);
   }

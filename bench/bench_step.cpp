@@ -59,19 +59,21 @@ static json method_config(const std::string& m, int64_t prompts) {
 
 // FLOPs of one step, from the shapes: every Linear's forward and input gradient, weight
 // gradients only where the weight trains, attention's two batched products (x3 for forward
-// + backward). The deltas' own FLOPs are small and left out on both sides alike. VPT-deep: the
-// prompt rows that the next block replaces are keys and values only (qkv on all T rows, attention
-// and the rest on the Tq kept query rows) in every block but the last, unless `full_rows`.
+// + backward). The deltas' own FLOPs are small and left out on both sides alike. Rows nobody
+// reads are keys and values only (qkv on all T rows, attention and the rest on the kept query
+// rows), unless `full_rows`: VPT-deep's prompt rows that the next block replaces in blocks
+// 0 .. L-2, and with 'token' pooling every row but the class token's in the last block.
 static double step_flops(const nn::ViTConfig& c, int64_t B, const std::string& method, int64_t prompts,
                          bool full_rows) {
   const int64_t extra = method == "vpt_deep" ? prompts : 0;
   const double T = double(c.num_patches() + c.num_prefix_tokens() + extra), D = double(c.embed_dim);
   const double H = D * c.mlp_ratio, L = double(c.depth);
-  const double Tq = full_rows ? T : T - double(extra);  // query rows of blocks 0 .. L-2
+  const double Tq = full_rows ? T : T - double(extra);                                   // blocks 0 .. L-2
+  const double Tlast = full_rows || c.global_pool != "token" || !c.class_token ? T : 1;  // the last block
   // multiply-adds per block: qkv on T rows, proj and the MLP on the query rows; attention's two
-  // products Tq x T x D
-  const double lin = (T * 3 * D * D + Tq * (D * D + 2 * D * H)) * (L - 1) + T * (3 * D * D + D * D + 2 * D * H);
-  const double attn = Tq * T * D * (L - 1) + T * T * D;
+  // products (query rows) x T x D
+  const double lin = (T * 3 * D * D + Tq * (D * D + 2 * D * H)) * (L - 1) + T * 3 * D * D + Tlast * (D * D + 2 * D * H);
+  const double attn = Tq * T * D * (L - 1) + Tlast * T * D;
   const double patch = 2 * double(c.num_patches()) * double(c.in_chans * c.patch_size * c.patch_size) * D;
   const double fwd = 2 * lin + 4 * attn + patch;
   if (method == "inference" || method == "linear_probe") return double(B) * fwd;

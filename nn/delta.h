@@ -30,6 +30,11 @@ struct Delta {
   // unread_rows_absent while this delta's input lacks them: apply must give the same result.
   virtual std::pair<int64_t, int64_t> unread_input_rows() const { return {0, 0}; }
   bool unread_rows_absent = false;
+  // Whether the delta's output row t (dim 1, a token) depends on its input row t only: true for
+  // every per-token method. A delta that inserts, replaces or mixes tokens (VPT's prompts) says
+  // false; the model then computes every row after it (VisionTransformer::forward, which otherwise
+  // computes only the rows its pooling reads in the last block).
+  virtual bool row_wise() const { return true; }
   // Local names ("lora_A", "down.weight", "scale") -> tensors.
   virtual std::vector<std::pair<std::string, Tensor>> named_parameters() { return {}; }
   virtual void train(bool mode) { training = mode; }

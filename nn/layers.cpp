@@ -1,5 +1,6 @@
 #include "nn/layers.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "autograd/ops.h"
@@ -116,7 +117,7 @@ bool Block::can_drop_rows() const {
 }
 
 Tensor Block::forward(const Tensor& x) {
-  const auto [d0, d1] = dropped_rows;
+  const int64_t d0 = dropped_rows.first, d1 = std::min(dropped_rows.second, x.size(1));
   const bool drop = d1 > d0 && can_drop_rows();
   // a delta reading a branch point's input reads what the LayerNorm reads: share that buffer
   // (with dropped rows that input is the kept rows, a buffer of its own)

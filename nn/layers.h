@@ -1,5 +1,6 @@
 // The ViT's building blocks, with timm's parameter names. Shapes beside each buffer.
 #pragma once
+#include <cstdint>
 #include <memory>
 
 #include "core/backend.h"
@@ -103,6 +104,7 @@ class Block : public Module {
         double drop_path, double init_values, double eps);
   Tensor forward(const Tensor& x) override;
   bool can_drop_rows() const;
+  static constexpr int64_t kToLastRow = INT64_MAX;
   std::pair<int64_t, int64_t> dropped_rows{0, 0};
   std::shared_ptr<LayerNorm> norm1, norm2;
   std::shared_ptr<Attention> attn;

@@ -33,7 +33,19 @@ VisionTransformer::VisionTransformer(const ViTConfig& c) : cfg(c) {
   freeze_all();  // trainability is decided by the caller (filters, PEFT config)
 }
 
-Tensor VisionTransformer::forward_features(const Tensor& images) {
+Tensor VisionTransformer::forward_features(const Tensor& images) { return features(images, false); }
+
+bool VisionTransformer::pooled_row_only_ok() {
+  if (cfg.global_pool != "token" || !cfg.class_token || blocks.empty()) return false;
+  // the last block's own Pre deltas act on its input, whose rows are all computed
+  for (auto& [site, d] : blocks.back()->all_deltas())
+    if (d->enabled && !d->row_wise() && !(site.empty() && d->position() == Delta::Position::Pre)) return false;
+  for (auto& [site, d] : norm->all_deltas())
+    if (d->enabled && !d->row_wise()) return false;
+  return true;
+}
+
+Tensor VisionTransformer::features(const Tensor& images, bool pooled_row_only) {
   DG_CHECK(images.dim() == 4 && images.size(2) == cfg.img_size && images.size(3) == cfg.img_size, "ViT: images ",
            images.desc(), ", expected [B, ", cfg.in_chans, ", ", cfg.img_size, ", ", cfg.img_size, "]");
   const int64_t B = images.size(0), D = cfg.embed_dim;
@@ -59,6 +71,9 @@ Tensor VisionTransformer::forward_features(const Tensor& images) {
     const bool drop = skip_unread_rows && rows.second > rows.first && blocks[i]->can_drop_rows();
     blocks[i]->dropped_rows = drop ? rows : std::pair<int64_t, int64_t>{0, 0};
     if (next) next->unread_rows_absent = drop;
+    // The pool reads the class token only: the last block computes its row alone (its input's
+    // row count is known only after the block's own Pre deltas, so the range runs "to the end").
+    if (i + 1 == blocks.size() && pooled_row_only && skip_unread_rows) blocks[i]->dropped_rows = {1, Block::kToLastRow};
     x = (*blocks[i])(x);
   }
   return (*norm)(x);
@@ -71,7 +86,9 @@ Tensor VisionTransformer::forward_head(const Tensor& x) {
   return (*head)((*head_drop)(pooled));
 }
 
-Tensor VisionTransformer::forward(const Tensor& images) { return forward_head(forward_features(images)); }
+Tensor VisionTransformer::forward(const Tensor& images) {
+  return forward_head(features(images, pooled_row_only_ok()));
+}
 
 void VisionTransformer::init_weights(uint64_t seed) {
   Generator g(seed);

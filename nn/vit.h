@@ -15,7 +15,7 @@ class VisionTransformer : public Module {
   explicit VisionTransformer(const ViTConfig& cfg);
   Tensor forward(const Tensor& images) override;    // [B,C,H,W] -> logits [B, classes]
   Tensor forward_features(const Tensor& images);     // tokens after the final norm [B, T, D]
-  Tensor forward_head(const Tensor& tokens);         // pool + head
+  Tensor forward_head(const Tensor& tokens);         // pool + head (reads row 0 only with 'token')
 
   // timm's init (trunc normal .02 for Linear weights and pos_embed, cls 1e-6, zero biases,
   // conv default for the patch projection), reproducible from the seed.
@@ -27,10 +27,15 @@ class VisionTransformer : public Module {
     for (auto& b : blocks) b->mlp->recompute = on;
   }
 
-  // Rows of a block's output that the next block's first Pre delta replaces unread
-  // (Delta::unread_input_rows, VPT-deep's prompts) are not computed (Block::dropped_rows).
+  // Rows of a block's output that nobody reads are not computed (Block::dropped_rows): those that
+  // the next block's first Pre delta replaces unread (Delta::unread_input_rows, VPT-deep's
+  // prompts), and in forward() with 'token' pooling every row of the last block's output but the
+  // class token's (the others still serve as its keys and values; pooled_row_only_ok() says when).
   // false: every block computes every row (the reference the tests compare against).
   bool skip_unread_rows = true;
+  // Whether the logits read only row 0 of the last block's output: 'token' pooling and every
+  // delta from the last block's attention to the final norm row-wise (Delta::row_wise).
+  bool pooled_row_only_ok();
 
   ViTConfig cfg;
   Tensor cls_token, pos_embed;  // [1,1,D], [1, prefix + N, D]
@@ -40,6 +45,9 @@ class VisionTransformer : public Module {
   std::shared_ptr<Module> norm, fc_norm;  // LayerNorm or Identity
   std::shared_ptr<Dropout> head_drop;
   std::shared_ptr<Module> head;  // Linear or Identity
+
+ private:
+  Tensor features(const Tensor& images, bool pooled_row_only);
 };
 
 // Base parameters (no deltas) by name.

@@ -111,6 +111,7 @@ class PromptDelta : public MethodDelta {
   std::pair<int64_t, int64_t> unread_input_rows() const override {
     return insert_ ? std::pair<int64_t, int64_t>{0, 0} : std::pair<int64_t, int64_t>{1, 1 + cfg.num_tokens};
   }
+  bool row_wise() const override { return false; }  // it inserts or replaces tokens
   std::vector<std::pair<std::string, Tensor>> named_parameters() override { return {{"prompt", prompt}}; }
   PromptConfig cfg;
   Tensor prompt;  // [num_tokens, D]

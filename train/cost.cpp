@@ -184,26 +184,29 @@ CostLedger cost_ledger(peft::PeftModel& pm, const CostOptions& o) {
     step([&](const Tensor& loss) {
       const std::vector<Record>& recs = tape().records();
       L.records = recs.size();
+      // The forward's own working set, which no record shows (ops on frozen inputs are not recorded):
+      // inside a block's MLP (nn/layers.cpp, Block::forward) the block's input x, y = x + attention
+      // branch, norm2's output, fc1's output and the GELU's are alive at once: 3 D + 2 H per token.
+      // It sets the peak when little is saved (a linear probe), on top of what the records saved up
+      // to the last one that made a tensor of every token (the last block may compute one row only).
+      const int64_t tokens = o.batch * (c.num_patches() + c.num_prefix_tokens());
+      const int64_t hidden = int64_t(double(c.embed_dim) * c.mlp_ratio);
+      const int64_t forward_work = tokens * (3 * c.embed_dim + 2 * hidden) * int64_t(sizeof(float));
       std::set<BufferKey> seen;
-      int64_t saved_activations = 0;
-      for (const Record& r : recs)
+      int64_t saved_activations = 0, saved_at_last_full = 0;
+      for (const Record& r : recs) {
         for (const SavedTensor& s : r.saved) {
           if (!s.t.defined() || !seen.insert(key_of(s.t)).second) continue;
           if (param_storages.count(s.t.impl()->storage.get())) L.saved_param_bytes += int64_t(s.t.nbytes());
           else row_of_scope(r.scope).activation_bytes += int64_t(s.t.nbytes()), saved_activations += int64_t(s.t.nbytes());
         }
+        if (shape_numel(r.out_shape) >= tokens * c.embed_dim) saved_at_last_full = saved_activations;
+      }
       L.measured_held_bytes = int64_t(tape().held_bytes());
       int64_t opt_state = base.optimizer_bytes;  // as in training: AdamW's state exists before the step
       for (const CostRow& s : sites) opt_state += s.optimizer_bytes;
       const int64_t fixed = L.weight_bytes + L.input_bytes + opt_state;
-      // The forward's own working set, which no record shows (ops on frozen inputs are not recorded):
-      // inside a block's MLP (nn/layers.cpp, Block::forward) the block's input x, y = x + attention
-      // branch, norm2's output, fc1's output and the GELU's are alive at once: 3 D + 2 H per token.
-      // It sets the peak when little is saved (a linear probe).
-      const int64_t tokens = o.batch * (c.num_patches() + c.num_prefix_tokens());
-      const int64_t hidden = int64_t(double(c.embed_dim) * c.mlp_ratio);
-      const int64_t forward_work = tokens * (3 * c.embed_dim + 2 * hidden) * int64_t(sizeof(float));
-      L.peak_bytes = std::max(fixed + saved_activations + forward_work,
+      L.peak_bytes = std::max(fixed + saved_at_last_full + forward_work,
                               replay_backward_peak(recs, param_storages, loss.impl()->id, fixed));
     });
   }

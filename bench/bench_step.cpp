@@ -10,8 +10,9 @@
 // With DG_PROFILE=FILE (core/op_profile.h) the timed steps are also profiled: time per kernel
 // family, calls per step and the gaps, written to FILE as markdown (one variant at a time).
 // Methods: inference, full, linear_probe, lora (r=8 on qkv), lora_all (r=8 on every block
-// Linear), adapter_plus, vpt_deep (--prompts P, default 10; --full-rows: every block computes the
-// prompt rows the next block replaces, as before they were skipped). CPU memory is read from /proc/self/status:
+// Linear), adapter_plus, vpt_deep (--prompts P, default 10). --full-rows: every block computes
+// every row (the rows nobody reads are skipped by default: VPT-deep's prompt rows that the next
+// block replaces, and the last block's rows but the class token's). CPU memory is read from /proc/self/status:
 // rss_base_mb before the model exists, rss_peak_mb the high-water mark after the timed steps
 // (so step_mb = peak - base is the model, its state and the step's working memory).
 // Under bench/perf_share.py (DG_PERF_CTL=ctl_fifo,ack_fifo) perf samples the timed steps only.

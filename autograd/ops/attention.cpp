@@ -5,7 +5,8 @@
 // and the [B, H, N] log-sum-exp, never the [B, H, N, N] probabilities (backward recomputes
 // them). Composed (the others, or fused = false): matmul + softmax + matmul, which saves
 // q, k, v and the probabilities; nn::Attention uses it when attention dropout is active.
-// Skipped query rows (AttnRows, VPT-deep's prompt rows that the next block replaces): only the
+// Skipped query rows (AttnRows: VPT-deep's prompt rows that the next block replaces, the last
+// block's rows but the class token's under 'token' pooling): only the
 // kept rows are queries (out [B, Nq, D]), every row is a key and a value.
 #include "autograd/autocast.h"
 #include "autograd/cost_meter.h"
@@ -78,6 +79,11 @@ DG_GRADCHECK(attention) {
        [](const std::vector<Tensor>& x) { return attention(x[0], 1, 0.6, false, {0, 2}); }},
       {"query rows skipped [3, 5) (the last)", [] { return std::vector<Tensor>{randn64({2, 5, 3 * 6}, 5)}; },
        [](const std::vector<Tensor>& x) { return attention(x[0], 3, 0.5, true, {3, 5}); }},
+      // the last block with 'token' pooling: the class token's row is the only query
+      {"one query row, [1, N) skipped", [] { return std::vector<Tensor>{randn64({2, 6, 3 * 4}, 6)}; },
+       [](const std::vector<Tensor>& x) { return attention(x[0], 2, 0.6, true, {1, 6}); }},
+      {"one query row, [1, N) skipped, composed", [] { return std::vector<Tensor>{randn64({2, 6, 3 * 4}, 7)}; },
+       [](const std::vector<Tensor>& x) { return attention(x[0], 2, 0.6, false, {1, 6}); }},
   };
 }
 

@@ -51,8 +51,14 @@ void prepare_gemm_threads(bool f64) {
 }
 
 void add_kernel_ns(bool attention, int64_t ns) { (attention ? g_attention_ns : g_gemm_ns).fetch_add(ns); }
-KernelTimer::KernelTimer(bool attn) : attention(attn), t0(now_ns()) {}
-KernelTimer::~KernelTimer() { add_kernel_ns(attention, now_ns() - t0); }
+// Only the outermost timer of a thread counts: a bf16 product without native kernels widens its
+// operands and calls gemm() again, and its time must not count twice.
+static thread_local int t_timer_depth = 0;
+KernelTimer::KernelTimer(bool attn) : attention(attn), t0(t_timer_depth++ == 0 ? now_ns() : -1) {}
+KernelTimer::~KernelTimer() {
+  --t_timer_depth;
+  if (t0 >= 0) add_kernel_ns(attention, now_ns() - t0);
+}
 KernelTime kernel_time() { return {double(g_gemm_ns.load()) * 1e-9, double(g_attention_ns.load()) * 1e-9}; }
 void reset_kernel_time() { g_gemm_ns = 0, g_attention_ns = 0; }
 

@@ -21,6 +21,16 @@ pc=$(find "$P" -name deltagrad.pc | head -n 1)
 export PKG_CONFIG_PATH="$(dirname "$pc")"
 [ -f "$P/include/deltagrad/peft/peft_model.h" ] || { echo "install check: headers missing under $P/include/deltagrad"; exit 1; }
 libdir=$(pkg-config --variable=libdir deltagrad)
+# The library names its instruction set in its ELF notes (meson.build: -Wl,-z,<march>), so that an
+# older CPU's loader refuses it with a message instead of the program dying of SIGILL later.
+march=$(meson introspect "$B" --buildoptions | python3 -c 'import json, sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"] == "march"))')
+case "$march" in
+  x86-64-v[234])
+    if command -v readelf >/dev/null; then
+      readelf -n "$libdir/libdeltagrad.so" | grep -q "x86 ISA needed:.*$march" ||
+        { echo "install check: $libdir/libdeltagrad.so does not carry the ISA level $march in its notes (readelf -n)"; exit 1; }
+    fi ;;
+esac
 cp packaging/example/use_deltagrad.cpp packaging/example/CMakeLists.txt "$W/"
 # shellcheck disable=SC2046  # pkg-config's flags are meant to split
 g++ -std=c++20 -O1 "$W/use_deltagrad.cpp" -o "$W/use_deltagrad" $(pkg-config --cflags --libs deltagrad)

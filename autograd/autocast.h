@@ -7,8 +7,9 @@
 //     the bytes. Parameters and small statistics (LayerNorm mean/rstd, log-sum-exp) stay f32.
 //   * Everything else stays f32: elementwise ops, LayerNorm, softmax, the loss, every gradient,
 //     the master weights, delta parameters and optimizer state.
-// One bf16 copy is made per tensor and version (to_lowp caches it while anyone holds it), so a
-// LayerNorm output saved for backward and the GEMM operand it feeds are one buffer.
+// One bf16 copy is made per data and version (to_lowp caches it while anyone holds it), so a
+// LayerNorm output saved for backward and the GEMM operand it feeds are one buffer, and so are
+// the reshaped views of one gradient that several GEMMs read.
 // f64 tensors are left alone (the gradient checks run in f64 with or without a guard).
 #pragma once
 #include "core/tensor.h"
@@ -34,8 +35,11 @@ class AutocastGuard {
 // "f32" / "bf16" (run configs, the CLI) -> the guard's dtype; `what` names the option in errors.
 DType parse_precision(const std::string& s, const std::string& what);
 
-// A contiguous bf16 copy of an f32 tensor (t itself if already bf16). Cached by tensor identity
-// and storage version for as long as the copy is alive somewhere (a saved tensor, a caller).
+// A contiguous bf16 copy of an f32 tensor (t itself if already bf16). Cached by the data it reads
+// (storage, first element, layout; any contiguous view of the same elements alike) and the
+// storage's version. The copy lives while anyone holds it (a saved tensor, a caller) and, unless t
+// is a parameter, while t's storage lives (so the separate backward ops that read one gradient
+// convert it once).
 Tensor to_lowp(const Tensor& t);
 
 // GEMM operands: true if they are to be multiplied in bf16 (autocast is on and they are f32,

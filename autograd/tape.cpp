@@ -216,6 +216,7 @@ void Tape::backward(const Tensor& loss, const Tensor& grad_out, BackwardObserver
           ++accumulation_.in_producer;
         } else {
           backend_of(offered).binary(BinaryOp::Add, offered, gin[i], offered);
+          offered.bump_version();  // an in-place write: a bf16 copy of the old sum is stale (autocast.h)
           gin[i] = std::move(offered);
         }
         grads[r.in_ids[i]] = gin[i];
@@ -232,6 +233,7 @@ void Tape::backward(const Tensor& loss, const Tensor& grad_out, BackwardObserver
         } else {
           Tensor acc(leaf->grad);
           backend_of(acc).binary(BinaryOp::Add, acc, gin[i], acc);
+          acc.bump_version();
         }
       } else {
         auto& slot = grads[r.in_ids[i]];

@@ -26,6 +26,9 @@ struct Storage {
   size_t nbytes = 0;
   Device device = Device::CPU;
   uint64_t version = 0;
+  // Something computed from this memory that should live exactly as long as it does, owned by the
+  // layer that made it (autograd/autocast.cpp: a gradient's bf16 copy, read by several backward ops).
+  std::shared_ptr<void> derived;
   Storage(size_t nbytes, Device device);
   ~Storage();
   Storage(const Storage&) = delete;

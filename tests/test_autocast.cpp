@@ -159,12 +159,45 @@ TEST_CASE("autocast: to_lowp makes one bf16 copy per tensor and version, held we
   CHECK(c.raw() != a.raw());
   CHECK(c.to_vector() == std::vector<double>(32, 2.0));
   CHECK(to_lowp(c).raw() == c.raw());  // bf16 stays itself
-  // nothing keeps a copy alive but its users: dropped, the next call converts again
-  const double first = c.to_vector()[0];
+  // the copy lives as long as its source (a gradient read by several backward ops is converted
+  // once), and stays correct: its users dropped, the next call returns the same buffer
+  const void* kept = c.raw();
   c = Tensor();
   a = b = Tensor();
   Tensor d = to_lowp(x);
-  CHECK(d.to_vector()[0] == first);
+  CHECK(d.raw() == kept);
+  CHECK(d.to_vector() == std::vector<double>(32, 2.0));
+  // ... but a parameter's copy lives only as long as its users (a frozen weight's would stay for
+  // the whole run): nothing holds it once they are gone
+  Tensor w = rnd({4, 8}, 5);
+  w.set_name("blocks.0.mlp.fc1.weight");
+  Tensor w_low = to_lowp(w);
+  CHECK(x.impl()->storage->derived != nullptr);
+  CHECK(w.impl()->storage->derived == nullptr);
+  std::weak_ptr<Storage> w_copy = w_low.impl()->storage;
+  w_low = Tensor();
+  CHECK(w_copy.expired());
+  // the copy is of the data: another view object reading the same elements (a reshape, as the
+  // backward's GEMMs take a [B*T, C] view of a [B, T, C] gradient per product) shares it ...
+  Tensor g = rnd({2, 3, 8}, 7);
+  Tensor g_low = to_lowp(g), flat_low = to_lowp(view::reshape(g, {6, 8}));
+  CHECK(flat_low.raw() == g_low.raw());
+  CHECK(flat_low.shape() == Shape{6, 8});
+  CHECK(flat_low.to_vector() == g_low.to_vector());
+  CHECK(to_lowp(view::reshape(g, {48})).raw() == g_low.raw());
+  // ... while other elements or another order are other data: a slice, a transposed view
+  Tensor part = to_lowp(view::slice(g, 0, 1, 2));
+  CHECK(part.raw() != g_low.raw());
+  const std::vector<double> all = g_low.to_vector(), want_part(all.begin() + 24, all.end());
+  CHECK(part.to_vector() == want_part);
+  Tensor gt = view::transpose(g, 1, 2), gt_low = to_lowp(gt);
+  CHECK(gt_low.raw() != g_low.raw());
+  CHECK(gt_low.is_contiguous());
+  CHECK(gt_low.to_vector() == to_lowp(gt.contiguous()).to_vector());
+  CHECK(to_lowp(view::transpose(g, 1, 2)).raw() == gt_low.raw());  // the same layout again: shared
+  g.fill_(1.0);  // a write through any view bumps the storage's version: every view converts again
+  CHECK(to_lowp(view::reshape(g, {6, 8})).raw() != g_low.raw());
+  CHECK(to_lowp(view::reshape(g, {6, 8})).to_vector() == std::vector<double>(48, 1.0));
   CHECK_THROWS_WITH(to_lowp(Tensor::zeros({2}, DType::F64)), doctest::Contains("expected an f32 tensor"));
   CHECK_THROWS_WITH(AutocastGuard(DType::F16), doctest::Contains("f16"));
   CHECK_THROWS_WITH(parse_precision("fp8", "--precision"), doctest::Contains("--precision: precision 'fp8'"));

@@ -191,7 +191,16 @@ CostLedger cost_ledger(peft::PeftModel& pm, const CostOptions& o) {
       // to the last one that made a tensor of every token (the last block may compute one row only).
       const int64_t tokens = o.batch * (c.num_patches() + c.num_prefix_tokens());
       const int64_t hidden = int64_t(double(c.embed_dim) * c.mlp_ratio);
-      const int64_t forward_work = tokens * (3 * c.embed_dim + 2 * hidden) * int64_t(sizeof(float));
+      const int64_t D = c.embed_dim, f32 = int64_t(sizeof(float)), bf16 = 2;
+      int64_t forward_work = tokens * (3 * D + 2 * hidden) * f32;
+      if (o.bf16) {
+        // Under autocast (autograd/autocast.h) the GEMM operands' bf16 copies live beside their f32
+        // sources: norm2's output and the GELU's (fc1's and fc2's inputs). And the CPU's fused
+        // attention runs in f32 on q, k, v rounded to bf16 (autograd/ops/attention.cpp): the block's
+        // input, qkv, its bf16 copy, the widened copy and the output are alive at once.
+        forward_work += tokens * (D + hidden) * bf16;
+        if (o.device == Device::CPU) forward_work = std::max(forward_work, tokens * ((D + 3 * D + 3 * D + D) * f32 + 3 * D * bf16));
+      }
       std::set<BufferKey> seen;
       int64_t saved_activations = 0, saved_at_last_full = 0;
       for (const Record& r : recs) {

@@ -7,9 +7,10 @@
 //     the bytes. Parameters and small statistics (LayerNorm mean/rstd, log-sum-exp) stay f32.
 //   * Everything else stays f32: elementwise ops, LayerNorm, softmax, the loss, every gradient,
 //     the master weights, delta parameters and optimizer state.
-// One bf16 copy is made per data and version (to_lowp caches it while anyone holds it), so a
-// LayerNorm output saved for backward and the GEMM operand it feeds are one buffer, and so are
-// the reshaped views of one gradient that several GEMMs read.
+// One bf16 copy is made per data and version (to_lowp caches it while anyone holds it or, for
+// all but parameters, while its source lives), so a LayerNorm output saved for backward and the
+// GEMM operand it feeds are one buffer, and a gradient that several backward GEMMs read is
+// converted once.
 // f64 tensors are left alone (the gradient checks run in f64 with or without a guard).
 #pragma once
 #include "core/tensor.h"

@@ -1,7 +1,7 @@
 // Rows nobody reads (nn/vit.cpp, Block::dropped_rows) are keys and values only: a block's output rows
 // [1, 1 + p) that VPT-deep's next prompt replaces, and with 'token' pooling every row of the last
 // block but the class token's. The model with the skip must give the logits and every trainable
-// gradient of the model computing every row (VisionTransformer::skip_unread_rows = false) to 1e-6
+// gradient of the model computing every row (VisionTransformer::skip_unread_rows = false) to 3e-6
 // in float32 and 1e-12 in float64, for VPT-deep, shallow, with prompt dropout, with LoRA and
 // adapters beside it, with avg pooling (which reads every row) and for every registered method;
 // and it must really save work and bytes.
@@ -92,10 +92,13 @@ Step step(const json& model, const json& peft, DType dt, bool skip, bool perturb
   return s;
 }
 
-// Skip and full rows agree: to 1e-12 in float64; in float32 to 1e-6, or for a tensor whose
-// float32 reference is itself further than that from float64 (a bias gradient summed over rows
-// with cancellation), to twice that reference's own rounding error (two float32 computations
-// that each round so far from the truth). Returns the float32 (skip, full).
+// Skip and full rows agree: to 1e-12 in float64; in float32 to 3e-6 (about 50 float32 roundings:
+// the two paths sum in different orders, and the orders move with the compiler's vectorization;
+// the sanitized build at -O1 reached 1.6e-6 on a LoRA A gradient of the first block, -O2 stayed
+// under 1e-6), or for a tensor whose float32 reference is itself further than that from float64
+// (a bias gradient summed over rows with cancellation), to twice that reference's own rounding
+// error (two float32 computations that each round so far from the truth). Returns the float32
+// (skip, full).
 // f32_only (a method whose frozen tensors are no parameters, which to_f64 cannot widen): float32
 // alone, to 1e-5.
 std::pair<Step, Step> same_with_and_without_skip(const json& model, const json& peft, bool perturb = false,
@@ -107,7 +110,7 @@ std::pair<Step, Step> same_with_and_without_skip(const json& model, const json& 
     INFO("dtype ", std::string(dtype_name(dt)));
     auto tol = [&](const Tensor& ref64, const Tensor& ref) {
       if (f32_only) return 1e-5;
-      return dt == DType::F64 ? 1e-12 : std::max(1e-6, 2 * test::rel_err(ref, ref64));
+      return dt == DType::F64 ? 1e-12 : std::max(3e-6, 2 * test::rel_err(ref, ref64));
     };
     double worst = test::rel_err(a.logits, b.logits);
     CHECK(worst < tol(dt == DType::F32 && !f32_only ? full64.logits : b.logits, b.logits));
